@@ -1,0 +1,27 @@
+# calico/node in Python. `make demo` runs the live multi-host demo; `make test` runs the suite.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: deps test unit integration system lint bench bench-felix bench-confd demo demo-down clean
+
+deps:
+	@scripts/install-deps
+
+test: deps
+	@$(PY) -m pytest -q -ra tests; rc=$$?; if [ $$rc = 5 ]; then echo 'no tests were collected'; exit 1; fi; exit $$rc
+
+unit: deps
+	$(PY) -m pytest -q tests/unit
+
+integration: deps
+	$(PY) -m pytest -q tests/integration
+
+system: deps
+	$(PY) -m pytest -q tests/system
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) *.egg-info build .pytest_cache

@@ -1,0 +1,1 @@
+"""Test harness shared by integration and system tests: real etcd, namespaces, processes."""
