@@ -1,0 +1,231 @@
+"""A multi-host Calico cluster on one machine, built from network namespaces.
+
+Shape (everything lives in namespaces this harness creates; nothing outside is
+ever addressed):
+
+    fabric ns: bridge br1 (10.99.1.254/24) [+ bridge br2 (10.99.2.254/24) when
+               `two_subnets`], forwarding on; it is the nodes' default gateway
+               and, with two subnets, the router between them that knows nothing
+               of the IP pools.
+    etcd ns:   10.99.1.253 on br1, runs etcd.
+    node ns:   eth0 on br1 (or br2), 10.99.<subnet>.<n>, runs the real
+               `calico-node` with its own run/log/conf dirs.
+    workload:  an empty namespace given to `calicoctl container add`.
+
+Used by tests/system and by `make demo`. `close()` removes every namespace and
+process, and is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from tests.lib.etcd import EtcdServer
+from tests.lib.netns import Netns, sh, veth, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, ".venv", "bin")
+
+
+def _bin(name: str) -> str:
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else name
+
+
+@dataclass
+class Node:
+    name: str
+    ns: Netns
+    ip: str
+    ip6: str | None
+    dirs: dict
+    env: dict
+    proc: subprocess.Popen | None = None
+    workloads: list = field(default_factory=list)
+
+    def ctl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+            ) -> subprocess.CompletedProcess:
+        """Run calicoctl inside this node's namespace, as an operator on that host would."""
+        env_args = [f"{k}={v}" for k, v in self.env.items()]
+        return sh("env", *env_args, _bin("calicoctl"), *args, ns=self.ns.name, check=check,
+                  input=input, timeout=timeout)
+
+    def supervisorctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        conf = os.path.join(self.dirs["run"], "supervisord.conf")
+        return sh(_bin("supervisorctl"), "-c", conf, *args, ns=self.ns.name, check=check)
+
+    def log(self, service: str) -> str:
+        path = os.path.join(self.dirs["log"], service, "current")
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+class Cluster:
+    def __init__(self, n_nodes: int = 2, two_subnets: bool = False, ipv6: bool = False,
+                 node_env: dict | None = None, start: bool = True):
+        self.tmp = tempfile.mkdtemp(prefix="calico-cluster-")
+        self.namespaces: list[Netns] = []
+        self.nodes: list[Node] = []
+        self.two_subnets = two_subnets
+        self.ipv6 = ipv6
+        self.etcd: EtcdServer | None = None
+        try:
+            self._build_fabric()
+            for _ in range(n_nodes):
+                self.add_node(env=node_env, start=False)
+            if start:
+                for node in self.nodes:
+                    self.start_node(node)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- topology ------------------------------------------------------------
+    def _ns(self, tag: str) -> Netns:
+        ns = Netns(tag)
+        self.namespaces.append(ns)
+        return ns
+
+    def _build_fabric(self) -> None:
+        self.fabric = self._ns("fab")
+        f = self.fabric
+        f.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        f.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        subnets = [1, 2] if self.two_subnets else [1]
+        for s in subnets:
+            f.run("ip", "link", "add", f"br{s}", "type", "bridge")
+            f.run("ip", "addr", "add", f"10.99.{s}.254/24", "dev", f"br{s}")
+            if self.ipv6:
+                f.run("ip", "addr", "add", f"fd99:{s}::fe/64", "dev", f"br{s}", "nodad")
+            f.run("ip", "link", "set", f"br{s}", "up")
+        self.etcd_ns = self._ns("etcd")
+        self._attach(self.etcd_ns, 1, 253)
+        self.etcd = EtcdServer(host="10.99.1.253", port=2379, netns=self.etcd_ns.name,
+                               data_dir=os.path.join(self.tmp, "etcd")).start()
+        self.etcd_endpoints = self.etcd.endpoint
+
+    def _attach(self, ns: Netns, subnet: int, host: int) -> None:
+        port = f"p{len(self.namespaces)}x{host}"
+        veth(self.fabric, port, ns, "eth0")
+        self.fabric.run("ip", "link", "set", port, "master", f"br{subnet}")
+        ns.run("ip", "addr", "add", f"10.99.{subnet}.{host}/24", "dev", "eth0")
+        ns.run("ip", "route", "add", "default", "via", f"10.99.{subnet}.254")
+        if self.ipv6:
+            ns.run("ip", "addr", "add", f"fd99:{subnet}::{host:x}/64", "dev", "eth0", "nodad")
+            ns.run("ip", "-6", "route", "add", "default", "via", f"fd99:{subnet}::fe")
+
+    def add_node(self, env: dict | None = None, start: bool = True) -> Node:
+        n = len(self.nodes) + 1
+        subnet = 2 if (self.two_subnets and n % 2 == 0) else 1
+        ns = self._ns(f"n{n}")
+        self._attach(ns, subnet, n)
+        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        name = f"node{n}-{os.getpid()}"
+        dirs = {d: os.path.join(self.tmp, name, d) for d in ("run", "log", "conf")}
+        for d in dirs.values():
+            os.makedirs(d, exist_ok=True)
+        ip = f"10.99.{subnet}.{n}"
+        ip6 = f"fd99:{subnet}::{n:x}" if self.ipv6 else None
+        node_env = {
+            "HOSTNAME": name, "NODENAME": name, "IP": ip, "ETCD_ENDPOINTS": self.etcd_endpoints,
+            "NO_DEFAULT_POOLS": "true", "CALICO_RUN_DIR": dirs["run"], "CALICO_LOG_DIR": dirs["log"],
+            "CALICO_CONF_DIR": dirs["conf"],
+        }
+        if ip6:
+            node_env["IP6"] = ip6
+        node_env.update(env or {})
+        node = Node(name=name, ns=ns, ip=ip, ip6=ip6, dirs=dirs, env=node_env)
+        self.nodes.append(node)
+        if start:
+            self.start_node(node)
+        return node
+
+    def start_node(self, node: Node) -> None:
+        out = open(os.path.join(self.tmp, f"{node.name}.out"), "ab")
+        env = dict(os.environ, **node.env)
+        env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+        node.proc = node.ns.popen([_bin("calico-node")], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        out.close()
+
+    def stop_node(self, node: Node, timeout: float = 20) -> None:
+        if node.proc and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+            try:
+                node.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+        node.proc = None
+
+    def node_output(self, node: Node) -> str:
+        try:
+            with open(os.path.join(self.tmp, f"{node.name}.out"), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = 60, bgp: bool = True) -> float:
+        """Wait until every node reports ready (and, with bgp, a mesh session per other node)."""
+        t0 = time.monotonic()
+        for node in self.nodes:
+            wait_for(lambda node=node: self._node_ready(node, bgp), timeout=timeout,
+                     what=f"{node.name} ready")
+        return time.monotonic() - t0
+
+    def _node_ready(self, node: Node, bgp: bool) -> bool:
+        if node.proc is not None and node.proc.poll() is not None:
+            raise AssertionError(f"calico-node on {node.name} exited: {self.node_output(node)[-2000:]}")
+        if not bgp:
+            r = node.supervisorctl("status")
+            return r.returncode == 0
+        st = node.ctl("status", check=False).stdout
+        return st.count("Established") >= len(self.nodes) - 1
+
+    # ---- workloads -------------------------------------------------------------
+    def add_workload(self, node: Node, ip: str = "ipv4", profile: str | None = None) -> tuple[Netns, str]:
+        wl = self._ns("w")
+        node.ctl("container", "add", wl.name, ip)
+        if profile:
+            node.ctl("container", wl.name, "profile", "set", profile)
+        addr = wl.run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout.split()[3].split("/")[0]
+        node.workloads.append((wl, addr))
+        return wl, addr
+
+    def remove_workload(self, node: Node, wl: Netns) -> None:
+        node.ctl("container", "remove", wl.name)
+        node.workloads = [(w, a) for (w, a) in node.workloads if w is not wl]
+
+    @staticmethod
+    def ping(src: Netns, dst_ip: str, count: int = 1, wait: float = 1) -> bool:
+        r = src.run("ping", "-c", str(count), "-W", str(wait), "-q", dst_ip, check=False, timeout=count * wait + 10)
+        return r.returncode == 0
+
+    # ---- teardown --------------------------------------------------------------
+    def close(self) -> None:
+        for node in self.nodes:
+            try:
+                self.stop_node(node, timeout=10)
+            except Exception:  # noqa: BLE001 - teardown must go on
+                pass
+        if self.etcd:
+            self.etcd.stop()
+        for ns in reversed(self.namespaces):
+            ns.close()
+        self.namespaces = []
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
