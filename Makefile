@@ -25,3 +25,9 @@ lint: deps
 
 clean:
 	rm -rf $(VENV) *.egg-info build .pytest_cache
+
+demo: deps
+	@$(PY) scripts/demo
+
+demo-down:
+	@$(PY) scripts/demo --down

@@ -54,7 +54,7 @@ __all__ = [
     "validate_mac", "validate_loglevel", "validate_labels", "validate_tags", "PORT_PROTOCOLS",
 ]
 
-PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite"})
+PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
 PROTOCOL_NAMES = frozenset({"tcp", "udp", "icmp", "icmpv6", "sctp", "udplite"})
 MAX_RULES = 10000
 
@@ -358,8 +358,6 @@ class Rule(_Model):
                     raise ValueError(f"{name} {net} does not match ip_version {self.ip_version}")
         if self.protocol == "icmpv6" and self.ip_version == 4 or self.protocol == "icmp" and self.ip_version == 6:
             raise ValueError(f"protocol {self.protocol} does not match ip_version {self.ip_version}")
-        if self.action == "log" and self.log_prefix is None:
-            pass  # the dataplane uses its default prefix
         return self
 
     def selector(self, which: str) -> Selector | None:
@@ -677,8 +675,6 @@ def _dump(model: BaseModel) -> dict:
             data["order"] = "default"
     elif isinstance(model, Rule | ProfileRules | Policy):
         data = model.model_dump(by_alias=True, exclude_none=True)
-        if isinstance(model, Rule) and data.get("action") == "allow" and "action" not in model.model_fields_set:
-            pass  # explicit default keeps `rule show` readable
     else:
         data = model.model_dump(by_alias=True)
     return data
