@@ -292,6 +292,8 @@ def parse(path: str) -> Key | None:
                     return None
             if "ip" in vals:
                 vals["ip"] = str(ipaddress.ip_address(vals["ip"]))
+                if ip_version(vals["ip"]) != vals["version"]:
+                    return None
         except ValueError:
             return None
         return Key(kind, path, vals)

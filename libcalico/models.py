@@ -488,6 +488,17 @@ _ID_FIELDS = {
 }
 
 
+def _check_key(key: keys.Key) -> None:
+    """Key segments reach chain names, ipsets and BIRD config: hold them to the safe charsets."""
+    for name, what in _ID_FIELDS.items():
+        if name in key.fields:
+            validate_name(key.fields[name], what)
+    if "ip" in key.fields:
+        validate_ip(key.fields["ip"])
+    if "param" in key.fields:
+        validate_config_param(key.fields["param"])
+
+
 def _json(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -622,9 +633,7 @@ def parse_value(key: keys.Key, raw: str | bytes) -> object:
                 raise ValueError("value is not valid UTF-8") from None
         if not isinstance(raw, str):
             raise ValueError(f"value must be a string, got {type(raw).__name__}")
-        for name, what in _ID_FIELDS.items():
-            if name in key.fields:
-                validate_name(key.fields[name], what)
+        _check_key(key)
         parser = _PARSERS.get(key.kind)
         if parser is None:
             raise ValueError(f"no validator for key kind {key.kind!r}")
@@ -646,9 +655,7 @@ def parse_key_value(path: str, raw: str | bytes | None) -> tuple[keys.Key | None
         return None, None
     if raw is None:
         try:
-            for name, what in _ID_FIELDS.items():
-                if name in key.fields:
-                    validate_name(key.fields[name], what)
+            _check_key(key)
         except ValueError as e:
             raise InvalidValue(path, str(e)) from None
         return key, None

@@ -1,0 +1,1 @@
+"""calicoctl: the command-line tool that edits Calico's datastore (etcd) with the classic grammar."""

@@ -1,0 +1,1 @@
+"""Felix: programs this host's dataplane (routes, iptables, ipsets) from etcd."""

@@ -1,0 +1,75 @@
+"""Thin subprocess adapter bound to a network namespace.
+
+Writers never call subprocess directly: they get a runner, so a test can point
+the same writer at a namespace it created (or at `ScriptedRunner`, a fake that
+records what would have run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CmdResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class CmdRunner:
+    """Runs commands in `netns` (a name under /run/netns) or, with None, in our own namespace."""
+
+    def __init__(self, netns: str | None = None, timeout: float = 60.0):
+        self.netns = netns
+        self.timeout = timeout
+
+    def full_argv(self, argv: list[str]) -> list[str]:
+        return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(argv)
+
+    async def run(self, argv: list[str], input: str | None = None, timeout: float | None = None) -> CmdResult:
+        """Run to completion; never raises for a non-zero exit (callers decide), only for a missing binary/timeout."""
+        full = self.full_argv(argv)
+        proc = await asyncio.create_subprocess_exec(
+            *full,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(input.encode() if input is not None else None),
+                timeout or self.timeout,
+            )
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        return CmdResult(full, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+@dataclass
+class ScriptedRunner:
+    """Fake runner: records every call; `responder(argv, input)` returns (rc, stdout, stderr).
+
+    Used by unit tests to check the exact restore text a writer produces.
+    """
+
+    responder: Callable[[list[str], str | None], tuple[int, str, str]] = lambda argv, inp: (0, "", "")
+    calls: list[tuple[list[str], str | None]] = field(default_factory=list)
+    netns: str | None = None
+
+    async def run(self, argv: list[str], input: str | None = None, timeout: float | None = None) -> CmdResult:
+        self.calls.append((list(argv), input))
+        rc, out, err = self.responder(list(argv), input)
+        return CmdResult(list(argv), rc, out, err)
