@@ -36,6 +36,10 @@ GROUPS: dict[str, str] = {
     "ipam": "calicoctl.ipam",
     "config": "calicoctl.config",
     "version": "calicoctl.version",
+    "container": "calicoctl.container",
+    "status": "calicoctl.status",
+    "checksystem": "calicoctl.checksystem",
+    "diags": "calicoctl.diags",
 }
 
 TOP_USAGE = """\
@@ -52,6 +56,12 @@ Datastore commands:
   ipam          Inspect and release IP address assignments
   config        Get and set Felix configuration
   version       Show the calicoctl version
+
+Node commands:
+  container     Connect network namespaces to this node (the namespace orchestrator)
+  status        Show calico-node and its BGP sessions on this node
+  checksystem   Check this host can run calico-node
+  diags         Collect diagnostics into a tar.gz
 
 The datastore is etcd: ETCD_ENDPOINTS (comma list, with scheme), else
 ETCD_AUTHORITY (host:port, default 127.0.0.1:2379) and ETCD_SCHEME; TLS with
@@ -255,6 +265,14 @@ def _datastore_errors() -> tuple[type[BaseException], ...]:
     return (DatastoreError,)
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from libcalico.etcdconf import ConfigError
+    except ImportError:
+        return ()
+    return (ConfigError,)
+
+
 def _describe_datastore() -> str:
     return (os.environ.get("ETCD_ENDPOINTS")
             or f"{os.environ.get('ETCD_SCHEME', 'http')}://{os.environ.get('ETCD_AUTHORITY', '127.0.0.1:2379')}")
@@ -286,6 +304,7 @@ def run(argv: Sequence[str], stdout: IO[str] | None = None, stdin: IO[str] | Non
         return exc.code
     ctx = Context(stdout=out, stdin=stdin or sys.stdin)
     ds_errors = _datastore_errors()
+    cfg_errors = _config_errors()
     try:
         return asyncio.run(_run(action, ctx))
     except CliError as exc:
@@ -295,7 +314,9 @@ def run(argv: Sequence[str], stdout: IO[str] | None = None, stdin: IO[str] | Non
         print(f"{PROG}: interrupted", file=err)
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line, never a traceback
-        if ds_errors and isinstance(exc, ds_errors):
+        if cfg_errors and isinstance(exc, cfg_errors):
+            print(f"{PROG}: bad etcd settings: {_one_line(exc)}", file=err)
+        elif ds_errors and isinstance(exc, ds_errors):
             print(f"{PROG}: datastore error ({_describe_datastore()}): {_one_line(exc)}", file=err)
         else:
             print(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}", file=err)

@@ -26,7 +26,7 @@ SAFE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}\Z")
 # Interface names: the kernel forbids '/', ':', whitespace and "."/".."; we
 # also keep to a charset iptables and ip(8) print unambiguously.
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
-LOG_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:/ -]{1,27}\Z")
+LOG_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,27}\Z")
 CONFIG_PARAM_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}\Z")
 _IP_CHARS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}\Z")
 _CIDR_CHARS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?\Z")
@@ -151,5 +151,5 @@ def validate_config_value(value: object) -> str:
 
 def validate_log_prefix(value: object) -> str:
     if not isinstance(value, str) or not LOG_PREFIX_RE.match(value):
-        raise ValueError(f"{_show(value)} is not a valid log prefix (letters, digits, ' -_.:/', <= 27 chars)")
+        raise ValueError(f"{_show(value)} is not a valid log prefix (letters, digits, '-_.:/', <= 27 chars)")
     return value

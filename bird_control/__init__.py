@@ -1,0 +1,1 @@
+"""BIRD control: an asyncio control-socket client and the calico-bird shim that runs BIRD."""

@@ -1,0 +1,76 @@
+"""`calico-node`: prepare the host, then become supervisord; or answer a health check.
+
+    calico-node                 startup, then exec supervisord (the container's entrypoint)
+    calico-node --init-only     startup only (registration, pools, tunnel addresses), then exit
+    calico-node -ready|--ready  exit 0 when every service is ready (BGP sessions up with networking)
+    calico-node -live|--live    exit 0 when every service is alive
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from . import health, settings, startup, supervisor
+
+log = logging.getLogger("calico-node")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d [%(levelname)s] calico-node: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def run_node(init_only: bool = False) -> int:
+    _setup_logging()
+    try:
+        cfg = settings.from_env()
+    except settings.SettingsError as e:
+        log.error("Invalid environment: %s", e)
+        return 1
+    try:
+        result = asyncio.run(startup.run(cfg))
+    except startup.StartupError as e:
+        log.error("%s", e)
+        return 1
+    except startup.DatastoreError as e:
+        log.error("Datastore error during startup (%s): %s", startup.endpoints_text(cfg.env), e)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if init_only:
+        return 0
+    try:
+        conf = supervisor.write_config(cfg, result.ip, result.ip6)
+    except (OSError, KeyError) as e:
+        log.error("Cannot write the supervisord configuration in %s: %s", cfg.run_dir, e)
+        return 1
+    log.info("Starting supervisord (%s): %s", conf, ", ".join(supervisor.services_for(cfg, result.ip6)))
+    supervisor.exec_supervisord(conf, supervisor.program_env(cfg, result.ip, result.ip6))
+    return 1  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        return run_node()
+    if args == ["--init-only"]:
+        return run_node(init_only=True)
+    if args[0] in ("-ready", "--ready") and len(args) == 1:
+        return health.main("ready")
+    if args[0] in ("-live", "--live") and len(args) == 1:
+        return health.main("live")
+    if args == ["--log-relay"]:
+        from . import logrelay
+        return logrelay.main()
+    if args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    print(f"calico-node: unknown arguments {' '.join(args)!r}\n\n{__doc__.strip()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

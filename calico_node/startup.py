@@ -1,0 +1,307 @@
+"""One-shot node preparation before supervisord takes over.
+
+Everything here is idempotent so a restarted container converges to the same
+state: defaults are only written when absent, the host's keys are rewritten
+from the current environment, and tunnel addresses are kept while still valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from libcalico import keys
+from libcalico.datastore import DatastoreClient, DatastoreError
+from libcalico.etcdconf import ConfigError
+from libcalico.validation import validate_cidr, validate_ip
+
+from . import autodetect
+from .settings import AUTODETECT, NodeSettings
+
+log = logging.getLogger("calico-node")
+
+DEFAULT_POOL_V4 = "192.168.0.0/16"
+DEFAULT_POOL_V6 = "fd80:24e2:f998:72d6::/64"
+WAIT_LOG_INTERVAL = 5.0
+
+# Written only when absent, so an operator's choice always survives a restart.
+# Ready goes last: the programs start acting once they see it.
+GLOBAL_DEFAULTS: list[tuple[str, str]] = [
+    (keys.global_config("InterfacePrefix"), "cali"),
+    (keys.global_config("LogSeverityScreen"), "info"),
+    (keys.global_config("ReportingIntervalSecs"), "0"),
+    (keys.bgp_global_as(), "64511"),
+    (keys.bgp_node_mesh(), json.dumps({"enabled": True})),
+    (keys.bgp_global_loglevel(), "info"),
+    (keys.READY, "true"),
+]
+
+TUNNELS = {
+    # param: (pool field that marks the pool kind, IPAM handle prefix)
+    "IpInIpTunnelAddr": ("ipip", "ipip-tunnel-addr"),
+    "VXLANTunnelAddr": ("vxlan", "vxlan-tunnel-addr"),
+}
+
+
+class StartupError(Exception):
+    """A reason the node must not start; printed as one line, exit non-zero."""
+
+
+@dataclass
+class PoolInfo:
+    cidr: str
+    kind: str | None  # "ipip", "vxlan" or None
+    disabled: bool
+
+
+@dataclass
+class StartupResult:
+    ip: str
+    ip6: str
+
+
+def endpoints_text(env: dict[str, str]) -> str:
+    """How the datastore was addressed, for error lines."""
+    if env.get("ETCD_ENDPOINTS"):
+        return env["ETCD_ENDPOINTS"]
+    return f"{env.get('ETCD_SCHEME', 'http')}://{env.get('ETCD_AUTHORITY', '127.0.0.1:2379')}"
+
+
+async def connect(settings: NodeSettings, factory: Callable[[], object] | None = None,
+                  clock: Callable[[], float] = time.monotonic):
+    """A datastore client that has answered once; waits only with WAIT_FOR_DATASTORE."""
+    factory = factory or (lambda: DatastoreClient.from_env(settings.env))
+    where = endpoints_text(settings.env)
+    last_log = -WAIT_LOG_INTERVAL
+    while True:
+        try:
+            client = factory()
+        except ConfigError as e:
+            raise StartupError(f"datastore settings: {e}") from None
+        try:
+            await client.get(keys.READY)
+            return client
+        except DatastoreError as e:
+            await _close(client)
+            if not settings.wait_for_datastore:
+                raise StartupError(f"cannot reach the datastore at {where}: {e} "
+                                   "(set WAIT_FOR_DATASTORE=true to wait for it)") from None
+            if clock() - last_log >= WAIT_LOG_INTERVAL:
+                log.info("Waiting for the datastore at %s: %s", where, e)
+                last_log = clock()
+            await asyncio.sleep(1.0)
+
+
+async def _close(client) -> None:
+    try:
+        await client.close()
+    except Exception:  # noqa: BLE001 - a broken client may fail to close; nothing to do about it
+        pass
+
+
+async def ensure_defaults(client) -> None:
+    for key, value in GLOBAL_DEFAULTS:
+        if await client.put_if_absent(key, value):
+            log.info("Set default %s = %s", key, value)
+
+
+def resolve_ips(settings: NodeSettings, read: Callable[[], list[autodetect.Address]] = autodetect.read_addresses
+                ) -> StartupResult:
+    """Concrete IP/IP6: validated values pass through, `autodetect` picks from the interfaces."""
+    ip, ip6 = settings.ip, settings.ip6
+    addrs: list[autodetect.Address] | None = None
+    if ip == AUTODETECT or ip6 == AUTODETECT:
+        addrs = read()
+    if ip == AUTODETECT:
+        found = autodetect.choose(addrs or [], 4, settings.autodetect_interface)
+        if found is None:
+            raise StartupError("IP: no global IPv4 address found to autodetect (set IP, or IP_AUTODETECT_INTERFACE)")
+        ip = found.address
+        log.info("Autodetected IPv4 %s/%d on %s", ip, found.prefixlen, found.ifname)
+    if ip6 == AUTODETECT:
+        found = autodetect.choose(addrs or [], 6, settings.autodetect_interface)
+        if found is None:
+            raise StartupError("IP6: no global IPv6 address found to autodetect (set IP6, or leave it empty)")
+        ip6 = found.address
+        log.info("Autodetected IPv6 %s/%d on %s", ip6, found.prefixlen, found.ifname)
+    return StartupResult(ip=ip, ip6=ip6)
+
+
+def warn_if_not_local(result: StartupResult, read: Callable[[], list[autodetect.Address]] = autodetect.read_addresses
+                      ) -> None:
+    """A configured IP that no interface carries is usually a typo: say so, but do not refuse."""
+    try:
+        local = {a.address for a in read()}
+    except (OSError, RuntimeError, ValueError):
+        return
+    for var, value in (("IP", result.ip), ("IP6", result.ip6)):
+        if value and value not in local:
+            log.warning("%s=%s is not an address of any interface in this network namespace", var, value)
+
+
+async def check_ip_conflict(client, nodename: str, result: StartupResult) -> None:
+    """Refuse when another host already peers from our address: two BGP speakers on one IP break the mesh."""
+    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
+    mine = {4: result.ip, 6: result.ip6}
+    for kv in kvs:
+        parts = kv.key[len(keys.BGP_HOST_DIR):].split("/")
+        if len(parts) != 2 or parts[0] == nodename or parts[1] not in ("ip_addr_v4", "ip_addr_v6"):
+            continue
+        version = 4 if parts[1] == "ip_addr_v4" else 6
+        if mine[version] and kv.value.strip() == mine[version]:
+            raise StartupError(f"IP{'' if version == 4 else '6'} {mine[version]} is already used by node "
+                               f"{parts[0]!r} ({kv.key}); refusing to start")
+
+
+async def register_host(client, settings: NodeSettings, result: StartupResult) -> None:
+    host = settings.nodename
+    await client.put(keys.host_bird_ip(host), result.ip)
+    await client.put(keys.bgp_host_ip(host, 4), result.ip)
+    await client.put(keys.bgp_host_ip(host, 6), result.ip6 or "")
+    if settings.as_num is not None:
+        await client.put(keys.bgp_host_as(host), str(settings.as_num))
+    elif await client.delete(keys.bgp_host_as(host)):
+        log.info("AS unset: removed %s (the global AS applies)", keys.bgp_host_as(host))
+    log.info("Registered host %s: IPv4 %s, IPv6 %s, AS %s", host, result.ip, result.ip6 or "none",
+             settings.as_num or "global")
+
+
+def parse_pool(key: str, raw: str, version: int) -> PoolInfo | None:
+    """A pool value, or None (logged once with its key) when it is not valid."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        cidr = validate_cidr(doc.get("cidr"), version)
+        kind = "ipip" if doc.get("ipip") else ("vxlan" if doc.get("vxlan") else None)
+        return PoolInfo(cidr=cidr, kind=kind, disabled=bool(doc.get("disabled", False)))
+    except (ValueError, TypeError) as e:
+        log.warning("Ignoring invalid pool %s: %s", key, e)
+        return None
+
+
+async def read_pools(client, version: int) -> list[PoolInfo]:
+    _, kvs = await client.get_prefix(keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6)
+    return [p for kv in kvs if (p := parse_pool(kv.key, kv.value, version)) is not None]
+
+
+async def ensure_default_pools(client, settings: NodeSettings) -> None:
+    if settings.no_default_pools:
+        return
+    for version, cidr, doc in (
+        (4, DEFAULT_POOL_V4, {"cidr": DEFAULT_POOL_V4, "masquerade": True, "ipam": True, "disabled": False}),
+        (6, DEFAULT_POOL_V6, {"cidr": DEFAULT_POOL_V6, "masquerade": False, "ipam": True, "disabled": False}),
+    ):
+        _, existing = await client.get_prefix(keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6)
+        if not existing and await client.put_if_absent(keys.pool(cidr), json.dumps(doc)):
+            log.info("Created default IPv%d pool %s", version, cidr)
+
+
+def _in_pools(ip: str, pools: list[PoolInfo]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(p.cidr) for p in pools)
+
+
+async def _assign(ipam, host: str, handle: str, pools: list[PoolInfo]) -> str | None:
+    """One IPv4 from `pools`; passes the pools to IPAM when its auto_assign takes them."""
+    cidrs = [p.cidr for p in pools]
+    params = inspect.signature(ipam.auto_assign).parameters
+    if "pools" in params:
+        v4, _ = await ipam.auto_assign(host, handle, num4=1, pools=cidrs)
+    else:
+        v4, _ = await ipam.auto_assign(host, handle, num4=1)
+    if not v4:
+        return None
+    if not _in_pools(v4[0], pools):
+        await ipam.release_ips(v4)
+        return None
+    return v4[0]
+
+
+def _default_ipam(client):
+    from libcalico.ipam import Ipam
+
+    return Ipam(client)
+
+
+async def ensure_tunnel_addrs(client, host: str, ipam_factory: Callable[[object], object] = _default_ipam
+                              ) -> dict[str, str | None]:
+    """Allocate (or release) IpInIpTunnelAddr / VXLANTunnelAddr to match the pool kinds that exist."""
+    pools = await read_pools(client, 4)
+    ipam = None
+    out: dict[str, str | None] = {}
+    for param, (kind, handle_prefix) in TUNNELS.items():
+        key = keys.host_config(host, param)
+        wanted = [p for p in pools if p.kind == kind and not p.disabled]
+        current = await client.get(key)
+        handle = f"{handle_prefix}-{host}"
+        if current is not None:
+            try:
+                current = validate_ip(current.strip(), 4)
+            except ValueError as e:
+                log.warning("Replacing invalid %s: %s", key, e)
+                await client.delete(key)
+                current = None
+        if wanted and current and _in_pools(current, wanted):
+            out[param] = current
+            continue
+        if (current or wanted) and ipam is None:
+            ipam = ipam_factory(client)
+        if current:
+            await ipam.release_ips([current])
+            await client.delete(key)
+            log.info("Released %s %s (no %s pool contains it)", param, current, kind.upper())
+        if not wanted:
+            out[param] = None
+            continue
+        ip = await _assign(ipam, host, handle, wanted)
+        if ip is None:
+            raise StartupError(f"{param}: could not allocate an address from the {kind.upper()} pools "
+                               f"{', '.join(p.cidr for p in wanted)}")
+        await client.put(key, ip)
+        log.info("Allocated %s %s", param, ip)
+        out[param] = ip
+    return out
+
+
+def enable_ip_forwarding(ip6: bool, proc_sys: str = "/proc/sys") -> None:
+    """Routing workloads needs forwarding; written from inside the node's own network namespace."""
+    paths = [os.path.join(proc_sys, "net/ipv4/ip_forward")]
+    if ip6:
+        paths.append(os.path.join(proc_sys, "net/ipv6/conf/all/forwarding"))
+    for path in paths:
+        try:
+            with open(path, "w") as f:
+                f.write("1\n")
+        except OSError as e:
+            log.warning("Could not enable IP forwarding (%s): %s", path, e)
+
+
+async def run(settings: NodeSettings, client_factory: Callable[[], object] | None = None,
+              read_addresses: Callable[[], list[autodetect.Address]] = autodetect.read_addresses,
+              proc_sys: str = "/proc/sys") -> StartupResult:
+    """The whole startup sequence; raises StartupError with the one line to print."""
+    result = resolve_ips(settings, read_addresses)
+    if settings.ip != AUTODETECT or (settings.ip6 and settings.ip6 != AUTODETECT):
+        warn_if_not_local(result, read_addresses)
+    client = await connect(settings, client_factory)
+    try:
+        await ensure_defaults(client)
+        await check_ip_conflict(client, settings.nodename, result)
+        await register_host(client, settings, result)
+        await ensure_default_pools(client, settings)
+        await ensure_tunnel_addrs(client, settings.nodename)
+    finally:
+        await _close(client)
+    enable_ip_forwarding(bool(result.ip6), proc_sys)
+    return result

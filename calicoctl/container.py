@@ -1,0 +1,538 @@
+"""`calicoctl container ...`: the namespace orchestrator.
+
+It wires a network namespace to the node it runs in (the CLI runs in the
+node's namespace): a veth `cali<id>` here and `eth0` there, an address from
+IPAM, the link-local gateway routes inside, and the endpoint in etcd for Felix
+to program.  Every step that fails undoes the earlier ones, so a failed
+`add` leaves neither a veth nor an IP assignment nor a half endpoint behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from calicoctl import netns
+from calicoctl.cli import Action, ArgError, CliError, Context, check, split_options, table, usage_error
+from libcalico import keys
+from libcalico.validation import validate_ifname, validate_ip, validate_name
+
+USAGE = """\
+Usage:
+  calicoctl container add <NAMESPACE> <IP>... [--interface=<INTERFACE>] [--hostname=<HOSTNAME>]
+  calicoctl container remove <NAMESPACE> [--hostname=<HOSTNAME>]
+  calicoctl container <NAMESPACE> ip (add|remove) <IP> [--interface=<INTERFACE>] [--hostname=<HOSTNAME>]
+  calicoctl container <NAMESPACE> endpoint show [--hostname=<HOSTNAME>]
+  calicoctl container <NAMESPACE> profile (set|append|remove) [<PROFILES>...] [--hostname=<HOSTNAME>]
+
+Connect a network namespace to this node (run it in the node's namespace).
+
+Arguments:
+  <NAMESPACE>  A network namespace name (as made by `ip netns add`) or the path of a
+               namespace file (e.g. /proc/<pid>/ns/net).
+  <IP>         An address inside an enabled pool, or `ipv4`, `ipv6` (one address from
+               IPAM) or `auto` (IPv4, plus IPv6 when an IPv6 pool exists).
+
+Options:
+  --interface=<INTERFACE>  The interface inside the namespace [default: eth0].
+  --hostname=<HOSTNAME>    The node the endpoint belongs to [default: this node: NODENAME,
+                           HOSTNAME, the node running from CALICO_RUN_DIR, the registered node owning
+                           one of this namespace's addresses, else the kernel hostname].
+"""
+
+ORCHESTRATOR = "netns"
+IFACE_PREFIX = "cali"
+GATEWAY_V4 = "169.254.1.1"
+DEFAULT_RUN_DIR = "/var/run/calico"
+_VALUED = ("--interface", "--hostname")
+
+
+# ---- which node are we -------------------------------------------------------
+
+def run_dir() -> str:
+    return os.environ.get("CALICO_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+def _nodename_file() -> str | None:
+    """The name calico-node runs under, from the state it leaves in its run dir."""
+    try:
+        with open(os.path.join(run_dir(), "node.json")) as f:
+            name = json.load(f).get("nodename")
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        with open(os.path.join(run_dir(), "nodename")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+async def local_hostname(client: Any | None, explicit: str | None = None) -> str:
+    """The node this CLI acts for.
+
+    Explicit > NODENAME > HOSTNAME > the nodename calico-node left in its run
+    dir > the kernel hostname when that node is registered > the registered
+    node that owns an address of this namespace (the CLI is usually run with
+    `ip netns exec <node-ns>`, where the kernel hostname is the machine's) >
+    the kernel hostname.
+    """
+    for cand in (explicit, os.environ.get("NODENAME"), os.environ.get("HOSTNAME"), _nodename_file()):
+        if cand:
+            return check(validate_name, cand, "hostname", what="hostname")
+    kernel = socket.gethostname()
+    if client is None:
+        return kernel
+    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
+    registered: dict[str, str] = {}
+    for kv in kvs:
+        k = keys.parse(kv.key)
+        if k is not None and k.kind == "bgp_host_ip" and kv.value:
+            registered.setdefault(kv.value.strip(), k.host)
+    if kernel in registered.values():
+        return kernel
+    try:
+        local = {a.get("local") for a in netns.addresses(None)}
+    except (netns.NetnsError, ValueError):
+        local = set()
+    owners = {h for ip, h in registered.items() if ip in local}
+    if len(owners) == 1:
+        return owners.pop()
+    return kernel
+
+
+# ---- datastore helpers ---------------------------------------------------------
+
+@dataclass
+class Endpoint:
+    key: str
+    host: str
+    endpoint_id: str
+    data: dict
+    mod_revision: int
+
+    @property
+    def ifname(self) -> str:
+        return self.data.get("name", "")
+
+
+def workload_prefix(host: str, workload: str) -> str:
+    return f"{keys.workload_dir(host)}{ORCHESTRATOR}/{workload}/endpoint/"
+
+
+async def find_endpoint(client: Any, host: str, workload: str) -> Endpoint | None:
+    """The (single) endpoint of a namespace on `host`, or None."""
+    _, kvs = await client.get_prefix(workload_prefix(host, workload))
+    for kv in sorted(kvs, key=lambda kv: kv.create_revision):
+        k = keys.parse(kv.key)
+        if k is None or k.kind != "workload_endpoint":
+            continue
+        try:
+            data = json.loads(kv.value)
+        except ValueError:
+            raise CliError(f"{kv.key}: endpoint is not valid JSON; fix or delete it") from None
+        if not isinstance(data, dict):
+            raise CliError(f"{kv.key}: endpoint is not a JSON object; fix or delete it")
+        return Endpoint(kv.key, host, k.endpoint, data, kv.mod_revision)
+    return None
+
+
+async def require_endpoint(client: Any, host: str, ns: netns.NamespaceRef) -> Endpoint:
+    ep = await find_endpoint(client, host, ns.workload_id)
+    if ep is None:
+        raise CliError(f"namespace {ns.arg} has no endpoint on host {host} (see 'calicoctl container add')")
+    return ep
+
+
+async def enabled_pools(client: Any, version: int) -> list[ipaddress._BaseNetwork]:
+    from libcalico import models
+
+    prefix = keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6
+    _, kvs = await client.get_prefix(prefix)
+    out = []
+    for kv in kvs:
+        try:
+            _, pool = models.parse_key_value(kv.key, kv.value)
+        except models.InvalidValue:
+            continue  # an invalid pool is not a pool; pool show reports it
+        if pool is not None and not pool.disabled:
+            out.append(ipaddress.ip_network(pool.cidr))
+    return out
+
+
+async def _check_in_pool(client: Any, ip: str) -> None:
+    addr = ipaddress.ip_address(ip)
+    if not any(addr in net for net in await enabled_pools(client, addr.version)):
+        raise CliError(f"{ip} is not in any enabled IPv{addr.version} pool (see 'calicoctl pool add')")
+
+
+async def _write_endpoint(client: Any, ep: Endpoint) -> None:
+    """Compare-and-swap the endpoint back, so a concurrent edit is never lost silently."""
+    from libcalico import models
+
+    value = json.dumps(ep.data, separators=(",", ":"))
+    models.parse_key_value(ep.key, value)  # never write what Felix would reject
+    if not await client.cas(ep.key, ep.mod_revision, value):
+        raise CliError(f"{ep.key} changed while we edited it; nothing written, try again")
+
+
+def _ipam(client: Any) -> Any:
+    from libcalico.ipam import Ipam
+
+    return Ipam(client)
+
+
+async def _maybe_await(v: Any) -> Any:
+    return await v if asyncio.iscoroutine(v) else v
+
+
+# ---- kernel side -----------------------------------------------------------------
+
+def host_ifname(endpoint_id: str) -> str:
+    return f"{IFACE_PREFIX}{endpoint_id[:11]}"
+
+
+def inner_config(iface: str, v4: list[str], v6: list[str], v6_gateway: str | None) -> list[str]:
+    """`ip -batch` lines that address the workload side and point its default routes at the host."""
+    lines = ["link set lo up", f"link set {iface} up"]
+    for ip in v4:
+        lines.append(f"addr add {ip}/32 dev {iface}")
+    if v4:
+        lines.append(f"route replace {GATEWAY_V4} dev {iface} scope link")
+        lines.append(f"route replace default via {GATEWAY_V4} dev {iface}")
+    for ip in v6:
+        lines.append(f"addr add {ip}/128 dev {iface} nodad")
+    if v6 and v6_gateway:
+        lines.append(f"route replace ::/0 via {v6_gateway} dev {iface}")
+    return lines
+
+
+def host_link_local(ifname: str, timeout: float = 3.0) -> str:
+    """The host-side veth's fe80:: address (the workload's IPv6 gateway)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for a in netns.addresses(None, ifname):
+            if a.get("family") == "inet6" and str(a.get("local", "")).startswith("fe80:"):
+                return a["local"]
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    info = netns.link(None, ifname)
+    if info is None or not info.get("address"):
+        raise CliError(f"host interface {ifname} vanished")
+    return netns.eui64_link_local(info["address"])
+
+
+def _set_sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError:
+        pass  # IPv6 disabled here: the gateway then comes from the MAC
+
+
+def create_veth(ns: netns.NamespaceRef, host_if: str, iface: str, v4: list[str], v6: list[str]) -> str:
+    """Make the pair, address the inside; returns the workload-side MAC."""
+    if netns.link(None, host_if) is not None:
+        raise CliError(f"interface {host_if} already exists on this node")
+    if netns.link(ns, iface) is not None:
+        raise CliError(f"interface {iface} already exists in namespace {ns.arg}")
+    netns.run(None, ["ip", "link", "add", host_if, "type", "veth", "peer", "name", iface, "netns", ns.path])
+    try:
+        if v6:
+            # No DAD on the host side: the workload's default route points at its link-local.
+            _set_sysctl(f"/proc/sys/net/ipv6/conf/{host_if}/accept_dad", "0")
+        netns.run(None, ["ip", "link", "set", host_if, "up"])
+        netns.ip_batch(ns, [f"link set {iface} up"])
+        gw6 = host_link_local(host_if) if v6 else None
+        netns.ip_batch(ns, inner_config(iface, v4, v6, gw6))
+        info = netns.link(ns, iface)
+        if info is None:
+            raise CliError(f"{iface} vanished from namespace {ns.arg}")
+        return info["address"]
+    except BaseException:
+        delete_veth(ns, host_if, iface)
+        raise
+
+
+def delete_veth(ns: netns.NamespaceRef | None, host_if: str, iface: str = "eth0") -> bool:
+    """Remove the pair (deleting either end removes both); True when something was deleted."""
+    if netns.link(None, host_if) is not None:
+        netns.run(None, ["ip", "link", "del", host_if], check=False)
+        return True
+    if ns is not None:
+        info = netns.link(ns, iface)
+        if info is not None and info.get("link_type") == "ether" and info.get("linkinfo", {}).get(
+                "info_kind") == "veth":
+            netns.run(ns, ["ip", "link", "del", iface], check=False)
+            return True
+    return False
+
+
+# ---- commands -------------------------------------------------------------------
+
+def _ip_spec(spec: str) -> tuple[str, str | None]:
+    """('auto'|'ipv4'|'ipv6', None) or ('ip', normalized address)."""
+    if spec.lower() in ("ipv4", "ipv6", "auto"):
+        return spec.lower(), None
+    return "ip", check(validate_ip, spec, what="IP")
+
+
+async def add(ctx: Context, ns: netns.NamespaceRef, spec: tuple[str, str | None], iface: str,
+              hostname: str | None) -> Endpoint:
+    client = await ctx.client()
+    host = await local_hostname(client, hostname)
+    if await find_endpoint(client, host, ns.workload_id) is not None:
+        raise CliError(f"namespace {ns.arg} already has an endpoint on host {host}")
+    ep_id = uuid.uuid4().hex
+    host_if = host_ifname(ep_id)
+    ipam = _ipam(client)
+    kind, ip = spec
+    if kind == "ip":
+        assert ip is not None
+        await _check_in_pool(client, ip)
+        await _maybe_await(ipam.assign(ip, ep_id, host))
+        v4, v6 = ([ip], []) if ipaddress.ip_address(ip).version == 4 else ([], [ip])
+    else:
+        num4 = 1 if kind in ("ipv4", "auto") else 0
+        num6 = 1 if kind == "ipv6" or (kind == "auto" and await enabled_pools(client, 6)) else 0
+        if kind == "ipv6" and not await enabled_pools(client, 6):
+            raise CliError("no enabled IPv6 pool to assign from (see 'calicoctl pool add')")
+        if num4 and not await enabled_pools(client, 4):
+            raise CliError("no enabled IPv4 pool to assign from (see 'calicoctl pool add')")
+        try:
+            v4, v6 = await _maybe_await(ipam.auto_assign(host, ep_id, num4, num6))
+        except BaseException:
+            await _maybe_await(ipam.release_handle(ep_id))
+            raise
+        v4, v6 = [str(a).split("/")[0] for a in v4], [str(a).split("/")[0] for a in v6]
+        if len(v4) < num4 or len(v6) < num6:
+            await _maybe_await(ipam.release_handle(ep_id))
+            raise CliError("IPAM has no free address in the pools (see 'calicoctl ipam')")
+    key = keys.workload_endpoint(host, ORCHESTRATOR, ns.workload_id, ep_id)
+    try:
+        mac = create_veth(ns, host_if, iface, v4, v6)
+        data: dict[str, Any] = {
+            "state": "active", "name": host_if, "mac": mac, "profile_ids": [],
+            "ipv4_nets": [f"{a}/32" for a in v4], "ipv6_nets": [f"{a}/128" for a in v6],
+        }
+        if v4:
+            data["ipv4_gateway"] = GATEWAY_V4
+        try:
+            value = json.dumps(data, separators=(",", ":"))
+            if not await client.put_if_absent(key, value):
+                raise CliError(f"{key} already exists")
+        except BaseException:
+            delete_veth(ns, host_if, iface)
+            raise
+    except BaseException:
+        await _maybe_await(ipam.release_handle(ep_id))
+        raise
+    return Endpoint(key, host, ep_id, data, 0)
+
+
+async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, hostname: str | None,
+                 arg: str) -> Endpoint:
+    client = await ctx.client()
+    host = await local_hostname(client, hostname)
+    ep = await find_endpoint(client, host, workload_id)
+    if ep is None:
+        raise CliError(f"namespace {arg} has no endpoint on host {host}")
+    if ep.ifname:
+        delete_veth(ns, ep.ifname)
+    await client.delete(ep.key)
+    ipam = _ipam(client)
+    await _maybe_await(ipam.release_handle(ep.endpoint_id))
+    nets = [n.split("/")[0] for n in ep.data.get("ipv4_nets", []) + ep.data.get("ipv6_nets", [])]
+    if nets:
+        # Addresses given explicitly by an older tool may carry no handle: free them by address too.
+        await _maybe_await(ipam.release_ips(nets))
+    return ep
+
+
+async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, iface: str,
+                    hostname: str | None) -> None:
+    client = await ctx.client()
+    host = await local_hostname(client, hostname)
+    ep = await require_endpoint(client, host, ns)
+    version = ipaddress.ip_address(ip).version
+    field = f"ipv{version}_nets"
+    cidr = f"{ip}/{32 if version == 4 else 128}"
+    nets = list(ep.data.get(field, []))
+    ipam = _ipam(client)
+    if op == "add":
+        if cidr in nets:
+            raise CliError(f"{ip} is already assigned to namespace {ns.arg}")
+        await _check_in_pool(client, ip)
+        await _maybe_await(ipam.assign(ip, ep.endpoint_id, host))
+        try:
+            gw6 = host_link_local(ep.ifname) if version == 6 else None
+            first = not nets
+            lines = [f"addr add {cidr} dev {iface}" + (" nodad" if version == 6 else "")]
+            if first and version == 4:
+                lines += [f"route replace {GATEWAY_V4} dev {iface} scope link",
+                          f"route replace default via {GATEWAY_V4} dev {iface}"]
+            if first and version == 6:
+                lines.append(f"route replace ::/0 via {gw6} dev {iface}")
+            netns.ip_batch(ns, lines)
+            ep.data[field] = nets + [cidr]
+            if version == 4:
+                ep.data.setdefault("ipv4_gateway", GATEWAY_V4)
+            await _write_endpoint(client, ep)
+        except BaseException:
+            netns.run(ns, ["ip", "addr", "del", cidr, "dev", iface], check=False)
+            await _maybe_await(ipam.release_ips([ip]))
+            raise
+    else:
+        if cidr not in nets:
+            raise CliError(f"{ip} is not assigned to namespace {ns.arg}")
+        ep.data[field] = [n for n in nets if n != cidr]
+        await _write_endpoint(client, ep)
+        netns.run(ns, ["ip", "addr", "del", cidr, "dev", iface], check=False)
+        await _maybe_await(ipam.release_ips([ip]))
+
+
+async def profile_change(ctx: Context, ns: netns.NamespaceRef, op: str, profiles: list[str],
+                         hostname: str | None) -> list[str]:
+    client = await ctx.client()
+    host = await local_hostname(client, hostname)
+    ep = await require_endpoint(client, host, ns)
+    if op in ("set", "append"):
+        for p in profiles:
+            _, kvs = await client.get_prefix(keys.profile_dir(p))
+            if not kvs:
+                raise CliError(f"profile {p} does not exist (see 'calicoctl profile add')")
+    current = list(ep.data.get("profile_ids") or ([ep.data["profile_id"]] if ep.data.get("profile_id") else []))
+    if op == "set":
+        new = list(dict.fromkeys(profiles))
+    elif op == "append":
+        dup = [p for p in profiles if p in current]
+        if dup:
+            raise CliError(f"namespace {ns.arg} already has profile {dup[0]}")
+        new = current + [p for p in dict.fromkeys(profiles)]
+    else:
+        missing = [p for p in profiles if p not in current]
+        if missing:
+            raise CliError(f"namespace {ns.arg} does not have profile {missing[0]}")
+        new = [p for p in current if p not in profiles]
+    ep.data.pop("profile_id", None)
+    ep.data["profile_ids"] = new
+    await _write_endpoint(client, ep)
+    return new
+
+
+def endpoint_table(eps: list[Endpoint]) -> str:
+    rows = [[e.endpoint_id, e.host, e.data.get("name", ""), e.data.get("mac") or "",
+             "\n".join(e.data.get("ipv4_nets", []) + e.data.get("ipv6_nets", [])),
+             ",".join(e.data.get("profile_ids") or []), e.data.get("state", "")] for e in eps]
+    return table(["Endpoint ID", "Hostname", "Interface", "MAC", "IP Addresses", "Profiles", "State"], rows)
+
+
+# ---- grammar --------------------------------------------------------------------
+
+def _ns(arg: str) -> netns.NamespaceRef:
+    try:
+        return netns.resolve(arg)
+    except netns.NetnsError as e:
+        raise ArgError(str(e)) from None
+
+
+def _ns_for_remove(arg: str) -> tuple[netns.NamespaceRef | None, str]:
+    """A deleted namespace can still be cleaned up: only its workload id is needed then."""
+    try:
+        ref = netns.resolve(arg)
+        return ref, ref.workload_id
+    except netns.NetnsError:
+        if "/" in arg:
+            import re
+
+            return None, re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.abspath(arg).strip("/"))
+        return None, check(validate_name, arg, "namespace name", what="NAMESPACE")
+
+
+def parse(args: list[str]) -> Action:
+    words, opts = split_options(args, valued=_VALUED, usage=USAGE)
+    iface = check(validate_ifname, opts.get("--interface", "eth0"), what="--interface")
+    hostname = opts.get("--hostname")
+    if hostname is not None:
+        hostname = check(validate_name, hostname, "hostname", what="--hostname")
+    if len(words) == 3 and words[0] == "add":
+        ns, spec = _ns(words[1]), _ip_spec(words[2])
+
+        async def do_add(ctx: Context) -> int:
+            ep = await add(ctx, ns, spec, iface, hostname)
+            nets = ep.data["ipv4_nets"] + ep.data["ipv6_nets"]
+            ctx.print(f"IP {', '.join(n.split('/')[0] for n in nets)} added to {ns.arg} "
+                      f"(endpoint {ep.endpoint_id}, interface {ep.data['name']}, host {ep.host})")
+            return 0
+
+        return do_add
+    if len(words) == 2 and words[0] == "remove":
+        ref, wid = _ns_for_remove(words[1])
+        arg = words[1]
+
+        async def do_remove(ctx: Context) -> int:
+            ep = await remove(ctx, ref, wid, hostname, arg)
+            ctx.print(f"Removed networking from {arg} (endpoint {ep.endpoint_id})")
+            return 0
+
+        return do_remove
+    if len(words) >= 3 and words[0] not in ("add", "remove"):
+        ns = _ns(words[0])
+        sub = words[1:]
+        if sub[0] == "ip" and len(sub) == 3 and sub[1] in ("add", "remove"):
+            op, ip = sub[1], check(validate_ip, sub[2], what="IP")
+
+            async def do_ip(ctx: Context) -> int:
+                await ip_change(ctx, ns, op, ip, iface, hostname)
+                ctx.print(f"IP {ip} {'added to' if op == 'add' else 'removed from'} {ns.arg}")
+                return 0
+
+            return do_ip
+        if sub == ["endpoint", "show"]:
+            async def do_show(ctx: Context) -> int:
+                client = await ctx.client()
+                host = await local_hostname(client, hostname)
+                ctx.print(endpoint_table([await require_endpoint(client, host, ns)]))
+                return 0
+
+            return do_show
+        if sub[0] == "profile" and len(sub) >= 2 and sub[1] in ("set", "append", "remove"):
+            op = sub[1]
+            profiles = [check(validate_name, p, "profile name", what="profile") for p in sub[2:]]
+            if op != "set" and not profiles:
+                raise ArgError(f"profile {op} needs at least one <PROFILE>")
+
+            async def do_profile(ctx: Context) -> int:
+                new = await profile_change(ctx, ns, op, profiles, hostname)
+                ctx.print(f"Profiles of {ns.arg}: {', '.join(new) or '(none)'}")
+                return 0
+
+            return do_profile
+    raise usage_error(USAGE, words, "container")
+
+
+async def host_endpoints(client: Any, host: str) -> list[Endpoint]:
+    """Every workload endpoint of a host (any orchestrator); unparseable values count too."""
+    _, kvs = await client.get_prefix(keys.workload_dir(host))
+    out = []
+    for kv in kvs:
+        k = keys.parse(kv.key)
+        if k is None or k.kind != "workload_endpoint":
+            continue
+        try:
+            data = json.loads(kv.value)
+        except ValueError:
+            data = {}
+        out.append(Endpoint(kv.key, k.host, k.endpoint, data if isinstance(data, dict) else {},
+                            kv.mod_revision))
+    return out

@@ -1,0 +1,43 @@
+"""List the nodes registered in the datastore with their BGP addresses and AS."""
+
+from __future__ import annotations
+
+from calicoctl.cli import Action, Context, split_options, table, usage_error
+from libcalico import keys
+
+USAGE = """\
+Usage:
+  calicoctl node show
+
+Show every node registered under /calico/bgp/v1/host with its IPv4 and IPv6
+peering addresses and AS number (a node without its own AS uses the global
+one, shown in parentheses).
+"""
+
+
+async def node_rows(client) -> list[list[str]]:
+    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
+    nodes: dict[str, dict[str, str]] = {}
+    for kv in kvs:
+        k = keys.parse(kv.key)
+        if k is None:
+            continue
+        if k.kind == "bgp_host_ip":
+            nodes.setdefault(k.host, {})[f"v{k.version}"] = (kv.value or "").strip()
+        elif k.kind == "bgp_host_as":
+            nodes.setdefault(k.host, {})["as"] = (kv.value or "").strip()
+    global_as = (await client.get(keys.bgp_global_as()) or "64511").strip()
+    return [[h, n.get("v4", ""), n.get("v6", ""), n.get("as") or f"({global_as})"]
+            for h, n in sorted(nodes.items())]
+
+
+def parse(args: list[str]) -> Action:
+    words, _ = split_options(args, usage=USAGE)
+    if words:
+        raise usage_error(USAGE, words, "node show")
+
+    async def show(ctx: Context) -> int:
+        ctx.print(table(["Hostname", "Bird IPv4", "Bird IPv6", "AS Num"], await node_rows(await ctx.client())))
+        return 0
+
+    return show

@@ -1,0 +1,350 @@
+"""The confd loop: syncer updates -> debounced render -> check -> atomic write -> reload.
+
+Why each step exists:
+- debounce: a burst of etcd writes (a node joining, a script adding peers)
+  must cost one or two BIRD reloads, not one per key;
+- write only on changed bytes: a no-op write in etcd must not reload BIRD
+  (a reload can reset sessions on some changes);
+- `bird -p` on a staged file, then rename: BIRD only ever sees a file it
+  accepts, so a bad template or value never takes BGP down;
+- `configure` through the socket with the reply code checked: the only
+  reliable way to know BIRD took the new config.
+A failure keeps the last good file, is logged with the inputs that changed
+since it was good, and makes readiness fail until fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bird_control.protocol import BirdClient, BirdConfigError, BirdError, BirdUnavailable
+from confd import render as _render
+from confd import resources as _res
+from confd.state import BgpStore, Node
+
+log = logging.getLogger("confd")
+
+QUIET = 0.02       # render once no change arrived for this long...
+MAX_DELAY = 0.1    # ...or this long after the first pending change, whichever first
+RETRY_TICK = 2.0   # retry failed reloads / pending work
+
+
+@dataclass
+class Settings:
+    host: str
+    ip4: str | None
+    ip6: str | None
+    run_dir: str
+    conf_dir: str
+
+    @property
+    def confd_dir(self) -> str:
+        return os.path.join(self.conf_dir, "confd")
+
+    @property
+    def status_path(self) -> str:
+        return os.path.join(self.run_dir, "confd.status")
+
+    def placeholders(self) -> dict[str, str]:
+        return {"conf_dir": self.conf_dir, "run_dir": self.run_dir, "host": self.host}
+
+    def prefixes(self) -> list[str]:
+        return ["/calico/bgp/v1/", "/calico/v1/ipam/", f"/calico/ipam/v2/host/{self.host}/"]
+
+
+@dataclass
+class ResourceState:
+    """What confd knows about one resource's output."""
+
+    last_good: bytes | None = None
+    error: str | None = None
+    changed_keys: set[str] = field(default_factory=set)   # since the last good render
+    reload_pending: bool = False
+    renders: int = 0
+    writes: int = 0
+    reloads: int = 0
+
+
+class Confd:
+    def __init__(self, settings: Settings, store: BgpStore | None = None):
+        self.s = settings
+        self.store = store or BgpStore(Node(settings.host, settings.ip4, settings.ip6))
+        self.resources: list[_res.Resource] = []
+        self.load_errors: list[str] = []
+        self.env = None
+        self.states: dict[str, ResourceState] = {}
+        self.in_sync = False
+        self._dirty: set[str] = set()          # resource names to re-render
+        self._wake = asyncio.Event()
+        self._first_pending: float | None = None
+        self._last_change = 0.0
+        self._status_written: Any = None
+        self.reloaded = asyncio.Condition()    # notified after every reload attempt (benchmarks, tests)
+        self._unknown_logged: set[str] = set()
+
+    # ---- resources and templates ---------------------------------------------
+
+    def load(self) -> None:
+        """(Re)load conf.d/ and templates/; errors are kept for readiness and logged once each."""
+        for d in _res.install_defaults(self.s.confd_dir):
+            log.info("installed default %s", d)
+        resources, errors = _res.load_resources(os.path.join(self.s.confd_dir, "conf.d"),
+                                                self.s.placeholders())
+        for e in errors:
+            if e not in self.load_errors:
+                log.error("resource rejected: %s", e)
+        self.load_errors = errors
+        self.resources = resources
+        self.env = _render.environment(os.path.join(self.s.confd_dir, "templates"))
+        for r in resources:
+            st = self.states.setdefault(r.name, ResourceState())
+            if st.last_good is None:
+                with contextlib.suppress(OSError):
+                    with open(r.dest, "rb") as f:
+                        st.last_good = f.read()
+        self._dirty.update(r.name for r in resources)
+        self._poke()
+
+    # ---- datastore side ----------------------------------------------------------
+
+    def apply(self, batch: list[Any]) -> None:
+        """Feed one syncer batch into the store and mark the resources that depend on it."""
+        for u in batch:
+            if u.kind == "in_sync":
+                if not self.in_sync:
+                    log.info("in sync with the datastore")
+                self.in_sync = True
+                self._dirty.update(r.name for r in self.resources)
+                continue
+            key = u.key
+            if u.kind == "unknown":
+                if key not in self._unknown_logged:
+                    self._unknown_logged.add(key)
+                    log.error("rejected %s: not a key of the datamodel (bad address or name in the key?)", key)
+                continue
+            if u.kind == "put":
+                if not self.store.relevant(u.parsed_key):
+                    continue
+                changed = self.store.put(u.parsed_key, u.value)
+            elif u.kind == "invalid":
+                reason = u.error or "invalid"
+                if reason.startswith(f"{key}: "):
+                    reason = reason[len(key) + 2:]
+                changed = self.store.reject(key, reason)
+            elif u.kind == "delete":
+                changed = self.store.delete(key)
+            else:
+                continue
+            for r in self.resources:
+                if r.watches(key):
+                    self.states[r.name].changed_keys.add(key)
+                    if changed or u.kind == "invalid":
+                        self._dirty.add(r.name)
+        if self._dirty:
+            self._poke()
+        self.write_status()
+
+    def _poke(self) -> None:
+        now = time.monotonic()
+        if self._first_pending is None:
+            self._first_pending = now
+        self._last_change = now
+        self._wake.set()
+
+    # ---- render loop ------------------------------------------------------------
+
+    async def render_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RETRY_TICK)
+            self._wake.clear()
+            # Debounce: wait for a quiet gap, bounded by MAX_DELAY from the first change.
+            while self._first_pending is not None:
+                now = time.monotonic()
+                due = min(self._last_change + QUIET, self._first_pending + MAX_DELAY)
+                if now >= due:
+                    break
+                await asyncio.sleep(due - now)
+            self._first_pending = None
+            if not self.in_sync:
+                continue
+            dirty, self._dirty = self._dirty, set()
+            for r in self.resources:
+                st = self.states[r.name]
+                if r.name in dirty:
+                    await self.process(r)
+                elif st.reload_pending:
+                    await self.reload(r)
+            self.write_status()
+
+    async def process(self, r: _res.Resource) -> None:
+        """Render one resource and, when its bytes changed, check, install and reload it."""
+        st = self.states[r.name]
+        st.renders += 1
+        try:
+            blocked = self.store.blocking_rejections()
+            if blocked:
+                raise _render.RenderError("required value rejected: " + "; ".join(blocked))
+            text = _render.render(self.env, r.src, self.store.context())
+        except _render.RenderError as e:
+            self._fail(r, f"{r.src}: {e}")
+            return
+        if not text.strip():
+            if st.error:
+                log.info("%s: nothing to render for this node now", r.name)
+            st.error = None
+            return  # e.g. bird6.cfg on a node without IPv6: not written
+        data = text.encode()
+        if data == st.last_good and os.path.exists(r.dest):
+            if st.error:
+                log.info("%s: back to the last good config", r.name)
+            st.error = None
+            st.changed_keys.clear()
+            return
+        stage = os.path.join(os.path.dirname(r.dest), f".{os.path.basename(r.dest)}.stage")
+        try:
+            os.makedirs(os.path.dirname(r.dest), exist_ok=True)
+            with open(stage, "wb") as f:
+                f.write(data)
+            os.chmod(stage, r.mode)
+        except OSError as e:
+            self._fail(r, f"cannot write {stage}: {e}")
+            return
+        argv = r.check_argv(stage)
+        if argv:
+            ok, out = await _run(argv)
+            if not ok:
+                self._fail(r, f"check `{' '.join(argv)}` failed: {out}{_offending_line(out, stage, text)}")
+                with contextlib.suppress(OSError):
+                    os.unlink(stage)
+                return
+        try:
+            with open(stage, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(stage, r.dest)
+        except OSError as e:
+            self._fail(r, f"cannot install {r.dest}: {e}")
+            return
+        st.writes += 1
+        st.last_good = data
+        if st.error:
+            log.info("%s: fixed, new config installed", r.name)
+        st.error = None
+        log.info("wrote %s (%d bytes; changed: %s)", r.dest, len(data), _short(st.changed_keys))
+        st.changed_keys.clear()
+        st.reload_pending = True
+        await self.reload(r)
+
+    async def reload(self, r: _res.Resource) -> None:
+        st = self.states[r.name]
+        sock = r.bird_socket()
+        try:
+            if sock is not None:
+                if not os.path.exists(sock):
+                    # BIRD not started yet: it reads the file when it starts. Retried on the
+                    # next tick in case it was starting right now (configure is harmless).
+                    log.info("%s: %s not there yet; BIRD will read %s when it starts", r.name, sock, r.dest)
+                    return
+                async with BirdClient(sock, timeout=10) as c:
+                    res = await c.configure()
+                log.info("%s: BIRD reconfigured (%04d %s)", r.name, res.code, res.message)
+            elif r.reload_argv():
+                ok, out = await _run(r.reload_argv() or [])
+                if not ok:
+                    raise BirdError(0, f"`{r.reload_cmd}` failed: {out}")
+            st.reload_pending = False
+            st.reloads += 1
+        except BirdConfigError as e:
+            st.reload_pending = False
+            self._fail(r, f"BIRD refused {r.dest}: {e.text}")
+        except (BirdUnavailable, BirdError, OSError, TimeoutError) as e:
+            log.warning("%s: reload failed, will retry: %s", r.name, e)
+        finally:
+            async with self.reloaded:
+                self.reloaded.notify_all()
+
+    def _fail(self, r: _res.Resource, msg: str) -> None:
+        st = self.states[r.name]
+        inputs = _short(st.changed_keys) if st.changed_keys else "no datastore change (template or resource edit?)"
+        full = f"{msg}; kept the last good {r.dest}; inputs changed since it was good: {inputs}"
+        if st.error != full:
+            log.error("%s: %s", r.name, full)
+        st.error = full
+
+    # ---- readiness ----------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.in_sync:
+            out.append("not in sync with the datastore yet")
+        out += [f"resource: {e}" for e in self.load_errors]
+        out += [f"{n}: {st.error}" for n, st in sorted(self.states.items()) if st.error]
+        out += [f"rejected {k}: {v}" for k, v in sorted(self.store.rejected.items())]
+        return out
+
+    def write_status(self) -> None:
+        problems = self.problems()
+        status = {"pid": os.getpid(), "ready": not problems, "problems": problems}
+        if status == self._status_written:
+            return
+        path = self.s.status_path
+        try:
+            os.makedirs(self.s.run_dir, exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(status, f)
+            os.replace(tmp, path)
+            self._status_written = status
+        except OSError as e:
+            log.warning("cannot write %s: %s", path, e)
+
+
+def check_ready(status_path: str) -> tuple[bool, str]:
+    """Readiness from the status file confd keeps in the run dir (and its pid still alive)."""
+    try:
+        with open(status_path) as f:
+            status = json.load(f)
+    except (OSError, ValueError) as e:
+        return False, f"no confd status ({status_path}: {e})"
+    try:
+        os.kill(int(status["pid"]), 0)
+    except (OSError, KeyError, ValueError, TypeError):
+        return False, f"confd (pid {status.get('pid')}) is not running"
+    if status.get("ready"):
+        return True, "confd ready"
+    return False, "confd not ready: " + " | ".join(status.get("problems") or ["unknown"])
+
+
+async def _run(argv: list[str], timeout: float = 30.0) -> tuple[bool, str]:
+    try:
+        p = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                 stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(p.communicate(), timeout)
+    except (OSError, TimeoutError) as e:
+        return False, str(e)
+    text = out.decode("utf-8", "replace").strip()
+    return p.returncode == 0, text or f"exit {p.returncode}"
+
+
+def _offending_line(out: str, stage: str, text: str) -> str:
+    """Quote the rendered line BIRD complained about (`file:LINE:COL msg`)."""
+    m = re.search(re.escape(stage) + r":(\d+):", out)
+    if not m:
+        return ""
+    lines = text.splitlines()
+    n = int(m.group(1))
+    return f" (line {n}: {lines[n - 1].strip()!r})" if 0 < n <= len(lines) else ""
+
+
+def _short(keys: set[str], limit: int = 5) -> str:
+    ks = sorted(keys)
+    return ", ".join(ks[:limit]) + (f" and {len(ks) - limit} more" if len(ks) > limit else "") if ks else "none"

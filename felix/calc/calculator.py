@@ -1,0 +1,302 @@
+"""The pure calculation: datastore model in, desired dataplane state out.
+
+No I/O: the daemon feeds it syncer updates and hands `desired()` to the
+writers.  It keeps every endpoint of the cluster (tags make remote endpoints'
+IPs part of local ipsets) but renders chains, routes and neighbours only for
+endpoints of its own host.  Rendering is memoised per endpoint and per profile
+so one changed endpoint costs one endpoint's chains, and unchanged chains come
+back as the very same list objects (writers can skip them by identity).
+
+Invalid data for one key is reported once through `errors` (key -> reason)
+and that key is treated as absent; everything else proceeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from . import names
+from .model import (
+    Endpoint,
+    ProfileRules,
+    endpoint_from_value,
+    profile_rules_from_value,
+    tags_from_value,
+)
+from .rules import MARK_ACCEPT, MARK_SRC_OK, RuleError, render_rule, rule_lines
+
+log = logging.getLogger(__name__)
+
+_ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)  # MLD, router/neighbour solicitation/advert
+
+
+@dataclass
+class FamilyState:
+    """The filter table and ipsets of one IP family."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+    ipsets: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass
+class DesiredState:
+    v4: FamilyState
+    v6: FamilyState
+    routes: dict[str, frozenset[str]]          # ifname -> CIDRs (both families)
+    neighbours: dict[str, dict[str, str]]      # ifname -> {ip: mac}
+    endpoints: dict[str, Endpoint]             # local endpoints by key
+
+    def family(self, version: int) -> FamilyState:
+        return self.v4 if version == 4 else self.v6
+
+
+@dataclass(frozen=True)
+class CalcConfig:
+    hostname: str
+    iface_prefix: str = "cali"
+    endpoint_to_host_action: str = "DROP"     # DROP | RETURN | ACCEPT
+    ipv6: bool = True
+
+
+class Calculator:
+    def __init__(self, cfg: CalcConfig):
+        self.cfg = cfg
+        self.endpoints: dict[str, Endpoint] = {}       # every endpoint in the cluster
+        self.local: dict[str, Endpoint] = {}            # ours, by key
+        self.rules: dict[str, ProfileRules] = {}
+        self.tags: dict[str, tuple[str, ...]] = {}
+        self.labels: dict[str, dict[str, str]] = {}
+        self.errors: dict[str, str] = {}                # key -> reason, while invalid
+        self._new_errors: list[tuple[str, str]] = []
+        self._prof_eps: dict[str, set[str]] = {}        # profile -> endpoint keys (cluster)
+        self._ep_cache: dict[tuple[str, int], tuple[tuple, dict[str, list[str]]]] = {}
+        self._prof_cache: dict[tuple[str, int], tuple[ProfileRules, dict[str, list[str]]]] = {}
+        self._dispatch_cache: dict[tuple, list[str]] = {}
+        self._iface_owner: dict[str, str] = {}
+
+    # ---- input ----------------------------------------------------------------------
+
+    def take_errors(self) -> list[tuple[str, str]]:
+        """(key, reason) pairs that became invalid since the last call: log each once."""
+        out, self._new_errors = self._new_errors, []
+        return out
+
+    def _error(self, key: str, reason: str) -> None:
+        if self.errors.get(key) != reason:
+            self.errors[key] = reason
+            self._new_errors.append((key, reason))
+
+    def on_update(self, kind: str, key: object, value: object = None) -> None:
+        """One syncer update: kind 'put' (value = parsed model), 'delete' or 'invalid'.
+
+        `key` is a libcalico.keys.Key; keys of kinds Felix core does not use are ignored.
+        """
+        k = getattr(key, "kind", None)
+        path = getattr(key, "path", "")
+        if k not in ("workload_endpoint", "profile_rules", "profile_tags", "profile_labels"):
+            return
+        if kind == "put":
+            try:
+                self._put(k, key, value)
+                self.errors.pop(path, None)
+                return
+            except (ValueError, TypeError, RuleError) as e:
+                self._error(path, str(e))
+        elif kind == "invalid":
+            self.errors[path] = str(value) if value else "invalid"
+        else:
+            self.errors.pop(path, None)
+        self._remove(k, key)
+
+    def _put(self, k: str, key: object, value: object) -> None:
+        if k == "workload_endpoint":
+            ep = endpoint_from_value(key, value)
+            if ep.host == self.cfg.hostname and not ep.iface.startswith(self.cfg.iface_prefix):
+                raise ValueError(f"interface {ep.iface!r} does not start with InterfacePrefix "
+                                 f"{self.cfg.iface_prefix!r}")
+            self._set_endpoint(ep)
+        elif k == "profile_rules":
+            self.rules[key.profile] = profile_rules_from_value(value)
+        elif k == "profile_tags":
+            self.tags[key.profile] = tags_from_value(value)
+        elif k == "profile_labels":
+            if not isinstance(value, dict):
+                raise ValueError("labels must be a mapping")
+            self.labels[key.profile] = {str(a): str(b) for a, b in value.items()}
+
+    def _remove(self, k: str, key: object) -> None:
+        if k == "workload_endpoint":
+            self._del_endpoint(key.path)
+        elif k == "profile_rules":
+            self.rules.pop(key.profile, None)
+        elif k == "profile_tags":
+            self.tags.pop(key.profile, None)
+        elif k == "profile_labels":
+            self.labels.pop(key.profile, None)
+
+    def _set_endpoint(self, ep: Endpoint) -> None:
+        self._del_endpoint(ep.key)
+        self.endpoints[ep.key] = ep
+        for p in ep.profile_ids:
+            self._prof_eps.setdefault(p, set()).add(ep.key)
+        if ep.host == self.cfg.hostname:
+            owner = self._iface_owner.get(ep.iface)
+            if owner is not None and owner != ep.key:
+                self._error(ep.key, f"interface {ep.iface} already belongs to {owner}; endpoint ignored")
+                return
+            self._iface_owner[ep.iface] = ep.key
+            self.local[ep.key] = ep
+
+    def _del_endpoint(self, key: str) -> None:
+        old = self.endpoints.pop(key, None)
+        if old is None:
+            return
+        for p in old.profile_ids:
+            s = self._prof_eps.get(p)
+            if s:
+                s.discard(key)
+                if not s:
+                    del self._prof_eps[p]
+        if self.local.pop(key, None) is not None and self._iface_owner.get(old.iface) == key:
+            del self._iface_owner[old.iface]
+            for (ekey, v) in [(key, 4), (key, 6)]:
+                self._ep_cache.pop((ekey, v), None)
+
+    # ---- output ---------------------------------------------------------------------
+
+    def desired(self) -> DesiredState:
+        fams = {v: FamilyState() for v in (4, 6)}
+        versions = (4, 6) if self.cfg.ipv6 else (4,)
+        used_profiles = {p for ep in self.local.values() for p in ep.profile_ids}
+        for v in versions:
+            fs = fams[v]
+            used_tags: set[str] = set()
+            for p in sorted(used_profiles):
+                if p in self.rules:
+                    fs.chains.update(self._profile_chains(p, v))
+                    used_tags |= _rule_tags(self.rules[p])
+            valid_profiles = frozenset(p for p in used_profiles if p in self.rules)
+            ifaces = []
+            for key in sorted(self.local):
+                ep = self.local[key]
+                fs.chains.update(self._endpoint_chains(ep, v, valid_profiles))
+                ifaces.append(ep.iface)
+            fs.chains.update(self._base_chains(v, tuple(ifaces)))
+            fs.hooks = {"INPUT": [f"-j {names.INPUT}"], "FORWARD": [f"-j {names.FORWARD}"],
+                        "OUTPUT": [f"-j {names.OUTPUT}"]}
+            for tag in sorted(used_tags):
+                fs.ipsets[names.tag_ipset(tag, v)] = self._tag_members(tag, v)
+        routes: dict[str, frozenset[str]] = {}
+        neigh: dict[str, dict[str, str]] = {}
+        for ep in self.local.values():
+            nets = ep.ipv4_nets + (ep.ipv6_nets if self.cfg.ipv6 else ())
+            routes[ep.iface] = frozenset(nets)
+            if ep.mac:
+                hosts = {n.split("/")[0]: ep.mac for n in nets
+                         if n.endswith("/32") or n.endswith("/128")}
+                if hosts:
+                    neigh[ep.iface] = hosts
+        return DesiredState(fams[4], fams[6], routes, neigh, dict(self.local))
+
+    def _tag_members(self, tag: str, v: int) -> frozenset[str]:
+        members: set[str] = set()
+        for p, tags in self.tags.items():
+            if tag in tags:
+                for key in self._prof_eps.get(p, ()):
+                    members.update(self.endpoints[key].nets(v))
+        return frozenset(members)
+
+    def _profile_chains(self, pid: str, v: int) -> dict[str, list[str]]:
+        rules = self.rules[pid]
+        hit = self._prof_cache.get((pid, v))
+        if hit is not None and hit[0] is rules:
+            return hit[1]
+        out = {}
+        for direction, rlist in (("i", rules.inbound), ("o", rules.outbound)):
+            lines: list[str] = []
+            for r in rlist:
+                lines += rule_lines(render_rule(r, v))
+            out[names.profile_chain(pid, direction)] = lines
+        self._prof_cache[(pid, v)] = (rules, out)
+        return out
+
+    def _endpoint_chains(self, ep: Endpoint, v: int, valid_profiles: frozenset[str]) -> dict[str, list[str]]:
+        profs = tuple(p for p in ep.profile_ids if p in valid_profiles)
+        inputs = (ep, profs)
+        hit = self._ep_cache.get((ep.key, v))
+        if hit is not None and hit[0] == inputs:
+            return hit[1]
+        to_chain = names.endpoint_chain("to", ep.iface)
+        from_chain = names.endpoint_chain("from", ep.iface)
+        if not ep.active:
+            out = {to_chain: ["-j DROP"], from_chain: ["-j DROP"]}
+        else:
+            clear = f"-j MARK --set-xmark 0x0/{MARK_ACCEPT}"
+            to_lines = [clear]
+            from_lines = [f"-j MARK --set-xmark 0x0/{_or(MARK_ACCEPT, MARK_SRC_OK)}"]
+            if ep.mac:
+                from_lines.append(f"-m mac ! --mac-source {ep.mac} -j DROP")
+            nets = ep.nets(v)
+            if not nets:
+                from_lines.append("-j DROP")
+            elif len(nets) == 1:
+                from_lines.append(f"! -s {nets[0]} -j DROP")
+            else:
+                from_lines += [f"-s {n} -j MARK --set-xmark {MARK_SRC_OK}/{MARK_SRC_OK}" for n in nets]
+                from_lines.append(f"-m mark ! --mark {MARK_SRC_OK}/{MARK_SRC_OK} -j DROP")
+            for p in profs:
+                to_lines += [f"-j {names.profile_chain(p, 'i')}",
+                             f"-m mark --mark {MARK_ACCEPT}/{MARK_ACCEPT} -j RETURN"]
+                from_lines += [f"-j {names.profile_chain(p, 'o')}",
+                               f"-m mark --mark {MARK_ACCEPT}/{MARK_ACCEPT} -j RETURN"]
+            to_lines.append("-j DROP")
+            from_lines.append("-j DROP")
+            out = {to_chain: to_lines, from_chain: from_lines}
+        self._ep_cache[(ep.key, v)] = (inputs, out)
+        return out
+
+    def _base_chains(self, v: int, ifaces: tuple[str, ...]) -> dict[str, list[str]]:
+        ck = (v, ifaces, self.cfg.endpoint_to_host_action, self.cfg.iface_prefix)
+        hit = self._dispatch_cache.get(ck)
+        if hit is not None:
+            return hit
+        wl = f"{self.cfg.iface_prefix}+"
+        from_disp = [f"-i {i} -g {names.endpoint_chain('from', i)}" for i in ifaces] + ["-j DROP"]
+        to_disp = [f"-o {i} -g {names.endpoint_chain('to', i)}" for i in ifaces] + ["-j DROP"]
+        inp = []
+        if v == 6:
+            inp += [f"-i {wl} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in _ICMPV6_HOST_TYPES]
+        else:
+            inp.append(f"-i {wl} -p udp -m udp --sport 68 --dport 67 -j ACCEPT")
+        inp += [f"-i {wl} -m conntrack --ctstate INVALID -j DROP",
+                f"-i {wl} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                f"-i {wl} -j {names.FROM_ENDPOINT}"]
+        if self.cfg.endpoint_to_host_action != "RETURN":
+            inp.append(f"-i {wl} -j {self.cfg.endpoint_to_host_action}")
+        fwd = [f"-i {wl} -m conntrack --ctstate INVALID -j DROP",
+               f"-o {wl} -m conntrack --ctstate INVALID -j DROP",
+               f"-i {wl} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+               f"-o {wl} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+               f"-i {wl} -j {names.FROM_ENDPOINT}",
+               f"-o {wl} -j {names.TO_ENDPOINT}",
+               f"-i {wl} -j ACCEPT",
+               f"-o {wl} -j ACCEPT"]
+        out = {names.INPUT: inp, names.FORWARD: fwd, names.OUTPUT: [],
+               names.FROM_ENDPOINT: from_disp, names.TO_ENDPOINT: to_disp}
+        self._dispatch_cache = {ck: out}
+        return out
+
+
+def _or(a: str, b: str) -> str:
+    return hex(int(a, 16) | int(b, 16))
+
+
+def _rule_tags(rules: ProfileRules) -> set[str]:
+    out = set()
+    for r in rules.inbound + rules.outbound:
+        for f in ("src_tag", "dst_tag", "!src_tag", "!dst_tag"):
+            if r.get(f):
+                out.add(r[f])
+    return out

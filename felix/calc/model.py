@@ -1,0 +1,111 @@
+"""Felix's own frozen view of endpoints and profiles, built from libcalico values.
+
+The calculator compares these by value to know what changed, so they are
+immutable and hold only what Felix programs.  Conversion re-validates every
+field that ends up in the kernel (interface names, nets, MACs, ids) and raises
+ValueError naming the field; the caller logs it with the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from libcalico.validation import validate_cidr, validate_ifname, validate_mac, validate_name
+
+from .rules import RuleError, render_rule, rule_to_dict
+
+
+def _get(obj: object, name: str, default: object = None) -> object:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    v = getattr(obj, name, default)
+    if v is default and hasattr(obj, "model_extra") and obj.model_extra:
+        v = obj.model_extra.get(name, default)
+    return v
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    key: str
+    host: str
+    orchestrator: str
+    workload: str
+    endpoint_id: str
+    active: bool
+    iface: str
+    mac: str | None
+    profile_ids: tuple[str, ...]
+    ipv4_nets: tuple[str, ...]
+    ipv6_nets: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def nets(self, version: int) -> tuple[str, ...]:
+        return self.ipv4_nets if version == 4 else self.ipv6_nets
+
+
+def endpoint_from_value(key: object, value: object) -> Endpoint:
+    """`key` is a parsed libcalico Key of kind workload_endpoint."""
+    state = _get(value, "state", "active")
+    state = getattr(state, "value", state)
+    if state not in ("active", "inactive"):
+        raise ValueError(f"state {state!r} is not active or inactive")
+    iface = validate_ifname(_get(value, "name"))
+    mac = _get(value, "mac")
+    mac = validate_mac(str(mac)) if mac not in (None, "") else None
+    pids = _get(value, "profile_ids")
+    if pids is None:
+        single = _get(value, "profile_id")
+        pids = [single] if single else []
+    if isinstance(pids, str) or not isinstance(pids, list | tuple):
+        raise ValueError("profile_ids must be a list")
+    profile_ids = tuple(dict.fromkeys(validate_name(p, "profile id") for p in pids))
+    nets = {}
+    for v in (4, 6):
+        raw = _get(value, f"ipv{v}_nets") or []
+        if isinstance(raw, str) or not isinstance(raw, list | tuple):
+            raise ValueError(f"ipv{v}_nets must be a list")
+        nets[v] = tuple(dict.fromkeys(validate_cidr(str(n), v) for n in raw))
+    labels = _get(value, "labels") or {}
+    if not isinstance(labels, Mapping):
+        raise ValueError("labels must be a mapping")
+    return Endpoint(
+        key=key.path, host=key.host, orchestrator=key.orchestrator, workload=key.workload,
+        endpoint_id=key.endpoint, active=state == "active", iface=iface, mac=mac,
+        profile_ids=profile_ids, ipv4_nets=nets[4], ipv6_nets=nets[6],
+        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+
+
+@dataclass(frozen=True)
+class ProfileRules:
+    """A profile's rules as plain dicts (frozen by being tuples of sorted item tuples)."""
+
+    inbound: tuple[dict, ...]
+    outbound: tuple[dict, ...]
+
+
+def profile_rules_from_value(value: object) -> ProfileRules:
+    """Convert and dry-run render every rule for both families, so an invalid
+    rule makes the whole value invalid up front (named by the caller's key)."""
+    out = {}
+    for direction in ("inbound", "outbound"):
+        raw = _get(value, f"{direction}_rules") or []
+        if not isinstance(raw, list | tuple):
+            raise ValueError(f"{direction}_rules must be a list")
+        rules = []
+        for i, r in enumerate(raw):
+            try:
+                d = rule_to_dict(r)
+                for v in (4, 6):
+                    render_rule(d, v)
+            except RuleError as e:
+                raise ValueError(f"{direction}_rules[{i}]: {e}") from None
+            rules.append(d)
+        out[direction] = tuple(rules)
+    return ProfileRules(out["inbound"], out["outbound"])
+
+
+def tags_from_value(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError("tags must be a list of names")
+    return tuple(dict.fromkeys(validate_name(t, "tag") for t in value))

@@ -1,0 +1,254 @@
+"""Felix's ipsets of one IP family, applied with one `ipset restore` per batch.
+
+Why this shape:
+- One `ipset restore` for the whole batch (1,000 `ipset add` processes cost
+  ~25x more).
+- Small changes go as add/del deltas so a set in use never empties; a big
+  rewrite (more than half the set) fills a temporary set and `swap`s it in,
+  which replaces the contents atomically for the rules that use it.
+- Sets are only destroyed once nothing refers to them: callers apply
+  `apply_updates()` (creates and fills) before the iptables writers and
+  `apply()` (which also destroys) after them.
+- `ipset restore` is not transactional: on failure the kernel is re-read and
+  the remaining difference retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Iterable
+
+from felix.dataplane.errors import DataplaneError
+
+log = logging.getLogger(__name__)
+
+MAX_SET_NAME = 31  # IPSET_MAXNAMELEN 32 incl. NUL
+MAXELEM = 1048576
+SET_TYPE = "hash:net"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+SWAP_MIN_SIZE = 16  # below this, deltas are always cheap enough
+
+
+def set_prefix(family: int) -> str:
+    return f"felix-v{family}-"
+
+
+def ipset_name(family: int, ident: str) -> str:
+    """`felix-v4-<id>` if it fits 31 chars, else `felix-v4-_<base32 sha256>`; `_`-ids are always hashed."""
+    prefix = set_prefix(family)
+    room = MAX_SET_NAME - len(prefix)
+    if len(ident) <= room and _NAME_RE.match(ident) and not ident.startswith("_"):
+        return prefix + ident
+    digest = base64.b32encode(hashlib.sha256(ident.encode()).digest()).decode().rstrip("=")
+    return prefix + "_" + digest[: room - 1]
+
+
+def normalize_members(family: int, members: Iterable[str]) -> frozenset[str]:
+    """Members in the form `ipset save` prints (host routes without /32 or /128; /0 split in two /1).
+
+    hash:net cannot hold a /0, and comparing with what the kernel shows needs one spelling.
+    Raises ValueError on a member of the wrong family: the calculator validated it already,
+    a wrong one here is a bug that must not reach the kernel.
+    """
+    out = set()
+    for m in members:
+        net = ipaddress.ip_network(m, strict=False)
+        if net.version != family:
+            raise ValueError(f"ipset member {m!r} is not IPv{family}")
+        if net.prefixlen == 0:
+            out.update(str(n) for n in net.subnets(new_prefix=1))
+        elif net.prefixlen == net.max_prefixlen:
+            out.add(str(net.network_address))
+        else:
+            out.add(str(net))
+    return frozenset(out)
+
+
+def parse_save(text: str, prefix: str) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """`ipset save` -> (members per set, create line args per set), only sets named with `prefix`."""
+    members: dict[str, set[str]] = {}
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not parts[1].startswith(prefix):
+            continue
+        if parts[0] == "create":
+            members.setdefault(parts[1], set())
+            types[parts[1]] = " ".join(parts[2:5])  # "hash:net family inet"
+        elif parts[0] == "add":
+            members.setdefault(parts[1], set()).add(parts[2])
+    return members, types
+
+
+class IpsetWriter:
+    """Owner of the `felix-v<family>-*` ipsets in one namespace. Coroutines: apply*, refresh, cleanup_stale."""
+
+    def __init__(self, family: int, runner, retries: int = 3, backoff: float = 0.1):
+        if family not in (4, 6):
+            raise ValueError(f"family must be 4 or 6, not {family!r}")
+        self.family = family
+        self.runner = runner
+        self.retries = retries
+        self.backoff = backoff
+        self.prefix = set_prefix(family)
+        self.tmp_name = self.prefix + "_tmp"  # lowercase: hashed names are upper-case base32, no clash
+        self._create_args = f"{SET_TYPE} family {'inet' if family == 4 else 'inet6'}"
+        self._desired: dict[str, frozenset[str]] = {}
+        self._to_delete: set[str] = set()
+        self._kernel: dict[str, set[str]] | None = None
+        self._kernel_types: dict[str, str] = {}
+        self.stats: dict[str, float] = {
+            "restores": 0, "restore_errors": 0, "saves": 0, "swaps": 0,
+            "members_added": 0, "members_removed": 0, "sets_destroyed": 0, "last_apply_seconds": 0.0,
+        }
+
+    # ---- model ----
+    def _check_name(self, name: str) -> None:
+        if not name.startswith(self.prefix) or len(name) > MAX_SET_NAME or not _NAME_RE.match(name) \
+                or name == self.tmp_name:
+            raise ValueError(f"invalid ipset name {name!r} for IPv{self.family} (want {self.prefix}<id>, <= 31 chars)")
+
+    def set_members(self, name: str, members: Iterable[str]) -> None:
+        """Desired members (IPs or CIDRs of this writer's family) of set `name`."""
+        self._check_name(name)
+        self._desired[name] = normalize_members(self.family, members)
+        self._to_delete.discard(name)
+
+    def remove(self, name: str) -> None:
+        """Destroy `name` at the next `apply()` (not `apply_updates()`)."""
+        self._check_name(name)
+        self._desired.pop(name, None)
+        self._to_delete.add(name)
+
+    def members(self, name: str) -> frozenset[str] | None:
+        return self._desired.get(name)
+
+    @property
+    def dirty(self) -> bool:
+        if self._kernel is None:
+            return True
+        text, _ = self.render(deletions=True)
+        return bool(text)
+
+    # ---- diff ----
+    def _create(self, name: str) -> str:
+        return f"create {name} {self._create_args} maxelem {MAXELEM}"
+
+    def render(self, deletions: bool) -> tuple[str, int]:
+        """Restore text for the difference between model and kernel view; also the number of swaps in it."""
+        k = self._kernel
+        lines: list[str] = []
+        swaps = 0
+        for name in sorted(self._desired):
+            want = self._desired[name]
+            have = k.get(name)
+            if have is not None and self._kernel_types.get(name) != self._create_args:
+                lines.append(f"destroy {name}")  # wrong type/family: recreate (fails if referenced)
+                have = None
+            if have is None:
+                lines.append(self._create(name))
+                lines += [f"add {name} {m}" for m in sorted(want)]
+                continue
+            adds = want - have
+            dels = have - want
+            if not adds and not dels:
+                continue
+            if len(want) >= SWAP_MIN_SIZE and len(adds) + len(dels) > max(len(want), len(have)) / 2:
+                swaps += 1
+                t = self.tmp_name
+                lines += [self._create(t), f"flush {t}"]
+                lines += [f"add {t} {m}" for m in sorted(want)]
+                lines += [f"swap {t} {name}", f"destroy {t}"]
+            else:
+                lines += [f"del {name} {m}" for m in sorted(dels)]
+                lines += [f"add {name} {m}" for m in sorted(adds)]
+        if deletions:
+            lines += [f"destroy {n}" for n in sorted(self._to_delete) if n in k]
+        return ("\n".join(lines) + "\n" if lines else ""), swaps
+
+    # ---- kernel ----
+    async def load(self) -> dict[str, set[str]]:
+        r = await self.runner.run(["ipset", "save"])
+        self.stats["saves"] += 1
+        if not r.ok:
+            raise DataplaneError(f"ipset save failed: {r.stderr.strip()}")
+        self._kernel, self._kernel_types = parse_save(r.stdout, self.prefix)
+        self._kernel.pop(self.tmp_name, None)
+        return self._kernel
+
+    def _commit(self, deletions: bool) -> None:
+        k = self._kernel
+        for name, want in self._desired.items():
+            have = k.get(name, set())
+            self.stats["members_added"] += len(want - have)
+            self.stats["members_removed"] += len(have - want)
+            k[name] = set(want)
+            self._kernel_types[name] = self._create_args
+        if deletions:
+            for n in list(self._to_delete):
+                if n in k:
+                    self.stats["sets_destroyed"] += 1
+                    k.pop(n)
+                    self._kernel_types.pop(n, None)
+            self._to_delete.clear()
+
+    async def _apply(self, deletions: bool) -> bool:
+        t0 = time.monotonic()
+        try:
+            if self._kernel is None:
+                await self.load()
+            last_err = ""
+            for attempt in range(self.retries + 1):
+                with_del = deletions and (attempt < self.retries)
+                text, swaps = self.render(with_del)
+                if not text:
+                    if deletions and not with_del and self._to_delete:
+                        log.error("ipsets v%d: destroying %s failed, deferred: %s",
+                                  self.family, sorted(self._to_delete), last_err)
+                    return attempt > 0
+                self.stats["restores"] += 1
+                r = await self.runner.run(["ipset", "-exist", "restore"], input=text)
+                if r.ok:
+                    self.stats["swaps"] += swaps
+                    self._commit(with_del)
+                    if deletions and not with_del:
+                        log.error("ipsets v%d: destroying sets failed, deferred: %s", self.family, last_err)
+                    return True
+                self.stats["restore_errors"] += 1
+                last_err = r.stderr.strip()
+                log.warning("ipset restore v%d failed (attempt %d): %s", self.family, attempt + 1, last_err)
+                await asyncio.sleep(self.backoff * (2 ** attempt))
+                await self.load()  # restore is not atomic: see what did land
+            raise DataplaneError(f"ipsets v{self.family}: restore failed: {last_err}")
+        finally:
+            self.stats["last_apply_seconds"] = time.monotonic() - t0
+
+    async def apply_updates(self) -> bool:
+        """Create and fill sets; destroys nothing (run before iptables so new rules find their sets)."""
+        return await self._apply(deletions=False)
+
+    async def apply(self) -> bool:
+        """Everything, including destroying removed sets (run after iptables dropped their references)."""
+        return await self._apply(deletions=True)
+
+    async def refresh(self) -> bool:
+        """Re-read `ipset save` and repair any drift in our sets (members added/removed by hand)."""
+        await self.load()
+        return await self.apply_updates()
+
+    async def cleanup_stale(self, keep: set[str] | frozenset[str] = frozenset()) -> bool:
+        """Destroy our-prefixed sets the model does not know (only once in sync)."""
+        await self.load()
+        for n in self._kernel:
+            if n not in self._desired and n not in keep:
+                self._to_delete.add(n)
+        return await self.apply()
+
+    def kernel_sets(self) -> dict[str, set[str]]:
+        return {} if self._kernel is None else {k: set(v) for k, v in self._kernel.items()}

@@ -1,0 +1,105 @@
+"""Per-interface and global sysctls, written inside the target network namespace.
+
+/proc/sys/net shows the namespace of the task that opens it, so writing for
+another namespace needs a task inside it. Instead of one `ip netns exec` per
+write (~5 ms each, thousands at cold start), one worker thread joins the
+namespace with setns(2) once and does plain file writes (~10 us each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+CLONE_NEWNET = 0x40000000
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def interface_sysctls(ifname: str, v4: bool = True, v6: bool = True) -> dict[str, str]:
+    """What a workload interface needs: proxy ARP/NDP answer for the gateway, strict rp_filter, no RA."""
+    if not _IFNAME_RE.match(ifname) or ifname in (".", ".."):
+        raise ValueError(f"invalid interface name {ifname!r}")
+    out = {}
+    if v4:
+        out.update({
+            f"net/ipv4/conf/{ifname}/proxy_arp": "1",
+            f"net/ipv4/conf/{ifname}/rp_filter": "1",
+            f"net/ipv4/conf/{ifname}/forwarding": "1",
+            f"net/ipv4/neigh/{ifname}/proxy_delay": "0",
+        })
+    if v6:
+        out.update({
+            f"net/ipv6/conf/{ifname}/proxy_ndp": "1",
+            f"net/ipv6/conf/{ifname}/forwarding": "1",
+            f"net/ipv6/conf/{ifname}/accept_ra": "0",
+        })
+    return out
+
+
+GLOBAL_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
+
+
+def _setns(netns: str) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class SysctlWriter:
+    """Writes sysctls in `netns` (None: our own namespace) from one dedicated thread."""
+
+    def __init__(self, netns: str | None = None, root: str = "/proc/sys"):
+        self.netns = netns
+        self.root = root
+        init = (lambda: _setns(netns)) if netns else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sysctl", initializer=init)
+        self.errors = 0
+
+    def _write_all(self, values: dict[str, str]) -> list[str]:
+        failed = []
+        for key, value in values.items():
+            try:
+                with open(os.path.join(self.root, key), "w") as f:
+                    f.write(value)
+            except OSError as e:
+                failed.append(f"{key}: {e.strerror}")
+        return failed
+
+    def _read(self, key: str) -> str:
+        with open(os.path.join(self.root, key)) as f:
+            return f.read().strip()
+
+    async def write(self, values: dict[str, str]) -> list[str]:
+        """Write all; returns the failures (e.g. an interface that vanished), each 'key: reason'."""
+        failed = await asyncio.get_running_loop().run_in_executor(self._pool, self._write_all, values)
+        self.errors += len(failed)
+        return failed
+
+    async def read(self, key: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, key)
+
+    async def configure_interface(self, ifname: str, v4: bool = True, v6: bool = True) -> list[str]:
+        """All per-interface sysctls in one hop to the worker thread; IPv6 ones skipped if v6 is off."""
+        failed = await self.write(interface_sysctls(ifname, v4, v6))
+        if failed:
+            log.warning("sysctls for %s: %s", ifname, "; ".join(failed))
+        return failed
+
+    async def configure_global(self, v6: bool = True) -> list[str]:
+        vals = dict(GLOBAL_SYSCTLS) if v6 else {"net/ipv4/ip_forward": "1"}
+        return await self.write(vals)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

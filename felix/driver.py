@@ -1,0 +1,107 @@
+"""Hand the calculator's desired state to the dataplane writers, one diff per batch.
+
+The calculator returns the whole desired state each time (with unchanged
+chains as the same list objects), so this module remembers what it last
+handed over and calls the writers only for what changed: one new endpoint
+costs two chain writes and one route, not a rewrite of everything.  The
+writers themselves diff against the kernel and batch the kernel calls.
+
+Apply order matters: ipsets are created/filled before iptables rules that
+reference them and destroyed only after those rules are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from felix.calc import DesiredState
+from felix.dataplane.backend import Backend
+from felix.dataplane.ipsets import IpsetWriter
+from felix.dataplane.iptables import IptablesTable
+from felix.dataplane.routes import RouteWriter
+
+log = logging.getLogger(__name__)
+
+
+class DataplaneDriver:
+    """Owns one filter IptablesTable and one IpsetWriter per IP family, and the RouteWriter."""
+
+    def __init__(self, runner, backend: Backend, routes: RouteWriter, ipv6: bool = True):
+        self.versions = (4, 6) if ipv6 else (4,)
+        self.tables = {v: IptablesTable(v, "filter", runner, backend) for v in self.versions}
+        self.ipsets = {v: IpsetWriter(v, runner) for v in self.versions}
+        self.routes = routes
+        self._chains: dict[int, dict[str, list[str]]] = {v: {} for v in self.versions}
+        self._hooks: dict[int, dict[str, list[str]]] = {v: {} for v in self.versions}
+        self._sets: dict[int, dict[str, frozenset[str]]] = {v: {} for v in self.versions}
+        self._routes: dict[str, frozenset[str]] = {}
+        self._neigh: dict[tuple[str, str], str] = {}
+
+    def push(self, desired: DesiredState) -> int:
+        """Tell the writers what changed since the last push; returns the number of changed objects."""
+        n = 0
+        for v in self.versions:
+            fs = desired.family(v)
+            table, last = self.tables[v], self._chains[v]
+            for name, rules in fs.chains.items():
+                old = last.get(name)
+                if old is not rules and old != rules:
+                    table.set_chain(name, rules)
+                    n += 1
+            for name in last.keys() - fs.chains.keys():
+                table.remove_chain(name)
+                n += 1
+            self._chains[v] = dict(fs.chains)
+            for builtin, rules in fs.hooks.items():
+                if self._hooks[v].get(builtin) != rules:
+                    table.set_hooks(builtin, rules)
+                    n += 1
+            self._hooks[v] = dict(fs.hooks)
+            ips, last_sets = self.ipsets[v], self._sets[v]
+            for name, members in fs.ipsets.items():
+                if last_sets.get(name) != members:
+                    ips.set_members(name, members)
+                    n += 1
+            for name in last_sets.keys() - fs.ipsets.keys():
+                ips.remove(name)
+                n += 1
+            self._sets[v] = dict(fs.ipsets)
+        for ifname, cidrs in desired.routes.items():
+            if self._routes.get(ifname) != cidrs:
+                self.routes.set_routes(ifname, cidrs)
+                n += 1
+        for ifname in self._routes.keys() - desired.routes.keys():
+            self.routes.set_routes(ifname, set())
+            n += 1
+        self._routes = dict(desired.routes)
+        neigh = {(ifname, ip): mac for ifname, m in desired.neighbours.items() for ip, mac in m.items()}
+        for key, mac in neigh.items():
+            if self._neigh.get(key) != mac:
+                self.routes.set_neighbour(key[0], key[1], mac)
+                n += 1
+        for key in self._neigh.keys() - neigh.keys():
+            self.routes.set_neighbour(key[0], key[1], None)
+            n += 1
+        self._neigh = neigh
+        return n
+
+    async def apply(self) -> None:
+        """Apply every writer once; raises DataplaneError (the caller retries with backoff)."""
+        await asyncio.gather(*(self.ipsets[v].apply_updates() for v in self.versions))
+        await asyncio.gather(*(self.tables[v].apply() for v in self.versions))
+        await asyncio.gather(*(self.ipsets[v].apply() for v in self.versions))
+        await self.routes.apply()
+
+    async def cleanup_stale(self) -> None:
+        """After the first in-sync apply: remove felix chains, ipsets and routes nobody desires."""
+        await asyncio.gather(*(self.tables[v].cleanup_stale() for v in self.versions))
+        await asyncio.gather(*(self.ipsets[v].cleanup_stale() for v in self.versions))
+        await self.routes.cleanup_stale()
+
+    async def refresh_iptables(self) -> None:
+        await asyncio.gather(*(self.tables[v].refresh() for v in self.versions))
+        await asyncio.gather(*(self.ipsets[v].refresh() for v in self.versions))
+
+    async def refresh_routes(self) -> None:
+        await self.routes.refresh()

@@ -1,0 +1,117 @@
+"""Felix's liveness and endpoint status, written back to etcd.
+
+`status` carries a lease of ReportingTTLSecs so it vanishes when Felix dies
+(the CLI and operators read it as "Felix alive"); `last_reported_status` has
+no lease so the last sign of life survives.  Datastore failures are logged
+once per outage and never stop Felix: status is advisory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+from libcalico import keys
+from libcalico.datastore import DatastoreError
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusReporter:
+    def __init__(self, client, hostname: str, interval: float, ttl: float):
+        self.client = client
+        self.hostname = hostname
+        self.interval = interval
+        self.ttl = max(int(ttl), int(interval) + 1, 2)
+        self.started = time.monotonic()
+        self._lease = None
+        self._first = True
+        self._failing = False
+
+    async def report_once(self) -> None:
+        doc = json.dumps({"time": _now(), "uptime": round(time.monotonic() - self.started, 1),
+                          "first_update": self._first})
+        try:
+            if self._lease is not None:
+                try:
+                    await self._lease.refresh()
+                except DatastoreError:
+                    self._lease = None
+            if self._lease is None:
+                self._lease = await self.client.lease(self.ttl)
+            await self.client.put(keys.felix_status(self.hostname), doc, lease=self._lease)
+            await self.client.put(keys.felix_last_status(self.hostname), doc)
+            self._first = False
+            if self._failing:
+                log.info("status reporting to etcd works again")
+            self._failing = False
+        except DatastoreError as e:
+            self._lease = None
+            if not self._failing:
+                log.warning("cannot report status to etcd: %s (will retry)", e)
+            self._failing = True
+
+    async def run(self) -> None:
+        while True:
+            await self.report_once()
+            await asyncio.sleep(self.interval)
+
+
+class EndpointStatusReporter:
+    """Per-endpoint `{"status": "up"|"down"}`, written only when it changes, stale keys removed."""
+
+    def __init__(self, client, hostname: str, delay: float = 1.0):
+        self.client = client
+        self.hostname = hostname
+        self.delay = delay
+        self._want: dict[tuple[str, str, str], str] = {}
+        self._written: dict[tuple[str, str, str], str] = {}
+        self._event = asyncio.Event()
+        self._cleaned = False
+
+    def update(self, statuses: dict[tuple[str, str, str], str]) -> None:
+        """statuses: (orchestrator, workload, endpoint) -> 'up' | 'down' | 'error'."""
+        if statuses != self._want:
+            self._want = dict(statuses)
+            self._event.set()
+
+    async def _sync(self) -> None:
+        if not self._cleaned:
+            prefix = f"{keys.FELIX_STATUS_DIR}{self.hostname}/workload/"
+            _, kvs = await self.client.get_prefix(prefix)
+            for kv in kvs:
+                k = keys.parse(kv.key)
+                if k is not None and k.kind == "felix_endpoint_status":
+                    self._written[(k.orchestrator, k.workload, k.endpoint)] = json.loads(kv.value).get("status")
+            self._cleaned = True
+        for ident, st in list(self._want.items()):
+            if self._written.get(ident) != st:
+                await self.client.put(keys.felix_endpoint_status(self.hostname, *ident),
+                                      json.dumps({"status": st}))
+                self._written[ident] = st
+        for ident in [i for i in self._written if i not in self._want]:
+            await self.client.delete(keys.felix_endpoint_status(self.hostname, *ident))
+            self._written.pop(ident, None)
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            await self._event.wait()
+            await asyncio.sleep(self.delay)
+            self._event.clear()
+            try:
+                await self._sync()
+                failing = False
+            except (DatastoreError, ValueError) as e:
+                if not failing:
+                    log.warning("cannot write endpoint status: %s (will retry)", e)
+                failing = True
+                self._event.set()
+                await asyncio.sleep(1)

@@ -1,0 +1,275 @@
+"""Keep a consumer's view of some etcd prefixes exact, across outages and compactions.
+
+Felix and confd must never act on a half-read datastore and must never see a
+"flush" (dropping everything and re-adding it would tear down working
+dataplane).  So the syncer reads a consistent snapshot (every prefix at one
+revision), watches from the next revision, and after any loss of the watch
+(etcd down, endpoint switch, history compacted) takes a fresh snapshot and
+emits only what differs from what it already emitted.
+
+Per-key contract for consumers:
+- ``put``: ``value`` is the parsed model, ``parsed_key`` the parsed key.
+- ``invalid``: the raw value failed validation (``error`` = "<key>: <reason>");
+  the consumer must treat the key as absent, i.e. drop whatever it held for it
+  (a previously valid key becoming invalid is, for the consumer, a delete).
+  The syncer logs each invalid key once per distinct raw value; consumers need
+  not log it again.
+- ``delete``: the key is gone (also sent for a key whose last update was
+  ``invalid``; harmless, since the consumer already treats it as absent).
+- ``unknown``: a key outside the datamodel under a watched prefix; ignore it.
+- ``in_sync``: everything before it reflects the datastore.  Always sent after
+  the first snapshot, and after a resnapshot that changed anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from libcalico.datastore import (
+    CompactedError,
+    DatastoreClient,
+    DatastoreError,
+    DatastoreUnavailable,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+READY_KEY = "/calico/v1/Ready"
+
+Parser = Callable[[str, str | None], tuple[Any, object]]
+
+
+@dataclass
+class Update:
+    kind: str  # "put" | "delete" | "invalid" | "in_sync" | "unknown"
+    key: str | None = None
+    value: object = None
+    error: str | None = None
+    parsed_key: Any = None
+
+
+@dataclass
+class _Seen:
+    raw: str
+    state: str  # "put" | "invalid" | "unknown"
+    parsed_key: Any
+
+
+def _default_parser(path: str, raw: str | None) -> tuple[Any, object]:
+    from libcalico.models import parse_key_value  # written alongside; imported lazily
+    return parse_key_value(path, raw)
+
+
+def _normalise_prefixes(prefixes: list[str]) -> list[str]:
+    """Drop prefixes covered by another one, so no event is seen twice."""
+    out: list[str] = []
+    for p in sorted(set(prefixes)):
+        if not any(p.startswith(q) for q in out):
+            out.append(p)
+    return out
+
+
+class Syncer:
+    """Snapshot + watch of ``prefixes``, yielding batches of :class:`Update`."""
+
+    def __init__(self, client: DatastoreClient, prefixes: list[str], parser: Parser | None = None,
+                 wait_for_ready: bool = False, batch_window: float = 0.005, max_batch: int = 1000,
+                 min_backoff: float = 0.1, max_backoff: float = 5.0, ready_poll: float = 1.0):
+        if not prefixes:
+            raise ValueError("Syncer needs at least one prefix")
+        self.client = client
+        self.prefixes = _normalise_prefixes(list(prefixes))
+        self.parser: Parser = parser or _default_parser
+        self.wait_for_ready = wait_for_ready
+        self.batch_window = batch_window
+        self.max_batch = max(1, max_batch)
+        self.min_backoff = min_backoff
+        self.max_backoff = max(max_backoff, min_backoff)
+        self.ready_poll = ready_poll
+        self.status = "wait-for-ready" if wait_for_ready else "resyncing"
+        self.resyncs = 0
+        self.revision = 0
+        self._seen: dict[str, _Seen] = {}
+        self._logged_invalid: dict[str, str] = {}
+        self._synced_once = False
+        self._outage_since: float | None = None
+
+    # ---- per-key bookkeeping ---------------------------------------------
+
+    def _on_put(self, key: str, raw: str) -> Update:
+        try:
+            parsed_key, value = self.parser(key, raw)
+        except ValueError as e:
+            reason = str(e)
+            error = reason if reason.startswith(key) else f"{key}: {reason}"
+            self._seen[key] = _Seen(raw, "invalid", None)
+            if self._logged_invalid.get(key) != raw:
+                self._logged_invalid[key] = raw
+                log.warning("ignoring invalid value: %s", error)
+            return Update("invalid", key, error=error)
+        except Exception as e:  # a parser bug must not stop the node: treat as invalid
+            error = f"{key}: cannot parse ({type(e).__name__}: {e})"
+            self._seen[key] = _Seen(raw, "invalid", None)
+            if self._logged_invalid.get(key) != raw:
+                self._logged_invalid[key] = raw
+                log.exception("parser failed: %s", error)
+            return Update("invalid", key, error=error)
+        self._logged_invalid.pop(key, None)
+        if parsed_key is None:
+            self._seen[key] = _Seen(raw, "unknown", None)
+            return Update("unknown", key)
+        self._seen[key] = _Seen(raw, "put", parsed_key)
+        return Update("put", key, value=value, parsed_key=parsed_key)
+
+    def _on_delete(self, key: str) -> Update | None:
+        seen = self._seen.pop(key, None)
+        self._logged_invalid.pop(key, None)
+        if seen is None or seen.state == "unknown":
+            return None
+        return Update("delete", key, parsed_key=seen.parsed_key)
+
+    def _on_event(self, ev: WatchEvent) -> Update | None:
+        if ev.type == "delete":
+            return self._on_delete(ev.key)
+        seen = self._seen.get(ev.key)
+        if seen is not None and seen.raw == ev.value:
+            return None  # rewritten with the same bytes: nothing changed for consumers
+        return self._on_put(ev.key, ev.value or "")
+
+    def diff(self, snapshot: dict[str, str]) -> list[Update]:
+        """Updates that turn what was emitted so far into ``snapshot`` (and record it)."""
+        updates: list[Update] = []
+        for key, raw in sorted(snapshot.items()):
+            seen = self._seen.get(key)
+            if seen is None or seen.raw != raw:
+                updates.append(self._on_put(key, raw))
+        for key in sorted(k for k in self._seen if k not in snapshot):
+            u = self._on_delete(key)
+            if u is not None:
+                updates.append(u)
+        return updates
+
+    # ---- datastore side ----------------------------------------------------
+
+    async def _wait_ready(self) -> None:
+        logged = False
+        while await self.client.get(READY_KEY) != "true":
+            if not logged:
+                log.info("waiting for %s to be \"true\"", READY_KEY)
+                logged = True
+            await asyncio.sleep(self.ready_poll)
+        if logged:
+            log.info("%s is true", READY_KEY)
+
+    async def _snapshot(self) -> tuple[int, dict[str, str]]:
+        """Every prefix at one revision, so the view is consistent across prefixes."""
+        rev = 0
+        data: dict[str, str] = {}
+        for prefix in self.prefixes:
+            rev, kvs = await self.client.get_prefix(prefix, revision=rev)
+            data.update((kv.key, kv.value) for kv in kvs)
+        return rev, data
+
+    async def _pump(self, prefix: str, start: int, queue: asyncio.Queue) -> None:
+        try:
+            async for events in self.client.watch_batches(prefix, start):
+                await queue.put(events)
+            await queue.put(DatastoreUnavailable(f"watch {prefix} ended"))
+        except Exception as e:  # handed to the consumer side, which decides
+            await queue.put(e)
+
+    async def _watch(self, start: int) -> AsyncIterator[list[Update]]:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=256)
+        tasks = [asyncio.create_task(self._pump(p, start, queue), name=f"syncer-watch {p}")
+                 for p in self.prefixes]
+        try:
+            while True:
+                items = [await queue.get()]
+                deadline = time.monotonic() + self.batch_window
+                count = len(items[0]) if isinstance(items[0], list) else 0
+                while count < self.max_batch:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 and queue.empty():
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), max(remaining, 0))
+                    except TimeoutError:
+                        break
+                    items.append(item)
+                    count += len(item) if isinstance(item, list) else 0
+                events: list[WatchEvent] = []
+                error: BaseException | None = None
+                for item in items:
+                    if isinstance(item, BaseException):
+                        error = error or item
+                    else:
+                        events.extend(item)
+                events.sort(key=lambda ev: ev.mod_revision)  # stable: per-key order kept
+                updates = [u for u in map(self._on_event, events) if u is not None]
+                if events:
+                    self.revision = max(self.revision, events[-1].mod_revision)
+                if updates:
+                    yield updates
+                if error is not None:
+                    raise error
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _outage(self, what: str, err: BaseException, level: int = logging.WARNING) -> None:
+        """Log the first failure of an outage only; retries stay quiet."""
+        self.status = "resyncing"
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.log(level, "datastore %s: %s; resyncing", what, err)
+
+    async def batches(self) -> AsyncIterator[list[Update]]:
+        """Yield update batches forever; handles outages and compaction internally."""
+        backoff = self.min_backoff
+        while True:
+            try:
+                if self.wait_for_ready and not self._synced_once:
+                    self.status = "wait-for-ready"
+                    await self._wait_ready()
+                self.status = "resyncing"
+                rev, snapshot = await self._snapshot()
+                updates = self.diff(snapshot)
+                first = not self._synced_once
+                self.revision = rev
+                self._synced_once = True
+                if not first:
+                    self.resyncs += 1
+                if self._outage_since is not None:
+                    log.info("datastore back after %.1fs: resynced at revision %d, %d change(s)",
+                             time.monotonic() - self._outage_since, rev, len(updates))
+                    self._outage_since = None
+                backoff = self.min_backoff
+                self.status = "in-sync"
+                if updates or first:
+                    for i in range(0, len(updates), self.max_batch):
+                        chunk = updates[i:i + self.max_batch]
+                        if i + self.max_batch >= len(updates):
+                            chunk.append(Update("in_sync"))
+                        yield chunk
+                    if not updates:
+                        yield [Update("in_sync")]
+                async with contextlib.aclosing(self._watch(rev + 1)) as watch:
+                    async for batch in watch:
+                        yield batch
+            except CompactedError as e:
+                # History is gone: resnapshot at once, the diff recovers what was missed.
+                self._outage("history compacted", e, logging.INFO)
+            except (DatastoreError, grpc.RpcError, OSError) as e:
+                self._outage("unavailable", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
