@@ -137,7 +137,7 @@ class BirdClient:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.path, limit=1 << 24), self.timeout)
             lines = await self._read_reply()
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             await self.close()
             raise BirdUnavailable(f"cannot connect to BIRD at {self.path}: {e}") from e
         if lines[-1].code != 1:
@@ -186,7 +186,7 @@ class BirdClient:
                 self._writer.write(cmd.encode() + b"\n")
                 await self._writer.drain()
                 lines = await self._read_reply()
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 await self.close()
                 raise BirdUnavailable(f"BIRD at {self.path} did not answer {cmd!r}: {e}") from e
         _raise_for_error(lines)

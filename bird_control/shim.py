@@ -50,6 +50,15 @@ async def _relay(stream: asyncio.StreamReader, prog: str) -> None:
         sys.stdout.flush()
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the shim dies (even by SIGKILL), so BIRD never outlives it."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
     """Wait for the config, run BIRD as a child until it exits; the exit status for supervisord."""
     prog = "bird6" if ipv6 else "bird"
@@ -88,7 +97,7 @@ async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
     try:
         child = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
     except OSError as e:
         say("calico-bird", f"cannot start {prog}: {e}")
         return 2

@@ -1,8 +1,9 @@
 """`calico-node -ready` / `-live`: one answer for the container's health check.
 
 Aggregates what each service can tell: Felix's own health endpoint when it is
-enabled (else supervisord's view of the process), confd's process state, and
-BIRD through its shim (`calico-bird --check-ready` looks at BGP sessions).
+enabled (else supervisord's view of the process),
+BIRD through its shim (`calico-bird --check-ready` looks at BGP sessions) and
+confd through `calico-confd --check-ready`.
 Reads run-dir/node.json written at startup, so it checks exactly the services
 this node runs without re-deriving them from an environment that may differ
 (a `docker exec` does not see autodetected addresses).
@@ -43,10 +44,21 @@ def felix_http(host: str, port: int, path: str) -> str | None:
     return None if status == 200 else f"health endpoint http://{host}:{port}{path} returned {status}"
 
 
-def bird_check(name: str, kind: str, run_dir: str) -> str | None:
-    """Ask the shim (`calico-bird [--ipv6] --check-ready|--check-live`); None when it says yes."""
-    cmd = [bin_prefix() + "calico-bird"] + (["--ipv6"] if name == "bird6" else []) + [f"--check-{kind}"]
-    env = dict(os.environ, CALICO_RUN_DIR=run_dir)
+def service_check(name: str, kind: str, state: NodeState) -> str | None:
+    """Ask the service itself; None when it says yes.
+
+    BIRD: `calico-bird [--ipv6] --check-ready|--check-live` (BGP sessions /
+    control socket); confd: `calico-confd --check-ready` (in sync, last render
+    and reload good).  Liveness of confd is its process state alone.
+    """
+    if name == "confd":
+        if kind != "ready":
+            return None
+        cmd = [bin_prefix() + "calico-confd", "--check-ready"]
+    else:
+        cmd = [bin_prefix() + "calico-bird"] + (["--ipv6"] if name == "bird6" else []) + [f"--check-{kind}"]
+    env = dict(os.environ, CALICO_RUN_DIR=state.run_dir, CALICO_CONF_DIR=state.conf_dir,
+               NODENAME=state.nodename)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -57,10 +69,10 @@ def bird_check(name: str, kind: str, run_dir: str) -> str | None:
     return text[-1] if text else f"exit {r.returncode}"
 
 
-def problems(state: NodeState, kind: str, run_dir: str,
+def problems(state: NodeState, kind: str,
              states: Callable[[str], dict[str, str]] = process_states,
              http_check: Callable[[str, int, str], str | None] = felix_http,
-             bird: Callable[[str, str, str], str | None] = bird_check) -> list[str]:
+             check: Callable[[str, str, NodeState], str | None] = service_check) -> list[str]:
     """Every reason the node is not ready/live, one per service; empty = healthy."""
     try:
         procs = states(state.socket)
@@ -78,8 +90,8 @@ def problems(state: NodeState, kind: str, run_dir: str,
         if st != "RUNNING":
             out.append(f"{name}: {st}")
             continue
-        if name in ("bird", "bird6") and state.networking:
-            reason = bird(name, kind, run_dir)
+        if name in ("bird", "bird6", "confd") and state.networking:
+            reason = check(name, kind, state)
             if reason:
                 out.append(f"{name}: {reason}")
     return out
@@ -92,7 +104,7 @@ def main(kind: str) -> int:
     except (OSError, ValueError, TypeError) as e:
         print(f"calico/node is not {kind}: no node state in {run_dir} ({e})")
         return 1
-    found = problems(state, kind, run_dir)
+    found = problems(state, kind)
     if found:
         print(f"calico/node is not {kind}: " + "; ".join(found))
         return 1

@@ -55,6 +55,8 @@ class NodeState:
     networking: bool
     services: list[str]
     socket: str
+    run_dir: str
+    conf_dir: str
     felix_health_enabled: bool
     felix_health_host: str
     felix_health_port: int
@@ -137,7 +139,8 @@ def write_config(settings: NodeSettings, ip: str, ip6: str, templates: Path | No
 
     enabled, host, port = felix_health(settings.env)
     state = NodeState(nodename=settings.nodename, ip=ip, ip6=ip6, networking=settings.networking,
-                      services=services, socket=str(run / SOCKET_FILE), felix_health_enabled=enabled,
+                      services=services, socket=str(run / SOCKET_FILE), run_dir=settings.run_dir,
+                      conf_dir=settings.conf_dir, felix_health_enabled=enabled,
                       felix_health_host=host, felix_health_port=port)
     (run / STATE_FILE).write_text(json.dumps(asdict(state), indent=1) + "\n")
     return run / CONF_FILE

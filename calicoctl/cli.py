@@ -17,6 +17,7 @@ import asyncio
 import importlib
 import json
 import os
+import random
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -217,14 +218,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 async def read_modify_write(client: Any, key: str, change: Callable[[str | None], str | None],
-                            attempts: int = 10) -> str | None:
+                            attempts: int = 30) -> str | None:
     """Apply ``change`` to a key's value with compare-and-swap, retrying on races.
 
     ``change`` gets the current value (None when absent) and returns the new
     one (None = delete); it may raise CliError to abort.  Returns what was
     written.
     """
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(random.uniform(0, 0.02 * attempt))  # de-synchronize racing editors
         kv = await client.get_kv(key)
         current = kv.value if kv is not None else None
         rev = kv.mod_revision if kv is not None else 0

@@ -459,7 +459,23 @@ def _ns_for_remove(arg: str) -> tuple[netns.NamespaceRef | None, str]:
         return None, check(validate_name, arg, "namespace name", what="NAMESPACE")
 
 
+def _ipam_errors(fn):
+    """IPAM refusals (address taken, no pool) are user errors: one line, exit 1."""
+    async def wrapped(ctx: Context) -> int:
+        from libcalico.ipam import IpamError
+
+        try:
+            return await fn(ctx)
+        except IpamError as e:
+            raise CliError(str(e)) from None
+    return wrapped
+
+
 def parse(args: list[str]) -> Action:
+    return _ipam_errors(_parse(args))
+
+
+def _parse(args: list[str]) -> Action:
     words, opts = split_options(args, valued=_VALUED, usage=USAGE)
     iface = check(validate_ifname, opts.get("--interface", "eth0"), what="--interface")
     hostname = opts.get("--hostname")

@@ -154,7 +154,7 @@ def log_files(log_dir: str) -> list[tuple[str, str]]:
 
 async def collect(log_dir: str, run_dir: str) -> Collector:
     col = Collector()
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    now = datetime.datetime.now(datetime.UTC).isoformat()
     col.add("system/info.txt", f"date: {now}\nhostname: {socket.gethostname()}\nuname: {' '.join(os.uname())}\n"
             f"log_dir: {log_dir}\nrun_dir: {run_dir}\n", "ok")
     loop = asyncio.get_running_loop()
@@ -179,7 +179,7 @@ async def collect(log_dir: str, run_dir: str) -> Collector:
 
 
 def write_archive(col: Collector, dest_dir: str, host: str) -> str:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     top = f"diags-{host}-{stamp}"
     path = os.path.join(dest_dir, f"{top}.tar.gz")
     files = dict(col.files)

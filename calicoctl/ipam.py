@@ -26,9 +26,15 @@ def parse(args: list[str]) -> Action:
     ip = check(validate_ip, words[1], what="IP address")
 
     async def act(ctx: Context) -> int:
-        from libcalico.ipam import Ipam
+        from libcalico.ipam import Ipam, IpamError
 
         ipam = Ipam(await ctx.client())
+        try:
+            return await _act(ctx, ipam)
+        except IpamError as exc:
+            raise CliError(f"ipam {cmd} {ip}: {exc}") from None
+
+    async def _act(ctx: Context, ipam) -> int:
         if cmd == "info":
             info = await ipam.get_assignment(ip)
             if info is None:

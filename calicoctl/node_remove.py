@@ -18,7 +18,7 @@ Remove a node's configuration: /calico/v1/host/<HOSTNAME>, /calico/bgp/v1/host/<
 its Felix status keys, and its IPAM block affinities (so other nodes may use them,
 and peers withdraw its routes).  The node must be stopped.  Refuses while the
 node has workload endpoints unless --remove-endpoints, which also releases
-their addresses (and deletes their veths when run on that node).
+their addresses (and deletes their veths found in this namespace).
 
 Options:
   --hostname=<HOSTNAME>  The node to remove [default: this node].
@@ -29,7 +29,7 @@ async def _maybe_await(v):
     return await v if asyncio.iscoroutine(v) else v
 
 
-async def remove_node(ctx: Context, host: str, remove_endpoints: bool, local: bool) -> list[str]:
+async def remove_node(ctx: Context, host: str, remove_endpoints: bool) -> list[str]:
     """Returns what was done, one line per step, for the report."""
     from libcalico.ipam import Ipam
 
@@ -41,7 +41,8 @@ async def remove_node(ctx: Context, host: str, remove_endpoints: bool, local: bo
         raise CliError(f"node {host} still has {len(eps)} workload endpoint(s); "
                        "use --remove-endpoints to remove them too")
     for ep in eps:
-        if local and ep.ifname:
+        if ep.ifname.startswith(container.IFACE_PREFIX):
+            # names embed the endpoint id, so a link of this name here is this endpoint's
             container.delete_veth(None, ep.ifname)
         await _maybe_await(ipam.release_handle(ep.endpoint_id))
         nets = [n.split("/")[0] for n in ep.data.get("ipv4_nets", []) + ep.data.get("ipv6_nets", [])]
@@ -90,7 +91,7 @@ def parse(args: list[str]) -> Action:
             await client.get_prefix(keys.bgp_host_dir(host)))[1]
         if not known:
             raise CliError(f"node {host} is not registered")
-        for line in await remove_node(ctx, host, remove_eps, local):
+        for line in await remove_node(ctx, host, remove_eps):
             ctx.print(f"{host}: {line}")
         ctx.print(f"Node {host} removed")
         return 0

@@ -15,6 +15,7 @@ from calicoctl.cli import (
     usage_error,
 )
 from libcalico import keys
+from libcalico.datastore import op_delete, op_put, version
 from libcalico.models import InvalidValue, Pool, parse_key_value, to_json
 from libcalico.validation import validate_cidr
 
@@ -44,7 +45,7 @@ def parse_pool_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A CIDR usable as a pool: valid, not loopback/multicast, at least one IPAM block big."""
     cidr = check(validate_cidr, text, what="CIDR")
     if "/" not in text:
-        raise ArgError(f"invalid CIDR {text!r}: a pool needs a prefix length (e.g. {cidr})")
+        raise ArgError(f"invalid CIDR {text!r}: a pool needs a prefix length (e.g. 10.65.0.0/16)")
     net = ipaddress.ip_network(cidr)
     if net.is_loopback or net.is_multicast or net.is_unspecified and net.prefixlen == 0:
         raise ArgError(f"invalid CIDR {text!r}: loopback, multicast and default ranges cannot be pools")
@@ -86,8 +87,9 @@ def _parse_add(words: list[str], opts: dict) -> Action:
             for old in existing:
                 if old.cidr != pool.cidr and new.overlaps(ipaddress.ip_network(old.cidr)):
                     raise ArgError(f"invalid CIDR {pool.cidr!r}: overlaps existing pool {old.cidr}")
-        for pool in pools:
-            await client.put(keys.pool(pool.cidr), to_json(pool))
+        # One transaction: either every named pool is written or none is.
+        await client.txn([], [op_put(keys.pool(p.cidr), to_json(p)) for p in pools], [],
+                         what="pool add")
         return 0
 
     return add
@@ -100,11 +102,12 @@ def _parse_remove(words: list[str]) -> Action:
 
     async def remove(ctx: Context) -> int:
         client = await ctx.client()
-        missing = [c for c in cidrs if await client.get(keys.pool(c)) is None]
-        if missing:
-            raise CliError(f"{', '.join(missing)} is not a configured pool; nothing removed")
-        for c in cidrs:
-            await client.delete(keys.pool(c))
+        # All or nothing, and only if every pool still exists when the deletes apply.
+        ok, _ = await client.txn([version(keys.pool(c)) > 0 for c in cidrs],
+                                 [op_delete(keys.pool(c)) for c in cidrs], [], what="pool remove")
+        if not ok:
+            missing = [c for c in cidrs if await client.get(keys.pool(c)) is None]
+            raise CliError(f"{', '.join(missing) or 'a pool'} is not a configured pool; nothing removed")
         return 0
 
     return remove

@@ -20,6 +20,7 @@ from calicoctl.cli import (
 )
 from calicoctl.rules import normalize, parse_rule, rule_text, validation_reason
 from libcalico import keys
+from libcalico.datastore import create, op_put
 from libcalico.models import InvalidValue, ProfileRules, WorkloadEndpoint, parse_key_value, to_json
 from libcalico.validation import validate_name
 
@@ -89,10 +90,13 @@ def _parse_add(rest: list[str]) -> Action:
         if await profile_exists(client, name):
             ctx.print(f"Profile {name} already exists.")
             return 0
-        if not await client.put_if_absent(keys.profile_rules(name), rules):
+        ok, _ = await client.txn(
+            [create(keys.profile_rules(name)) == 0, create(keys.profile_tags(name)) == 0],
+            [op_put(keys.profile_rules(name), rules), op_put(keys.profile_tags(name), tags)], [],
+            what="profile add")
+        if not ok:
             ctx.print(f"Profile {name} already exists.")
             return 0
-        await client.put(keys.profile_tags(name), tags)
         ctx.print(f"Created profile {name}")
         return 0
 

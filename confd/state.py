@@ -89,6 +89,25 @@ class BgpStore:
         self.rejected[path] = reason
         return False
 
+    def blocking_rejections(self) -> list[str]:
+        """Rejected keys that must not fall back to a default: rendering waits for a fix.
+
+        Without a last valid value, a bad global or own AS (or own address)
+        would silently become the default and move every session; better to
+        keep the last good file and fail readiness.
+        """
+        out = []
+        for path, reason in sorted(self.rejected.items()):
+            if path in self.values:
+                continue
+            key = keys.parse(path)
+            if key is None:
+                continue
+            if key.kind == "bgp_global_as" or (
+                    key.kind in ("bgp_host_as", "bgp_host_ip") and key.host == self.node.name):
+                out.append(f"{path}: {reason}")
+        return out
+
     def load_raw(self, kv: dict[str, str]) -> BgpStore:
         """Fill from raw etcd text (tests, benchmarks): the same validation the syncer applies."""
         for path, raw in kv.items():

@@ -338,10 +338,12 @@ class Config:
             values[lname] = chosen
         return cls(values, warnings)
 
-    def log_all(self, logger: logging.Logger = log) -> None:
-        """Log every parameter once with its value and source (and any warnings)."""
+    def log_all(self, logger: logging.Logger = log, already_warned: frozenset[str] | set[str] = frozenset()
+                ) -> None:
+        """Log every parameter once with its value and source (and warnings not yet logged)."""
         for w in self.warnings:
-            logger.warning("config: %s", w)
+            if w not in already_warned:
+                logger.warning("config: %s", w)
         for name, v in sorted(self.items()):
             logger.info("config: %s = %r (from %s)", name, v.value, v.source)
 

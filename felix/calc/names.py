@@ -9,8 +9,8 @@ injective because the suffix is always present.
 
 from __future__ import annotations
 
-from felix.dataplane.iptables import chain_name
 from felix.dataplane.ipsets import ipset_name
+from felix.dataplane.iptables import chain_name
 
 PREFIX = "felix-"
 

@@ -38,6 +38,8 @@ MAIN_TABLE = 254
 SCOPE_LINK = 253
 SCOPE_UNIVERSE = 0
 NUD_PERMANENT = 0x80
+NUD_NOARP = 0x40
+NTF_SELF = 0x02
 RTNH_F_ONLINK = 4
 
 
@@ -313,7 +315,9 @@ class RouteWriter:
                     self._kfdb.pop(key, None)
                 return "done"
             if self._kfdb.get(key) != ip:
-                await ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=ip, state=NUD_PERMANENT)
+                # 'replace' gets none of pyroute2's add-time defaults: say permanent+noarp, NTF_SELF
+                await ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=ip,
+                              state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
                 self._kfdb[key] = ip
                 self.stats["fdb_updates"] += 1
             return "done"

@@ -285,3 +285,23 @@ def test_help_everywhere(argv):
     assert r.rc == 0 and r.out.startswith("Usage:") and r.err == ""
     if len(argv) > 1:
         assert f"calicoctl {argv[0]}" in r.out
+
+
+def test_concurrent_tag_and_rule_edits_lose_nothing(etcd_env):
+    """Read-modify-write goes through compare-and-swap: parallel editors never overwrite each other."""
+    ok("profile", "add", "web")
+    env = dict(os.environ, ETCD_ENDPOINTS=etcd_env.endpoint)
+    exe = [CALICOCTL] if os.path.exists(CALICOCTL) else [sys.executable, "-m", "calicoctl"]
+    procs = [subprocess.Popen(exe + ["profile", "web", "tag", "add", f"t{i}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(6)]
+    procs += [subprocess.Popen(exe + ["profile", "web", "rule", "add", "inbound", "allow", "tcp", "to", "ports",
+                                      str(1000 + i)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+              for i in range(6)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    assert sorted(getj(etcd_env, "/calico/v1/policy/profile/web/tags")) == sorted(
+        ["web"] + [f"t{i}" for i in range(6)])
+    ports = sorted(r["dst_ports"][0] for r in getj(etcd_env, "/calico/v1/policy/profile/web/rules")["inbound_rules"]
+                   if "dst_ports" in r)
+    assert ports == [1000 + i for i in range(6)]

@@ -90,10 +90,10 @@ async def test_snapshot_then_watch_with_real_models(client, etcd):
     await c.wait(lambda: c.in_syncs == 1, what="first in_sync")
     first = c.batches[0]
     assert [(u.kind, u.key) for u in first] == [
-        ("put", "/calico/v1/ipam/v4/pool/10.65.0.0-16"), ("put", tags_key("a")),
-        ("invalid", tags_key("bad")), ("unknown", f"{P}a/nonsense"), ("in_sync", None)]
+        ("put", "/calico/v1/ipam/v4/pool/10.65.0.0-16"), ("unknown", f"{P}a/nonsense"),
+        ("put", tags_key("a")), ("invalid", tags_key("bad")), ("in_sync", None)]  # sorted by key
     assert first[0].value.masquerade is True and first[0].parsed_key.cidr == "10.65.0.0/16"
-    assert first[2].error.startswith(tags_key("bad") + ": ")
+    assert first[3].error.startswith(tags_key("bad") + ": ")
     assert s.status == "in-sync"
     etcd.put(tags_key("bad"), '["fixed"]')
     etcd.delete(tags_key("a"))
@@ -104,30 +104,50 @@ async def test_snapshot_then_watch_with_real_models(client, etcd):
     await c.close()
 
 
-async def test_etcd_restart_mid_stream_changes_while_away(client, etcd):
-    """etcd goes down; while the syncer is backing off, etcd comes back and data changes.
+class GatedClient(DatastoreClient):
+    """A real client whose snapshot reads can be held back, so "while the syncer was away" is certain."""
 
-    The syncer's backoff is 6 s, so the changes certainly happen while it is
-    away: they must reach the consumer through the resync diff, with no
-    delete for the keys that stayed.
+    gate: asyncio.Event | None = None
+    snapshot_attempts = 0
+
+    async def get_prefix(self, prefix, revision=0):
+        if self.gate is not None:
+            await self.gate.wait()
+        self.snapshot_attempts += 1
+        return await super().get_prefix(prefix, revision)
+
+
+async def test_etcd_restart_mid_stream_changes_while_away(etcd_env, etcd):
+    """etcd stops mid-stream, comes back (same data dir), data changes before the syncer reconnects.
+
+    The changes must reach the consumer through the resync diff, with no
+    delete for the keys that stayed, then in_sync, then live watching again.
     """
     for name in "abc":
         etcd.put(tags_key(name), f'["{name}"]')
-    s = Syncer(client, [P], min_backoff=6, max_backoff=6)
+    client = GatedClient.from_env(timeout=2)
+    s = Syncer(client, [P], min_backoff=0.1, max_backoff=0.5)
     c = Consumer(s)
     await c.wait(lambda: c.in_syncs == 1, what="first in_sync")
     etcd.put(tags_key("live"), '["l"]')  # via the watch
     await c.wait(lambda: tags_key("live") in c.state, what="live watch event")
-    t0 = time.monotonic()
+    client.gate = asyncio.Event()  # the syncer's next snapshot waits until the changes are made
     await asyncio.to_thread(etcd.stop)
     await c.wait(lambda: s.status == "resyncing", timeout=5, what="outage noticed")
+    attempts = client.snapshot_attempts
+    client.gate.set()
+    await asyncio.sleep(1.5)  # etcd still down: the syncer retries with backoff, and fails
+    assert client.snapshot_attempts > attempts and s.status == "resyncing"
+    client.gate = asyncio.Event()
+    await asyncio.sleep(0.6)  # a retry is now parked at the gate
     await asyncio.to_thread(etcd.start)
     etcd.put(tags_key("a"), '["a2"]')
     etcd.delete(tags_key("b"))
     etcd.put(tags_key("d"), '["d"]')
     etcd.put(tags_key("c"), '["c"]')  # same value: no update expected
-    assert time.monotonic() - t0 < 6, "machine too slow: changes were not made while the syncer was away"
     batches_before = len(c.batches)
+    assert c.in_syncs == 1
+    client.gate.set()
     await c.wait(lambda: c.in_syncs == 2, what="in_sync after restart")
     resync = c.batches[batches_before]
     assert sorted((u.kind, u.key) for u in resync) == sorted([
@@ -138,6 +158,7 @@ async def test_etcd_restart_mid_stream_changes_while_away(client, etcd):
     etcd.put(tags_key("e"), '["e"]')  # the watch works again
     await c.wait(lambda: tags_key("e") in c.state, what="watch after resync")
     await c.close()
+    await client.close()
 
 
 async def test_etcd_killed_and_restarted_fast_reconnect(client, etcd):

@@ -1,0 +1,57 @@
+"""`calico-felix` / `python -m felix`: run Felix in the foreground until it must exit.
+
+Exit codes: 0 on SIGTERM/SIGINT, 1 when Felix loses an invariant (bad
+bootstrap settings, a writer that keeps failing, a dead task), and
+`felix.config.EXIT_CONFIG_CHANGED` (129) when a parameter that cannot apply
+live changed: supervisord restarts Felix in every non-zero case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from felix.config import Config
+from felix.daemon import Felix, setup_logging
+
+log = logging.getLogger("felix")
+
+
+async def _main(boot: Config) -> int:
+    felix = Felix(boot)
+    task = asyncio.create_task(felix.run(), name="felix")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        stopper.cancel()
+        return task.result()
+    log.info("signal received: stopping (dataplane left in place)")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    boot = Config.bootstrap()
+    setup_logging(boot.LogSeverityScreen)
+    for w in boot.warnings:
+        log.warning("config: %s", w)
+    try:
+        return asyncio.run(_main(boot))
+    except KeyboardInterrupt:
+        return 0
+    except Exception:  # noqa: BLE001 - the loop died: say why, exit non-zero for the supervisor
+        log.exception("Felix main loop died")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

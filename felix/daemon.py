@@ -1,0 +1,373 @@
+"""Felix's one asyncio loop: syncer -> calculator -> dataplane writers.
+
+Every input (syncer batches, interface events, refresh timers, retry timers)
+goes through one queue and one consumer, so exactly one coroutine ever
+touches the calculator and the writers; events that queue up while an apply
+runs are folded into the next apply.
+
+Nothing is programmed before the first IN_SYNC (a restarted Felix keeps the
+working dataplane untouched until it knows the whole picture), and stale
+felix chains, ipsets and routes are only removed after the first complete
+apply.  Felix exits 1 when it loses an invariant (a writer keeps failing,
+a task dies), and EXIT_CONFIG_CHANGED when a parameter that cannot change
+live did change, so its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from felix.calc import CalcConfig, Calculator
+from felix.config import EXIT_CONFIG_CHANGED, Config
+from felix.dataplane.errors import DataplaneError
+from libcalico import keys
+from libcalico.datastore import DatastoreClient
+from libcalico.syncer import Syncer, Update
+
+log = logging.getLogger(__name__)
+
+WATCH_PREFIXES = ["/calico/v1/"]
+MAX_APPLY_FAILURES = 8          # consecutive failed applies before Felix gives up (exit 1)
+RETRY_BACKOFF = (0.2, 0.5, 1, 2, 4, 8, 15, 30)
+
+
+class FelixExit(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+class Felix:
+    def __init__(self, boot: Config, environ: dict[str, str] | None = None, netns: str | None = None):
+        self.boot = boot
+        self.environ = environ
+        self.netns = netns
+        self.hostname: str = boot.FelixHostname
+        self.cfg: Config | None = None
+        self.host_cfg: dict[str, str] = {}
+        self.global_cfg: dict[str, str] = {}
+        self.calc: Calculator | None = None
+        self.driver = None
+        self.ifmon = None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.in_sync = False
+        self.programmed = False          # first full apply done
+        self.apply_failures = 0
+        self.last_apply_ok = False
+        self.retry_pending = False
+        self.tasks: list[asyncio.Task] = []
+        self.ifaces_up: set[str] = set()
+        self.stats = {"batches": 0, "updates": 0, "applies": 0, "apply_errors": 0}
+        self.endpoint_status = None
+        self.sysctl = None
+        self._pending: list[Update] = []
+
+    # ---- config ---------------------------------------------------------------------
+
+    def _config_update(self, u: Update) -> bool:
+        """Record a config key; True if it was one."""
+        k = u.parsed_key or keys.parse(u.key or "")
+        if k is None or k.kind not in ("global_config", "host_config"):
+            return False
+        if k.kind == "host_config" and k.host != self.hostname:
+            return True
+        target = self.global_cfg if k.kind == "global_config" else self.host_cfg
+        if u.kind == "put" and isinstance(u.value, str):
+            target[k.param] = u.value
+        else:
+            target.pop(k.param, None)
+        return True
+
+    def _resolve_config(self) -> Config:
+        return Config.resolve(self.host_cfg, self.global_cfg, environ=self.environ, hostname=self.hostname)
+
+    def _calc_config(self, cfg: Config) -> CalcConfig:
+        return CalcConfig(hostname=self.hostname, iface_prefix=cfg.InterfacePrefix,
+                          endpoint_to_host_action=cfg.DefaultEndpointToHostAction, ipv6=cfg.Ipv6Support)
+
+    def _config_changed(self) -> None:
+        new = self._resolve_config()
+        changed = self.cfg.restart_needed(new)
+        if changed:
+            raise FelixExit(EXIT_CONFIG_CHANGED,
+                            f"parameter(s) {', '.join(changed)} changed and cannot apply live: restarting")
+        for name, v in new.items():
+            if v.value != getattr(self.cfg, name):
+                log.info("config: %s changed to %r (from %s)", name, v.value, v.source)
+        self.cfg = new
+        set_log_level(new.LogSeverityScreen)
+        self.calc.cfg = self._calc_config(new)
+
+    # ---- main -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            return await self._run()
+        except FelixExit as e:
+            log.log(logging.INFO if e.code == EXIT_CONFIG_CHANGED else logging.ERROR, "exiting: %s", e)
+            return e.code
+        finally:
+            for t in self.tasks:
+                t.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            if self.driver is not None:
+                with contextlib.suppress(Exception):
+                    self.driver.routes.close()
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        t = asyncio.create_task(coro, name=name)
+        t.add_done_callback(self._task_done)
+        self.tasks.append(t)
+        return t
+
+    def _task_done(self, t: asyncio.Task) -> None:
+        if t.cancelled():
+            return
+        exc = t.exception()
+        # Any background task ending is an invariant lost: the main loop exits non-zero.
+        self.queue.put_nowait(("died", f"task {t.get_name()} ended: {exc!r}" if exc else
+                               f"task {t.get_name()} ended"))
+
+    async def _run(self) -> int:
+        b = self.boot
+        tls = b.etcd_tls()
+        client = DatastoreClient(endpoints=b.etcd_endpoints(), ca=tls["ca"], cert=tls["cert"], key=tls["key"])
+        self.client = client
+        syncer = Syncer(client, WATCH_PREFIXES, wait_for_ready=True)
+        self.syncer = syncer
+        log.info("Felix starting for host %s, etcd %s", self.hostname, ", ".join(b.etcd_endpoints()))
+        self._spawn(self._pump(syncer), "syncer")
+        while True:
+            items = [await self.queue.get()]
+            while not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            await self._handle(items)
+
+    async def _pump(self, syncer: Syncer) -> None:
+        async for batch in syncer.batches():
+            await self.queue.put(("batch", batch))
+
+    async def _ticker(self, what: str, interval_param: str) -> None:
+        while True:
+            interval = getattr(self.cfg, interval_param)
+            if not interval:
+                await asyncio.sleep(5)
+                continue
+            await asyncio.sleep(interval)
+            await self.queue.put((what, None))
+
+    async def _retry_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.queue.put(("retry", None))
+
+    async def _handle(self, items: list[tuple[str, object]]) -> None:
+        t0 = time.monotonic()
+        dirty = False
+        refresh_ipt = refresh_routes = False
+        new_ifaces: list[str] = []
+        for what, payload in items:
+            if what == "died":
+                raise FelixExit(1, str(payload))
+            if what == "batch":
+                dirty |= self._on_batch(payload)
+            elif what == "iface":
+                name, state = payload
+                dirty |= self._on_iface(name, state)
+                if state == "up":
+                    new_ifaces.append(name)
+            elif what == "refresh-iptables":
+                refresh_ipt = True
+            elif what == "refresh-routes":
+                refresh_routes = True
+            elif what == "retry":
+                self.retry_pending = False
+                dirty = True
+        if not self.in_sync:
+            return
+        if not self.programmed:
+            await self._first_program()
+            return
+        for name in new_ifaces:
+            if name in self.ifaces_up:
+                await self.sysctl.configure_interface(name, v6=self.cfg.Ipv6Support)
+        try:
+            if dirty:
+                self._push()
+                await self.driver.apply()
+            if refresh_ipt:
+                await self.driver.refresh_iptables()
+            if refresh_routes:
+                await self.driver.refresh_routes()
+            self._applied_ok()
+        except DataplaneError as e:
+            self._apply_failed(e)
+        if dirty:
+            log.debug("batch applied in %.1f ms", (time.monotonic() - t0) * 1000)
+
+    def _applied_ok(self) -> None:
+        if self.apply_failures:
+            log.info("dataplane applied again after %d failure(s)", self.apply_failures)
+        self.apply_failures = 0
+        self.last_apply_ok = True
+        self.stats["applies"] += 1
+
+    def _apply_failed(self, e: Exception) -> None:
+        self.apply_failures += 1
+        self.last_apply_ok = False
+        self.stats["apply_errors"] += 1
+        if self.apply_failures >= MAX_APPLY_FAILURES:
+            raise FelixExit(1, f"dataplane apply failed {self.apply_failures} times in a row: {e}")
+        delay = RETRY_BACKOFF[min(self.apply_failures - 1, len(RETRY_BACKOFF) - 1)]
+        log.error("dataplane apply failed (%d in a row), retrying in %.1fs: %s", self.apply_failures, delay, e)
+        if not self.retry_pending:
+            self.retry_pending = True
+            self._spawn_retry(delay)
+
+    def _spawn_retry(self, delay: float) -> None:
+        t = asyncio.create_task(self._retry_later(delay), name="retry")
+        self.tasks.append(t)
+        t.add_done_callback(lambda t: self.tasks.remove(t) if t in self.tasks else None)
+
+    def _on_batch(self, batch: list[Update]) -> bool:
+        self.stats["batches"] += 1
+        dirty = False
+        config_changed = False
+        for u in batch:
+            if u.kind == "in_sync":
+                if not self.in_sync:
+                    self.in_sync = True
+                    log.info("in sync with the datastore")
+                continue
+            if u.kind == "unknown":
+                continue
+            self.stats["updates"] += 1
+            if self._config_update(u):
+                config_changed = True
+                continue
+            if self.calc is None:
+                self._pending.append(u)
+            else:
+                self._feed(u)
+                dirty = True
+        if config_changed and self.cfg is not None:
+            self._config_changed()
+            dirty = True
+        return dirty
+
+    def _feed(self, u: Update) -> None:
+        key = u.parsed_key or keys.parse(u.key or "")
+        if key is None:
+            return
+        self.calc.on_update(u.kind, key, u.value if u.kind == "put" else u.error)
+        for k, reason in self.calc.take_errors():
+            log.warning("ignoring invalid data at %s: %s", k, reason)
+
+    def _on_iface(self, name: str, state: str) -> bool:
+        if state == "up":
+            self.ifaces_up.add(name)
+        else:
+            self.ifaces_up.discard(name)
+        if self.driver is None:
+            return False
+        self.driver.routes.interface_changed(name)
+        return True
+
+    def _push(self) -> None:
+        desired = self.calc.desired()
+        self.driver.push(desired)
+        if self.endpoint_status is not None:
+            self.endpoint_status.update({
+                (ep.orchestrator, ep.workload, ep.endpoint_id):
+                    "up" if ep.active and ep.iface in self.ifaces_up else "down"
+                for ep in desired.endpoints.values()})
+
+    async def _first_program(self) -> None:
+        """First IN_SYNC: resolve config, build writers, program everything, then clean up."""
+        self.cfg = self._resolve_config()
+        self.cfg.log_all(log, already_warned=set(self.boot.warnings))
+        set_log_level(self.cfg.LogSeverityScreen)
+        self.calc = Calculator(self._calc_config(self.cfg))
+        for u in self._pending:
+            self._feed(u)
+        self._pending = []
+        self.driver = await self._make_driver()
+        await self._start_interface_monitor()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ifmon.synced.wait(), 5)
+        for attempt in range(MAX_APPLY_FAILURES):
+            try:
+                t0 = time.monotonic()
+                self._push()
+                await self.driver.apply()
+                await self.driver.cleanup_stale()
+                log.info("dataplane programmed: %d local endpoint(s) in %.2fs",
+                         len(self.calc.local), time.monotonic() - t0)
+                self._applied_ok()
+                break
+            except DataplaneError as e:
+                delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
+                log.error("first dataplane apply failed, retrying in %.1fs: %s", delay, e)
+                await asyncio.sleep(delay)
+        else:
+            raise FelixExit(1, "could not program the dataplane at start")
+        self.programmed = True
+        self._spawn(self._ticker("refresh-iptables", "IptablesRefreshInterval"), "iptables-refresh")
+        self._spawn(self._ticker("refresh-routes", "RouteRefreshInterval"), "route-refresh")
+        if self.cfg.ReportingIntervalSecs:
+            from felix.status import StatusReporter
+            rep = StatusReporter(self.client, self.hostname, self.cfg.ReportingIntervalSecs,
+                                 self.cfg.ReportingTTLSecs)
+            self._spawn(rep.run(), "status-reporter")
+        if self.cfg.EndpointReportingEnabled:
+            from felix.status import EndpointStatusReporter
+            self.endpoint_status = EndpointStatusReporter(self.client, self.hostname,
+                                                          self.cfg.EndpointReportingDelaySecs)
+            self._spawn(self.endpoint_status.run(), "endpoint-status")
+            self._push()
+
+    async def _make_driver(self):
+        from felix.dataplane import backend as backend_mod
+        from felix.dataplane.cmd import CmdRunner
+        from felix.dataplane.routes import RouteWriter
+        from felix.driver import DataplaneDriver
+
+        runner = CmdRunner(self.netns)
+        be = await backend_mod.detect(self.cfg.IptablesBackend, runner)
+        log.info("iptables backend: %s", be.mode)
+        from felix.dataplane.sysctl import SysctlWriter
+        self.sysctl = SysctlWriter(self.netns)
+        failed = await self.sysctl.configure_global(v6=self.cfg.Ipv6Support)
+        if failed:
+            log.warning("global sysctls: %s", "; ".join(failed))
+        routes = RouteWriter(self.netns, managed_prefixes=(self.cfg.InterfacePrefix,))
+        return DataplaneDriver(runner, be, routes, ipv6=self.cfg.Ipv6Support)
+
+    async def _start_interface_monitor(self) -> None:
+        from felix.dataplane.interfaces import InterfaceMonitor
+
+        def changed(name: str, state: str, index: int) -> None:
+            self.queue.put_nowait(("iface", (name, state)))
+
+        self.ifmon = InterfaceMonitor(self.netns, self.cfg.InterfacePrefix, changed)
+        t = self.ifmon.start()
+        t.add_done_callback(self._task_done)
+        self.tasks.append(t)
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL, "none": logging.CRITICAL + 10}
+
+
+def set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(_LEVELS.get(level, logging.INFO))
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(format="%(asctime)s.%(msecs)03d [%(levelname)s] %(name)s: %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S", force=True)
+    set_log_level(level)
+    for noisy in ("aetcd", "grpc", "pyroute2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

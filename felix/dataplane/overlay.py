@@ -1,0 +1,258 @@
+"""Overlay devices (`vxlan.calico`, `tunl0`) and the per-host objects on them.
+
+Why this split: the RouteWriter already owns routes, permanent neighbours and
+fdb entries with diffing, retries and restart-safety, so this module only
+(1) creates and maintains the tunnel devices themselves, which the
+RouteWriter never does, and (2) translates the calculator's OverlayState into
+RouteWriter calls.  Pass the daemon's RouteWriter to share one netlink socket
+and one apply; without one, a private writer is made.
+
+VXLAN device: VNI, UDP port, `local` = this host's bird_ip, `nolearning` (the
+fdb is programmed, never learned), MTU, address VXLANTunnelAddr/32.  The
+kernel picks its MAC; `on_vxlan_mac(mac)` is called whenever it is new (the
+daemon writes it to /calico/v1/host/<host>/vxlan_tunnel_mac).  A change of
+VNI/port/local recreates the device (the kernel cannot change them live).
+
+IPIP: kernels without `ipip` cannot create `tunl0` (EOPNOTSUPP).  That is
+logged once as an error, `ipip_supported` becomes False and
+`not_ready_reasons()` says so; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from felix.calc.overlay import IPIP_DEV, VXLAN_DEV, OverlayState
+from felix.dataplane.errors import DataplaneError
+from felix.dataplane.routes import NUD_PERMANENT, RouteWriter
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 1
+
+
+class OverlayDataplane:
+    """Owner of vxlan.calico / tunl0 in one namespace. Coroutines: apply, cleanup_stale."""
+
+    def __init__(self, netns: str | None = None, routes: RouteWriter | None = None, vni: int = 4096,
+                 port: int = 4789, mtu: int = 1410, ipip_mtu: int = 1440,
+                 on_vxlan_mac: Callable[[str], Awaitable[None] | None] | None = None):
+        self.netns = netns
+        self._own_routes = routes is None
+        self.routes = routes if routes is not None else RouteWriter(netns)
+        self.vni, self.port, self.mtu, self.ipip_mtu = int(vni), int(port), int(mtu), int(ipip_mtu)
+        self.on_vxlan_mac = on_vxlan_mac
+        self.vxlan_mac: str | None = None          # MAC of our vxlan.calico, once it exists
+        self._published_mac: str | None = None
+        self.ipip_supported: bool | None = None    # None until IPIP is first wanted
+        self._ipip_wanted = False
+        self._vxlan_waiting: str | None = None     # why VXLAN is enabled but cannot be built yet
+        self._neigh: dict[str, str] = {}           # what we last pushed: VTEP ip -> mac
+        self._ipr: AsyncIPRoute | None = None
+        self.stats: dict[str, float] = {"device_changes": 0, "errors": 0, "last_apply_seconds": 0.0}
+
+    @classmethod
+    def from_config(cls, cfg: object, netns: str | None = None, routes: RouteWriter | None = None,
+                    on_vxlan_mac: Callable[[str], Awaitable[None] | None] | None = None) -> OverlayDataplane:
+        return cls(netns, routes, vni=cfg.VXLANVNI, port=cfg.VXLANPort, mtu=cfg.VXLANMTU,
+                   ipip_mtu=cfg.IpInIpMtu, on_vxlan_mac=on_vxlan_mac)
+
+    async def _conn(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        if self._own_routes:
+            self.routes.close()
+
+    # ---- status ----
+    def not_ready_reasons(self) -> list[str]:
+        out = []
+        if self._ipip_wanted and self.ipip_supported is False:
+            out.append("IPIP is enabled but this kernel has no ipip support (tunl0 cannot be created)")
+        if self._vxlan_waiting:
+            out.append(self._vxlan_waiting)
+        return out
+
+    # ---- main entry ----
+    async def apply(self, state: OverlayState) -> None:
+        """Bring devices, neighbours, fdb and routes to `state`. Raises DataplaneError on kernel errors."""
+        t0 = asyncio.get_running_loop().time()
+        try:
+            await self.sync_devices(state)
+            self.push(state)
+            await self.routes.apply()
+        except NetlinkError as e:
+            self.stats["errors"] += 1
+            raise DataplaneError(f"overlay: {e}") from e
+        finally:
+            self.stats["last_apply_seconds"] = asyncio.get_running_loop().time() - t0
+
+    def push(self, state: OverlayState) -> None:
+        """Model only (no I/O): hand neighbours, fdb and routes to the RouteWriter."""
+        vx = state.vxlan if state.vxlan.ready else None
+        neigh = dict(vx.neighbours) if vx else {}
+        for ip in self._neigh.keys() - neigh.keys():
+            self.routes.set_neighbour(VXLAN_DEV, ip, None)
+        for ip, mac in neigh.items():
+            if self._neigh.get(ip) != mac:
+                self.routes.set_neighbour(VXLAN_DEV, ip, mac)
+        self._neigh = neigh
+        self.routes.set_fdb(VXLAN_DEV, dict(vx.fdb) if vx else {})
+        self.routes.set_overlay_routes(VXLAN_DEV, {c: (gw, True) for c, gw in vx.routes.items()} if vx else {})
+        ipip = state.ipip
+        ok = ipip.enabled and self.ipip_supported
+        self.routes.set_overlay_routes(IPIP_DEV, {c: (gw, True) for c, gw in ipip.routes.items()} if ok else {})
+
+    # ---- devices ----
+    async def sync_devices(self, state: OverlayState) -> None:
+        await self._sync_vxlan(state)
+        await self._sync_ipip(state)
+
+    async def _link(self, name: str):
+        ipr = await self._conn()
+        idx = await ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        links = await ipr.link("get", index=idx[0])
+        return links[0] if links else None
+
+    async def _sync_vxlan(self, state: OverlayState) -> None:
+        vx = state.vxlan
+        ipr = await self._conn()
+        link = await self._link(VXLAN_DEV)
+        if not vx.enabled:
+            self._vxlan_waiting = None
+            if link is not None:
+                log.info("VXLAN disabled: removing %s", VXLAN_DEV)
+                await ipr.link("del", index=link["index"])
+                self.routes.interface_changed(VXLAN_DEV)
+                self.stats["device_changes"] += 1
+                self.vxlan_mac = None
+            return
+        if not vx.ready:
+            missing = "bird_ip" if vx.local_ip is None else "VXLANTunnelAddr"
+            reason = f"VXLAN is enabled but this host has no {missing} yet: {VXLAN_DEV} not configured"
+            if reason != self._vxlan_waiting:
+                log.warning("%s", reason)
+            self._vxlan_waiting = reason
+            return
+        self._vxlan_waiting = None
+        if link is not None and not self._vxlan_matches(link, vx.local_ip):
+            log.info("%s has other VXLAN parameters than wanted (vni %d, port %d, local %s): recreating",
+                     VXLAN_DEV, self.vni, self.port, vx.local_ip)
+            await ipr.link("del", index=link["index"])
+            link = None
+        if link is None:
+            await ipr.link("add", ifname=VXLAN_DEV, kind="vxlan", vxlan_id=self.vni, vxlan_local=vx.local_ip,
+                           vxlan_port=self.port, vxlan_learning=0, mtu=self.mtu)
+            self.routes.interface_changed(VXLAN_DEV)
+            self.stats["device_changes"] += 1
+            link = await self._link(VXLAN_DEV)
+            log.info("created %s (vni %d, port %d, local %s, mtu %d)", VXLAN_DEV, self.vni, self.port,
+                     vx.local_ip, self.mtu)
+        idx = link["index"]
+        if link.get("mtu") != self.mtu:
+            await ipr.link("set", index=idx, mtu=self.mtu)
+        await self._sync_addr(idx, vx.tunnel_addr)
+        if not link["flags"] & IFF_UP:
+            await ipr.link("set", index=idx, state="up")
+        mac = link.get("address")
+        self.vxlan_mac = mac
+        if mac and mac != self._published_mac and self.on_vxlan_mac is not None:
+            r = self.on_vxlan_mac(mac)
+            if asyncio.iscoroutine(r):
+                await r
+            self._published_mac = mac
+            log.info("%s MAC %s published", VXLAN_DEV, mac)
+
+    def _vxlan_matches(self, link, local_ip: str) -> bool:
+        if link.get(("linkinfo", "kind")) != "vxlan":
+            return False
+        data = ("linkinfo", "data")
+        return (link.get(data + ("vxlan_id",)) == self.vni and link.get(data + ("vxlan_port",)) == self.port
+                and link.get(data + ("vxlan_local",)) == local_ip and not link.get(data + ("vxlan_learning",)))
+
+    async def _sync_addr(self, idx: int, addr: str | None) -> None:
+        """Exactly `addr`/32 as the device's IPv4 address (stale ones removed)."""
+        ipr = await self._conn()
+        have = set()
+        async for a in await ipr.addr("dump", index=idx, family=socket.AF_INET):
+            have.add((a.get("address"), a["prefixlen"]))
+        want = {(str(ipaddress.IPv4Address(addr)), 32)} if addr else set()
+        for ip, plen in have - want:
+            await ipr.addr("del", index=idx, address=ip, prefixlen=plen)
+        for ip, plen in want - have:
+            await ipr.addr("add", index=idx, address=ip, prefixlen=plen)
+
+    async def _sync_ipip(self, state: OverlayState) -> None:
+        ip = state.ipip
+        self._ipip_wanted = ip.enabled
+        if not ip.enabled or self.ipip_supported is False:
+            return
+        ipr = await self._conn()
+        link = await self._link(IPIP_DEV)
+        if link is None:
+            try:
+                await ipr.link("add", ifname=IPIP_DEV, kind="ipip")
+            except NetlinkError as e:
+                if e.code in (errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL, errno.EPROTONOSUPPORT):
+                    self.ipip_supported = False
+                    log.error("IPIP is enabled but this kernel has no ipip support (creating %s failed: %s); "
+                              "IPIP routes are not programmed, everything else continues", IPIP_DEV, e)
+                    return
+                if e.code != errno.EEXIST:
+                    raise
+            link = await self._link(IPIP_DEV)
+            if link is None:
+                self.ipip_supported = False
+                log.error("IPIP is enabled but %s does not exist after creating it", IPIP_DEV)
+                return
+            self.routes.interface_changed(IPIP_DEV)
+        self.ipip_supported = True
+        idx = link["index"]
+        if link.get("mtu") != self.ipip_mtu:
+            await ipr.link("set", index=idx, mtu=self.ipip_mtu)
+        await self._sync_addr(idx, ip.tunnel_addr)
+        if not link["flags"] & IFF_UP:
+            await ipr.link("set", index=idx, state="up")
+
+    # ---- restart safety ----
+    async def cleanup_stale(self) -> int:
+        """Once in sync: remove neighbours and fdb entries on vxlan.calico that nobody desires.
+
+        Stale proto-80 routes are the RouteWriter's cleanup_stale's job.
+        Returns the number of entries removed.
+        """
+        ipr = await self._conn()
+        link = await self._link(VXLAN_DEV)
+        if link is None:
+            return 0
+        idx = link["index"]
+        removed = 0
+        async for n in await ipr.neigh("dump", ifindex=idx):
+            dst = n.get("dst")
+            if n["ifindex"] == idx and n["state"] & NUD_PERMANENT and dst and dst not in self._neigh:
+                await ipr.neigh("del", dst=dst, ifindex=idx)
+                removed += 1
+        want_fdb = {m for (dev, m) in getattr(self.routes, "_fdb", {}) if dev == VXLAN_DEV}
+        async for f in await ipr.fdb("dump"):
+            mac, dst = f.get("lladdr"), f.get("dst")
+            if f["ifindex"] == idx and dst and mac not in want_fdb:
+                await ipr.fdb("del", ifindex=idx, lladdr=mac, dst=dst)
+                removed += 1
+        if removed:
+            log.info("removed %d stale neighbour/fdb entries from %s", removed, VXLAN_DEV)
+        return removed

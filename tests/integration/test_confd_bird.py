@@ -1,0 +1,213 @@
+"""confd + BIRD end to end: two nodes, etcd and a standard BGP router, each in its own namespace.
+
+Real etcd, real BIRD/BIRD6, real kernel routes (inside the namespaces only).
+One fabric per module (sessions take seconds to establish); each test leaves
+the datastore as it found it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from tests.integration.bgp_cluster import Fabric, Node, plain_bird_router
+from tests.lib.netns import wait_for
+
+G = "/calico/bgp/v1/global"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    fab = Fabric()
+    try:
+        fab.put("/calico/v1/Ready", "true")
+        fab.put(f"{G}/as_num", "64511")
+        fab.put(f"{G}/node_mesh", '{"enabled": true}')
+        fab.put("/calico/v1/ipam/v4/pool/10.65.0.0-16", '{"cidr": "10.65.0.0/16"}')
+        fab.put("/calico/v1/ipam/v6/pool/fd80:24e2:f998:72d6::-64", '{"cidr": "fd80:24e2:f998:72d6::/64"}')
+        a, b = Node(fab, "node-a", 1), Node(fab, "node-b", 2)
+        for node in (a, b):
+            node.register()
+        fab.put("/calico/ipam/v2/host/node-a/ipv4/block/10.65.1.0-26", '{"state": "confirmed"}')
+        fab.put("/calico/ipam/v2/host/node-b/ipv4/block/10.65.2.0-26", '{"state": "confirmed"}')
+        fab.put("/calico/ipam/v2/host/node-a/ipv6/block/fd80:24e2:f998:72d6::-122", '{"state": "confirmed"}')
+        for node in (a, b):
+            node.start()
+        yield fab, a, b
+    finally:
+        fab.close()
+
+
+def test_mesh_v4_v6_and_aggregated_block(cluster):
+    fab, a, b = cluster
+    a.wait_established("Mesh_10_99_0_2")
+    b.wait_established("Mesh_10_99_0_1")
+    a.wait_established("Mesh_fd00_99__2", v6=True)
+    b.wait_established("Mesh_fd00_99__1", v6=True)
+    # A workload route inside A's block (as Felix would program it, on a cali* device).
+    a.ns.run("ip", "link", "add", "cali0test", "type", "veth", "peer", "name", "wl0test")
+    a.ns.run("ip", "link", "set", "cali0test", "up")
+    a.ns.run("ip", "route", "add", "10.65.1.5/32", "dev", "cali0test", "proto", "80")
+    wait_for(lambda: "10.65.1.0/26 via 10.99.0.1" in b.routes(), 30, what="A's block at B via BGP")
+    wait_for(lambda: "fd80:24e2:f998:72d6::/122 via fd00:99::1" in b.routes(v6=True), 30,
+             what="A's v6 block at B via BGP")
+    wait_for(lambda: "10.65.2.0/26 via 10.99.0.2" in a.routes(), 30, what="B's block at A via BGP")
+    time.sleep(3)  # two kernel scan intervals: the /32 would have been exported by now
+    assert "10.65.1.5" not in b.routes(), "a route more specific than A's block leaked to B"
+    assert a.confd_ready()[0], a.confd_ready()[1]
+    ok = a.cmd("calico-bird", "--check-ready", check=False)
+    assert ok.returncode == 0, ok.stdout
+    assert a.cmd("calico-bird", "--check-live", check=False).returncode == 0
+
+
+def test_peer_added_and_removed_live(cluster):
+    fab, a, b = cluster
+    a.wait_established("Mesh_10_99_0_2")
+    pid = a.bird_pid()
+    since = a.protocols()["Mesh_10_99_0_2"].since
+    fab.put(f"{G}/peer_v4/10.99.0.77", '{"ip": "10.99.0.77", "as_num": "64777"}')
+    wait_for(lambda: "Global_10_99_0_77" in a.protocols(), 10, what="peer added on A")
+    wait_for(lambda: "Global_10_99_0_77" in b.protocols(), 10, what="peer added on B")
+    assert not a.cmd("calico-bird", "--check-ready", check=False).returncode == 0  # 10.99.0.77 is nobody
+    fab.delete(f"{G}/peer_v4/10.99.0.77")
+    wait_for(lambda: "Global_10_99_0_77" not in a.protocols(), 10, what="peer removed on A")
+    assert a.bird_pid() == pid, "BIRD was restarted instead of reconfigured"
+    mesh = a.protocols()["Mesh_10_99_0_2"]
+    assert mesh.established and mesh.since == since, "the mesh session was reset by an unrelated change"
+
+
+@pytest.mark.parametrize("key,bad,good", [
+    (f"{G}/peer_v4/10.99.0.78", '{"ip": "10.99.0.78", "as_num": "abc"}', '{"ip": "10.99.0.78", "as_num": "64778"}'),
+    (f"{G}/peer_v4/1.2.3.4", '{"ip": "1.2.3.4; protocol", "as_num": "64779"}', None),
+    (f"{G}/as_num", "abc", "64511"),
+])
+def test_bad_value_rejected_and_fixed(cluster, key, bad, good):
+    fab, a, b = cluster
+    pid = a.bird_pid()
+    before = a.config()
+    fab.put(key, bad)
+    wait_for(lambda: key in a.log("confd") and not a.confd_ready()[0], 10, what=f"confd rejecting {key}")
+    assert key in a.confd_ready()[1]
+    assert any(key in line and "rejected" in line for line in a.log("confd").splitlines())
+    time.sleep(0.5)
+    assert a.config() == before, "a bad value changed BIRD's config"
+    assert "abc" not in a.config() and "1.2.3.4" not in a.config()
+    assert a.bird_pid() == pid
+    a.wait_established("Mesh_10_99_0_2", timeout=5)
+    if good is None:
+        fab.delete(key)
+    else:
+        fab.put(key, good)
+    wait_for(lambda: a.confd_ready()[0], 10, what="confd ready again after the fix")
+    if key.endswith("10.99.0.78"):
+        wait_for(lambda: "Global_10_99_0_78" in a.protocols(), 10, what="fixed peer rendered")
+        fab.delete(key)
+        wait_for(lambda: "Global_10_99_0_78" not in a.protocols(), 10, what="fixed peer removed")
+    assert a.bird_pid() == pid
+
+
+def test_global_peer_router(cluster):
+    fab, a, b = cluster
+    rtr = plain_bird_router(fab, 100, 64999, [(a.ip4, 64511), (b.ip4, 64511)], "192.0.2.0/24")
+    fab.put(f"{G}/peer_v4/10.99.0.100", '{"ip": "10.99.0.100", "as_num": "64999"}')
+    try:
+        a.wait_established("Global_10_99_0_100")
+        b.wait_established("Global_10_99_0_100")
+
+        def router_routes() -> str:
+            ctl = os.path.join(fab.tmp, "router.ctl")
+            return rtr.run("birdc", "-s", ctl, "show", "route").stdout
+
+        wait_for(lambda: "10.65.1.0/26" in router_routes() and "10.65.2.0/26" in router_routes(), 30,
+                 what="router learning both nodes' blocks")
+        for node in (a, b):
+            wait_for(lambda n=node: "192.0.2.0/24 via 10.99.0.100" in n.routes(), 30,
+                     what=f"router's prefix at {node.name}")
+    finally:
+        fab.delete(f"{G}/peer_v4/10.99.0.100")
+    wait_for(lambda: "Global_10_99_0_100" not in a.protocols(), 10, what="router peer removed")
+
+
+BURST = """
+import asyncio, sys, time
+from libcalico.datastore import DatastoreClient
+async def main():
+    c = DatastoreClient(endpoints=[sys.argv[1]])
+    await c.get("/calico/v1/Ready")
+    t0 = time.monotonic()
+    await asyncio.gather(*(c.put(f"@G@/peer_v4/10.99.1.{i}", '{"ip": "10.99.1.%d", "as_num": %d}' % (i, 65000 + i))
+                           for i in range(1, 101)))
+    print(f"{time.monotonic() - t0:.3f}")
+    await c.close()
+asyncio.run(main())
+""".replace("@G@", G)
+
+
+def test_burst_is_debounced(cluster):
+    """100 changes in about 50 ms cause at most 2 reloads."""
+    fab, a, b = cluster
+    before = a.log("confd").count("BIRD reconfigured")
+    r = fab.f.run(os.path.join(VENV_BIN, "python"), "-c", BURST, fab.etcd.endpoint)
+    took = float(r.stdout.strip())
+    wait_for(lambda: "Global_10_99_1_100" in a.config(), 15, what="burst rendered")
+    time.sleep(1)
+    reloads = a.log("confd").count("BIRD reconfigured") - before
+    assert took < 0.5, f"the burst itself took {took:.3f}s"
+    assert 1 <= reloads <= 2, f"{reloads} reloads for 100 changes written in {took:.3f}s"
+    fab.etcd.delete(f"{G}/peer_v4/10.99.1.", prefix=True)
+    wait_for(lambda: "10_99_1_" not in a.config(), 15, what="burst peers removed")
+
+
+def test_template_edit_live_and_broken_template_kept(cluster):
+    fab, a, b = cluster
+    tpl = os.path.join(a.conf_dir, "confd", "templates", "bird_common.j2")
+    with open(tpl) as f:
+        orig = f.read()
+    try:
+        with open(tpl, "w") as f:
+            f.write(orig.replace("log stderr all;", "log stderr all;\n# operator was here"))
+        wait_for(lambda: "# operator was here" in a.config(), 10, what="template edit picked up")
+        good = a.config()
+        with open(tpl, "w") as f:
+            f.write(orig.replace("log stderr all;", "log stderr all;\n{{ node.no_such_thing }}"))
+        wait_for(lambda: not a.confd_ready()[0], 10, what="broken template makes confd unready")
+        assert "bird_common.j2" in a.confd_ready()[1] or "bird.cfg.j2" in a.confd_ready()[1]
+        assert a.config() == good
+        with open(tpl, "w") as f:
+            f.write(orig.replace("router id", "router identity"))  # renders, but BIRD rejects it
+        wait_for(lambda: "failed" in a.confd_ready()[1], 10, what="bird -p failure reported")
+        assert re.search(r"check `bird -p -c .*` failed", a.log("confd"))
+        assert a.config() == good
+    finally:
+        with open(tpl, "w") as f:
+            f.write(orig)
+    wait_for(lambda: a.confd_ready()[0], 10, what="confd ready after restoring the template")
+    assert "# operator was here" not in a.config()
+
+
+def test_mesh_off_removes_sessions(cluster):
+    fab, a, b = cluster
+    fab.put(f"{G}/node_mesh", '{"enabled": false}')
+    try:
+        wait_for(lambda: "Mesh_10_99_0_2" not in a.protocols(), 10, what="mesh removed on A")
+        wait_for(lambda: "Mesh_fd00_99__2" not in a.protocols(v6=True), 10, what="v6 mesh removed on A")
+        wait_for(lambda: "Mesh_10_99_0_1" not in b.protocols(), 10, what="mesh removed on B")
+    finally:
+        fab.put(f"{G}/node_mesh", '{"enabled": true}')
+    a.wait_established("Mesh_10_99_0_2")
+
+
+def test_killed_bird_makes_shim_exit_nonzero(cluster):
+    """Run last: kills node B's BIRD. (Restart under supervisord: test_bird_control.)"""
+    fab, a, b = cluster
+    shim = b.procs["bird"]
+    pid = b.bird_pid()
+    os.kill(pid, signal.SIGKILL)
+    assert shim.wait(10) != 0
+    assert "died" in b.log("bird")

@@ -1,0 +1,113 @@
+"""RouteWriter on the real kernel inside test namespaces: proto 80 routes, neighbours, overlay, drift."""
+
+from __future__ import annotations
+
+import pytest
+
+from felix.dataplane import FELIX_RT_PROTO
+from felix.dataplane.routes import RouteWriter
+from tests.lib.netns import veth
+
+
+def routes(ns, family: int = 4, proto: int | None = FELIX_RT_PROTO) -> set[str]:
+    args = ["ip", f"-{family}", "route", "show"] + (["proto", str(proto)] if proto is not None else [])
+    return {" ".join(ln.split()[:3]) for ln in ns.run(*args).stdout.splitlines() if ln.strip()}
+
+
+@pytest.fixture
+def host(netns_factory):
+    """A host namespace with a workload veth (caliA <-> eth0 in a workload namespace) and an uplink."""
+    h = netns_factory("host")
+    wl = netns_factory("wl")
+    veth(h, "caliA", wl, "eth0")
+    h.run("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-p")
+    h.run("ip", "link", "set", "uplink", "up")
+    h.run("ip", "addr", "add", "192.168.50.1/24", "dev", "uplink")
+    h.run("ip", "route", "add", "10.200.0.0/24", "via", "192.168.50.2", "proto", "static")  # not ours
+    return h
+
+
+async def test_routes_neighbours_and_drift(host):
+    w = RouteWriter(host.name)
+    try:
+        w.set_routes("caliA", {"10.65.0.5/32", "fd00:65::5/128"})
+        w.set_neighbour("caliA", "10.65.0.5", "02:00:00:aa:bb:01")
+        assert await w.apply() is True
+        assert routes(host) == {"10.65.0.5 dev caliA"}
+        assert routes(host, 6) == {"fd00:65::5 dev caliA"}
+        assert "10.65.0.5 dev caliA lladdr 02:00:00:aa:bb:01 PERMANENT" in host.run("ip", "neigh").stdout
+        assert await w.apply() is False
+        # drift: a route deleted by hand comes back on refresh; the static route is untouched throughout
+        host.run("ip", "route", "del", "10.65.0.5/32")
+        assert routes(host) == set()
+        await w.refresh()
+        assert routes(host) == {"10.65.0.5 dev caliA"}
+        assert "10.200.0.0/24 via 192.168.50.2" in routes(host, proto=None)
+        # removal of the endpoint
+        w.remove_interface("caliA")
+        await w.apply()
+        assert routes(host) == set() and routes(host, 6) == set()
+        assert "PERMANENT" not in host.run("ip", "neigh").stdout
+        assert "10.200.0.0/24 via 192.168.50.2" in routes(host, proto=None)
+    finally:
+        w.close()
+
+
+async def test_route_waits_for_missing_interface(host, netns_factory):
+    w = RouteWriter(host.name)
+    try:
+        w.set_routes("caliB", {"10.65.0.9/32"})
+        await w.apply()  # no error: deferred
+        assert routes(host) == set() and w.stats["deferred"] == 1 and w.dirty
+        veth(host, "caliB", netns_factory("wl"), "eth0")
+        w.interface_changed("caliB")
+        await w.apply()
+        assert routes(host) == {"10.65.0.9 dev caliB"} and not w.dirty
+        # interface recreated (new ifindex): the kernel dropped the route, we put it back
+        host.run("ip", "link", "del", "caliB")
+        veth(host, "caliB", netns_factory("wl"), "eth0")
+        w.interface_changed("caliB")
+        await w.apply()
+        assert routes(host) == {"10.65.0.9 dev caliB"}
+    finally:
+        w.close()
+
+
+async def test_stale_routes_removed_only_by_cleanup(host):
+    host.run("ip", "route", "add", "10.65.0.77/32", "dev", "caliA", "proto", str(FELIX_RT_PROTO))  # previous run
+    host.run("ip", "neigh", "add", "10.65.0.77", "lladdr", "02:00:00:00:00:77", "dev", "caliA", "nud", "permanent")
+    w = RouteWriter(host.name, managed_prefixes=("cali",))
+    try:
+        w.set_routes("caliA", {"10.65.0.5/32"})
+        await w.apply()
+        assert routes(host) == {"10.65.0.5 dev caliA", "10.65.0.77 dev caliA"}  # kept until in sync
+        await w.cleanup_stale()
+        assert routes(host) == {"10.65.0.5 dev caliA"}
+        assert "10.65.0.77" not in host.run("ip", "neigh").stdout
+        assert "10.200.0.0/24 via 192.168.50.2" in routes(host, proto=None)
+    finally:
+        w.close()
+
+
+async def test_overlay_routes_fdb_and_neighbour_on_vxlan(host):
+    host.run("ip", "link", "add", "vxlan.calico", "type", "vxlan", "id", "4096", "dstport", "4789",
+             "local", "192.168.50.1", "dev", "uplink")
+    host.run("ip", "link", "set", "vxlan.calico", "up")
+    host.run("ip", "addr", "add", "10.65.1.0/32", "dev", "vxlan.calico")
+    w = RouteWriter(host.name)
+    try:
+        w.set_neighbour("vxlan.calico", "10.65.2.0", "66:00:00:00:00:02")
+        w.set_fdb("vxlan.calico", {"66:00:00:00:00:02": "192.168.50.2"})
+        w.set_overlay_routes("vxlan.calico", {"10.65.2.0/26": ("10.65.2.0", True)})
+        await w.apply()
+        out = host.run("ip", "route", "show", "proto", str(FELIX_RT_PROTO)).stdout
+        assert "10.65.2.0/26 via 10.65.2.0 dev vxlan.calico" in out and "onlink" in out
+        assert "66:00:00:00:00:02 dst 192.168.50.2" in host.run("bridge", "fdb", "show", "dev", "vxlan.calico").stdout
+        w.set_overlay_routes("vxlan.calico", {})
+        w.set_fdb("vxlan.calico", {})
+        w.set_neighbour("vxlan.calico", "10.65.2.0", None)
+        await w.apply()
+        assert routes(host) == set()
+        assert "192.168.50.2" not in host.run("bridge", "fdb", "show", "dev", "vxlan.calico").stdout
+    finally:
+        w.close()

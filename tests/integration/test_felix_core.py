@@ -1,0 +1,360 @@
+"""Felix core (issue 4) against the real kernel, real etcd and the real calico-felix process.
+
+Each test builds a host namespace with workloads (tests/integration/felix_topology.py),
+writes raw datamodel JSON to etcd and proves the result with real packets and
+with what the kernel holds (iptables-save, ipset, ip route/neigh).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from felix.config import EXIT_CONFIG_CHANGED
+from tests.integration.felix_topology import FelixHost, always, eventually
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+ALLOW_ALL = [{"action": "allow"}]
+
+
+@pytest.fixture
+def fh(netns_factory):
+    host = FelixHost(netns_factory, n_workloads=3)
+    yield host
+    host.close()
+
+
+def _ready(fh: FelixHost) -> None:
+    fh.put("/calico/v1/Ready", "true")
+
+
+def test_policy_with_real_packets(fh):
+    """Acceptance 1: allow/deny, tags, port lists and ranges, negation, protocol/icmp, nets; v4 and v6."""
+    a, b, c = fh.workloads
+    _ready(fh)
+    fh.put_profile("pa", ALLOW_ALL, ALLOW_ALL, tags=["ta"])
+    fh.put_profile("pc", ALLOW_ALL, ALLOW_ALL, tags=["tc"])
+    fh.put_profile("pb", ALLOW_ALL, ALLOW_ALL, tags=["tb"])
+    fh.put_endpoint(a, ["pa"], mac=True)
+    fh.put_endpoint(b, ["pb"])
+    fh.put_endpoint(c, ["pc"])
+    fh.serve(b, 8080, 8081, 9005, 9100)
+    fh.serve(a, 8080)
+    fh.start_felix()
+    fh.wait_programmed(b)
+
+    for v in (4, 6):
+        eventually(lambda v=v: a.ping(b.ip(v)), 15, f"allowed ping v{v} a->b")
+        assert b.ping(a.ip(v)), f"ping v{v} b->a"
+        assert a.tcp(b.ip(v), 8080), f"tcp v{v} a->b"
+        assert b.tcp(a.ip(v), 8080), f"tcp v{v} b->a"
+
+    # deny stops traffic to b (both families)
+    fh.put_profile("pb", [{"action": "deny"}], ALLOW_ALL, tags=["tb"])
+    eventually(lambda: not a.ping(b.ip4), 10, "deny blocks v4 ping")
+    assert not a.ping(b.ip6) and not a.tcp(b.ip4, 8080) and not a.tcp(b.ip6, 8080)
+    assert b.ping(a.ip4), "b's outbound/a's inbound unaffected"
+
+    # tags: only endpoints carrying tag ta (a) may reach b
+    fh.put_profile("pb", [{"action": "allow", "src_tag": "ta"}], ALLOW_ALL, tags=["tb"])
+    for v in (4, 6):
+        eventually(lambda v=v: a.ping(b.ip(v)), 10, f"tagged a reaches b v{v}")
+        assert not c.ping(b.ip(v)), f"untagged c must not reach b v{v}"
+    # negated tag: everyone but ta
+    fh.put_profile("pb", [{"action": "allow", "!src_tag": "ta"}], ALLOW_ALL, tags=["tb"])
+    eventually(lambda: c.ping(b.ip4), 10, "!src_tag lets c in")
+    assert not a.ping(b.ip4) and c.ping(b.ip6) and not a.ping(b.ip6)
+    # tag membership follows profile tags: give c's profile tag ta -> c loses access
+    fh.put("/calico/v1/policy/profile/pc/tags", ["tc", "ta"])
+    eventually(lambda: not c.ping(b.ip4), 10, "c tagged ta is now excluded")
+
+    # port list and range: 8080 and 9000:9010 allowed, 8081 and 9100 not
+    fh.put_profile("pb", [{"action": "allow", "protocol": "tcp", "dst_ports": [8080, "9000:9010"]}], ALLOW_ALL)
+    for v in (4, 6):
+        eventually(lambda v=v: a.tcp(b.ip(v), 9005), 10, f"port range v{v}")
+        assert a.tcp(b.ip(v), 8080)
+        assert not a.tcp(b.ip(v), 8081) and not a.tcp(b.ip(v), 9100)
+        assert not a.ping(b.ip(v)), "icmp is not tcp"
+
+    # negated ports
+    fh.put_profile("pb", [{"action": "allow", "protocol": "tcp", "!dst_ports": [8080]}], ALLOW_ALL)
+    eventually(lambda: a.tcp(b.ip4, 8081), 10, "!dst_ports allows 8081")
+    assert not a.tcp(b.ip4, 8080) and a.tcp(b.ip6, 9100) and not a.tcp(b.ip6, 8080)
+
+    # protocol + icmp type: echo-request allowed (v4 type 8, v6 type 128), tcp not
+    fh.put_profile("pb", [{"action": "allow", "protocol": "icmp", "icmp_type": 8},
+                          {"action": "allow", "protocol": "icmpv6", "icmp_type": 128}], ALLOW_ALL)
+    for v in (4, 6):
+        eventually(lambda v=v: a.ping(b.ip(v)), 10, f"icmp type allow v{v}")
+        assert not a.tcp(b.ip(v), 8080)
+    # a different icmp type only: ping blocked
+    fh.put_profile("pb", [{"action": "allow", "protocol": "icmp", "icmp_type": 13},
+                          {"action": "allow", "protocol": "icmpv6", "icmp_type": 129}], ALLOW_ALL)
+    eventually(lambda: not a.ping(b.ip4), 10, "other icmp type blocks ping")
+    assert not a.ping(b.ip6)
+
+    # src_net: only a's address; !src_net: everyone but a
+    fh.put_profile("pb", [{"action": "allow", "src_net": f"{a.ip4}/32"},
+                          {"action": "allow", "src_net": f"{a.ip6}/128"}], ALLOW_ALL)
+    for v in (4, 6):
+        eventually(lambda v=v: a.ping(b.ip(v)), 10, f"src_net allows a v{v}")
+        assert not c.ping(b.ip(v))
+    fh.put_profile("pb", [{"action": "allow", "!src_net": f"{a.ip4}/32", "ip_version": 4}], ALLOW_ALL)
+    eventually(lambda: c.ping(b.ip4), 10, "!src_net lets c in")
+    assert not a.ping(b.ip4) and not c.ping(b.ip6), "v4-only rule must not open v6"
+
+    # dst_net on a's outbound: a may only talk to b, not c
+    fh.put_profile("pb", ALLOW_ALL, ALLOW_ALL)
+    fh.put_profile("pa", ALLOW_ALL, [{"action": "allow", "dst_net": f"{b.ip4}/32"},
+                                     {"action": "allow", "dst_net": f"{b.ip6}/128"}], tags=["ta"])
+    for v in (4, 6):
+        eventually(lambda v=v: a.ping(b.ip(v)), 10, f"dst_net allows a->b v{v}")
+        eventually(lambda v=v: not a.ping(c.ip(v)), 10, f"dst_net blocks a->c v{v}")
+    assert fh.felix_alive()
+
+
+def test_spoofing_and_inactive(fh):
+    """From-endpoint anti-spoofing (source IP and MAC) and inactive endpoints."""
+    a, b, c = fh.workloads
+    _ready(fh)
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_endpoint(a, ["open"], mac=True)
+    fh.put_endpoint(b, ["open"])
+    fh.put_endpoint(c, ["open"], state="inactive")
+    fh.start_felix()
+    fh.wait_programmed(b)
+    eventually(lambda: a.ping(b.ip4), 15, "a->b")
+    assert not c.ping(b.ip4) and not b.ping(c.ip4), "inactive endpoint: no traffic in or out"
+    # a spoofed source address from a is dropped
+    a.ns.run("ip", "addr", "add", "10.65.0.99/32", "dev", "eth0")
+    r = a.ns.run("ping", "-c1", "-W1", "-I", "10.65.0.99", b.ip4, check=False)
+    assert r.returncode != 0, "spoofed source must be dropped"
+    # a wrong MAC in the endpoint: a's real MAC no longer matches -> dropped
+    fh.put_endpoint(a, ["open"], mac=False, **{"mac": "ee:ee:ee:00:00:01"})
+    eventually(lambda: not a.ping(b.ip4), 10, "MAC anti-spoofing")
+    fh.put_endpoint(c, ["open"])
+    eventually(lambda: c.ping(b.ip4), 10, "activated endpoint passes")
+
+
+def test_workload_to_host_action(fh):
+    """DefaultEndpointToHostAction decides traffic from workloads to the host itself."""
+    a = fh.workloads[0]
+    _ready(fh)
+    fh.host.run("ip", "addr", "add", "10.99.99.1/32", "dev", "uplink0")
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_endpoint(a, ["open"])
+    fh.start_felix()
+    fh.wait_programmed(a)
+    always(lambda: not a.ping("10.99.99.1"), 1.5, "default DROP of workload->host")
+    fh.put("/calico/v1/config/DefaultEndpointToHostAction", "ACCEPT")
+    eventually(lambda: a.ping("10.99.99.1"), 10, "ACCEPT lets workload->host through")
+    # outbound policy still applies first
+    fh.put_profile("open", ALLOW_ALL, [{"action": "deny"}])
+    eventually(lambda: not a.ping("10.99.99.1"), 10, "outbound deny applies before the host action")
+
+
+def test_removal_leaves_nothing(fh):
+    """Acceptance 2: no route, neighbour, chain or ipset left; only base chains at the end."""
+    a, b, c = fh.workloads
+    _ready(fh)
+    fh.put_profile("pa", [{"action": "allow", "src_tag": "ta"}], ALLOW_ALL, tags=["ta"])
+    fh.put_profile("pb", [{"action": "allow", "src_tag": "tb"}], ALLOW_ALL, tags=["tb"])
+    for w, p in ((a, "pa"), (b, "pb"), (c, "pa")):
+        fh.put_endpoint(w, [p], mac=True)
+    fh.start_felix()
+    for w in (a, b, c):
+        fh.wait_programmed(w)
+    eventually(lambda: "felix-v4-tb" in fh.felix_ipsets(), 10, "tag ipset")
+    assert a.mac in fh.neighbours(a.ifname) and f"{b.ip6} dev {b.ifname}" in fh.routes(6)
+    eventually(lambda: a.ping(c.ip4), 10, "a->c via tag ta")
+
+    fh.delete(fh.ep_key(b))
+    eventually(lambda: b.ifname not in fh.routes(4) + fh.routes(6), 10, "b's routes gone")
+    eventually(lambda: not fh.neighbours(b.ifname).strip(), 10, "b's neighbour gone")
+    for v in (4, 6):
+        assert not any(b.ifname in ch for ch in fh.felix_chains(v)), f"b's chains gone v{v}"
+        assert "felix-p-pb-i" not in fh.felix_chains(v), "unused profile chain gone"
+    assert not {"felix-v4-tb", "felix-v6-tb"} & fh.felix_ipsets(), "unused tag ipsets gone"
+    assert a.ping(c.ip4), "the others still work"
+
+    for w in (a, c):
+        fh.delete(fh.ep_key(w))
+    fh.delete("/calico/v1/policy/profile/", prefix=True)
+    base = {"felix-INPUT", "felix-FORWARD", "felix-OUTPUT", "felix-FROM-ENDPOINT", "felix-TO-ENDPOINT"}
+    eventually(lambda: fh.felix_chains(4) == base and fh.felix_chains(6) == base, 10, "only base chains")
+    assert not fh.felix_ipsets()
+    assert not fh.routes(4).strip() and not fh.routes(6).strip()
+    for w in (a, b, c):
+        assert not fh.neighbours(w.ifname).strip()
+    assert fh.felix_alive()
+
+
+def test_sigkill_restart_keeps_connections_and_cleans_up(fh):
+    """Acceptance 3: SIGKILL with an open TCP connection; restart converges; deletions while down applied."""
+    a, b, c = fh.workloads
+    _ready(fh)
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL, tags=["open"])
+    fh.put_profile("gone", ALLOW_ALL, ALLOW_ALL, tags=["gone"])
+    fh.put_endpoint(a, ["open"])
+    fh.put_endpoint(b, ["open"])
+    fh.put_endpoint(c, ["gone"], mac=True)
+    fh.serve(b, 7000)
+    fh.start_felix()
+    for w in (a, b, c):
+        fh.wait_programmed(w)
+    eventually(lambda: a.ping(b.ip4), 15, "a->b")
+
+    client = a.ns.popen([sys.executable, "-u", "-c", (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('{b.ip4}',7000),timeout=5)\n"
+        "for line in sys.stdin:\n"
+        "    s.sendall(line.encode()); print(s.recv(100).decode().strip(), flush=True)\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        client.stdin.write("one\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "one"
+        chains_before = fh.iptables_save(4)
+
+        assert fh.kill_felix(signal.SIGKILL) == -signal.SIGKILL
+        fh.delete(fh.ep_key(c))
+        fh.delete("/calico/v1/policy/profile/gone/", prefix=True)
+        # dataplane untouched while Felix is down
+        assert fh.iptables_save(4).count("-A felix-") == chains_before.count("-A felix-")
+        fh.start_felix()
+        eventually(lambda: c.ifname not in fh.routes(4), 20, "c's route removed after in-sync")
+        eventually(lambda: not any(c.ifname in ch for ch in fh.felix_chains(4)), 10, "c's chains removed")
+        eventually(lambda: "felix-v4-gone" not in fh.felix_ipsets(), 10, "stale ipset removed")
+        eventually(lambda: not fh.neighbours(c.ifname).strip() or c.mac not in fh.neighbours(c.ifname),
+                   10, "c's static neighbour removed")
+        client.stdin.write("two\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "two", "connection survived the restart"
+        assert a.ping(b.ip4) and a.ping(b.ip6)
+        assert "Felix starting" in fh.log() and fh.felix_alive()
+    finally:
+        client.kill()
+        client.wait()
+
+
+def test_drift_is_repaired(fh):
+    """Acceptance 4: a deleted felix chain and a deleted workload route come back; others' rules untouched."""
+    a, b, _ = fh.workloads
+    _ready(fh)
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_endpoint(a, ["open"])
+    fh.put_endpoint(b, ["open"])
+    fh.start_felix(FELIX_IPTABLESREFRESHINTERVAL="2", FELIX_ROUTEREFRESHINTERVAL="2")
+    fh.wait_programmed(b)
+    eventually(lambda: a.ping(b.ip4), 15, "a->b")
+    save = fh.iptables_save(4)
+    backend = "legacy" if "-legacy" in save.split("\n", 1)[0] else "nft"
+    ipt = f"iptables-{backend}"
+    fh.host.run(ipt, "-A", "FORWARD", "-s", "192.0.2.1", "-j", "DROP")     # someone else's rule
+    fh.host.run(ipt, "-D", "FORWARD", "1")                                # our hook
+    fh.host.run(ipt, "-F", "felix-FORWARD")
+    fh.host.run(ipt, "-X", "felix-FORWARD")
+    fh.host.run("ip", "route", "del", f"{b.ip4}/32", "dev", b.ifname)
+    assert "felix-FORWARD" not in fh.felix_chains(4)
+    t0 = time.monotonic()
+    eventually(lambda: "felix-FORWARD" in fh.felix_chains(4)
+               and "-j felix-FORWARD" in fh.iptables_save(4), 10, "chain and hook restored")
+    eventually(lambda: f"{b.ip4} dev {b.ifname}" in fh.routes(4), 10, "route restored")
+    assert time.monotonic() - t0 < 8
+    assert "-s 192.0.2.1/32 -j DROP" in fh.iptables_save(4), "non-felix rule untouched"
+    lines = [ln for ln in fh.iptables_save(4).splitlines() if ln.startswith("-A FORWARD")]
+    assert "felix-FORWARD" in lines[0], "our hook is back at the top"
+    eventually(lambda: a.ping(b.ip4), 10, "traffic flows")
+
+
+def test_malformed_data_is_isolated(fh):
+    """Acceptance 5: a malformed endpoint/profile beside valid ones; error names the key; Felix runs on."""
+    a, b, c = fh.workloads
+    _ready(fh)
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put("/calico/v1/policy/profile/broken/rules",
+           '{"inbound_rules":[{"action":"allow","protocol":"tcp","dst_ports":["99999"]}]}')
+    fh.put_endpoint(a, ["open"])
+    fh.put_endpoint(b, ["open"])
+    bad_ep = f"/calico/v1/host/{fh.hostname}/workload/test/bad/endpoint/x"
+    fh.put(bad_ep, '{"state":"active","name":"cali-bad","ipv4_nets":["10.65.0.300/32"]}')
+    bad_json = f"/calico/v1/host/{fh.hostname}/workload/test/bad2/endpoint/y"
+    fh.put(bad_json, '{"state": "active", "name": ')
+    fh.put_endpoint(c, ["broken"])                      # valid endpoint, unusable profile
+    fh.start_felix()
+    fh.wait_programmed(b)
+    eventually(lambda: a.ping(b.ip4) and b.ping(a.ip6), 15, "valid endpoints fully programmed")
+    assert not c.ping(b.ip4), "endpoint whose only profile is invalid gets no traffic (outbound)"
+    assert not b.ping(c.ip4), "nor inbound"
+    log = fh.log()
+    for key in (bad_ep, bad_json, "/calico/v1/policy/profile/broken/rules"):
+        assert key in log, f"log names {key}"
+    assert log.count(bad_ep) == 1, "logged once"
+    # a bad update to a working profile is treated as absent: its endpoints lose traffic, Felix lives
+    fh.put("/calico/v1/policy/profile/open/rules", '{"inbound_rules": [{"action": "explode"}]}')
+    eventually(lambda: not a.ping(b.ip4), 10, "invalid profile treated as absent")
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    eventually(lambda: a.ping(b.ip4), 10, "fixed profile works again")
+    assert fh.felix_alive()
+
+
+def test_config_and_status(fh):
+    """Config precedence/logging, status with a lease, endpoint status, restart on a non-live change."""
+    a = fh.workloads[0]
+    _ready(fh)
+    fh.put("/calico/v1/config/ReportingIntervalSecs", "1")
+    fh.put("/calico/v1/config/ReportingTTLSecs", "3")
+    fh.put(f"/calico/v1/host/{fh.hostname}/config/EndpointReportingEnabled", "true")
+    fh.put("/calico/v1/config/LogSeverityScreen", "debug")           # env below wins
+    fh.put("/calico/v1/config/NoSuchParam", "1")
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_endpoint(a, ["open"])
+    fh.start_felix(FELIX_LOGSEVERITYSCREEN="info")
+    fh.wait_programmed(a)
+    status_key = f"/calico/felix/v1/host/{fh.hostname}/status"
+    eventually(lambda: fh.etcd.get(status_key), 10, "status written")
+    assert '"uptime"' in fh.etcd.get(f"/calico/felix/v1/host/{fh.hostname}/last_reported_status")
+    lease = fh.etcd.etcdctl("get", status_key, "-w", "json")
+    assert '"lease"' in lease, "status carries a lease"
+    ep_status = f"/calico/felix/v1/host/{fh.hostname}/workload/test/w1/endpoint/e1"
+    eventually(lambda: (fh.etcd.get(ep_status) or "").find('"up"') >= 0, 10, "endpoint status up")
+    log = fh.log()
+    assert "LogSeverityScreen = 'info' (from env FELIX_LOGSEVERITYSCREEN)" in log
+    assert "EndpointReportingEnabled = True (from host key" in log
+    assert "InterfacePrefix = 'cali' (from default)" in log
+    assert log.count("NoSuchParam") == 1, "unknown parameter warned once"
+    fh.delete(fh.ep_key(a))
+    eventually(lambda: fh.etcd.get(ep_status) is None, 10, "endpoint status removed")
+    # a parameter that cannot change live: clean exit with the restart code
+    fh.put("/calico/v1/config/InterfacePrefix", "tap")
+    eventually(lambda: not fh.felix_alive(), 10, "felix exits on InterfacePrefix change")
+    assert fh.proc.returncode == EXIT_CONFIG_CHANGED
+    # and status expires with the lease once Felix is gone
+    eventually(lambda: fh.etcd.get(status_key) is None, 10, "status lease expired")
+
+
+def test_waits_for_ready_and_survives_etcd_outage(fh):
+    """Nothing happens before Ready; an etcd restart keeps the dataplane and resyncs."""
+    a, b, _ = fh.workloads
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_endpoint(a, ["open"])
+    fh.put_endpoint(b, ["open"])
+    fh.start_felix()
+    time.sleep(2)
+    assert not fh.routes(4).strip(), "nothing programmed before /calico/v1/Ready"
+    _ready(fh)
+    fh.wait_programmed(b)
+    eventually(lambda: a.ping(b.ip4), 15, "a->b")
+    fh.etcd.stop()
+    time.sleep(2)
+    assert fh.felix_alive() and a.ping(b.ip4), "dataplane kept during the outage"
+    fh.etcd.start()
+    fh.put_profile("open", [{"action": "deny"}], ALLOW_ALL)
+    eventually(lambda: not a.ping(b.ip4), 30, "change after the outage applied")
+    assert fh.felix_alive()

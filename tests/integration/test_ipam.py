@@ -1,0 +1,247 @@
+"""IPAM against a real etcd: blocks, affinity, CAS under real concurrency (4 processes), releases."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from libcalico import keys
+from libcalico.datastore import DatastoreClient
+from libcalico.ipam import Ipam, IpamError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pool_json(cidr: str, **extra) -> str:
+    return json.dumps({"cidr": cidr, **extra})
+
+
+@pytest.fixture
+async def client(etcd_env):
+    c = DatastoreClient.from_env(timeout=5)
+    yield c
+    await c.close()
+
+
+async def add_pool(client, cidr, **extra):
+    await client.put(keys.pool(cidr), pool_json(cidr, **extra))
+
+
+async def test_assign_from_host_block_and_release(client, etcd):
+    await add_pool(client, "10.65.0.0/16")
+    ipam = Ipam(client)
+    v4, v6 = await ipam.auto_assign("h1", "wl1", num4=3)
+    assert v6 == [] and len(v4) == 3
+    blocks = await ipam.host_blocks("h1")
+    assert blocks == ["10.65.0.0/26"]
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(blocks[0]) for ip in v4)
+    assert "10.65.0.0" not in v4  # the pool's network address is never handed out
+    assert json.loads(etcd.get(keys.block_affinity("h1", "10.65.0.0/26"))) == {"state": "confirmed"}
+    rec = json.loads(etcd.get(keys.block_allocation("10.65.0.0/26")))
+    assert rec["affinity"] == "host:h1" and sorted(rec["allocations"].values()) == ["wl1"] * 3
+    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["blocks"] == {"10.65.0.0/26": 3}
+    info = await ipam.get_assignment(v4[0])
+    assert info == {"ip": v4[0], "handle": "wl1", "block": "10.65.0.0/26", "host": "h1"}
+    # a second host gets its own block
+    v4b, _ = await ipam.auto_assign("h2", "wl2", num4=1)
+    assert await ipam.host_blocks("h2") == ["10.65.0.64/26"]
+    assert ipaddress.ip_address(v4b[0]) in ipaddress.ip_network("10.65.0.64/26")
+    # release one IP, then the whole handle
+    assert await ipam.release_ips([v4[0], "10.99.0.1", "junk"]) == ["10.99.0.1", "junk"]
+    assert await ipam.get_assignment(v4[0]) is None
+    assert await ipam.release_ips([v4[0]]) == [v4[0]]  # not assigned any more
+    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["blocks"] == {"10.65.0.0/26": 2}
+    assert sorted(await ipam.release_handle("wl1")) == sorted(v4[1:])
+    assert etcd.get(keys.ipam_handle("wl1")) is None
+    assert await ipam.release_handle("wl1") == []
+    # released addresses come back
+    again, _ = await ipam.auto_assign("h1", "wl3", num4=3)
+    assert sorted(again) == sorted(v4)
+
+
+async def test_block_fills_then_next_block(client):
+    await add_pool(client, "10.66.0.0/24")
+    ipam = Ipam(client)
+    v4, _ = await ipam.auto_assign("h1", "big", num4=70)
+    assert len(set(v4)) == 70
+    assert await ipam.host_blocks("h1") == ["10.66.0.0/26", "10.66.0.64/26"]
+
+
+async def test_ipv6_blocks(client):
+    await add_pool(client, "fd80:24e2:f998:72d6::/64")
+    ipam = Ipam(client)
+    _, v6 = await ipam.auto_assign("h1", "six", num6=2)
+    assert len(v6) == 2
+    assert await ipam.host_blocks("h1") == ["fd80:24e2:f998:72d6::/122"]
+    assert await ipam.get_assignment(v6[1]) is not None
+    _, v6b = await ipam.auto_assign("h2", "six2", num6=1)
+    assert ipaddress.ip_address(v6b[0]) in ipaddress.ip_network("fd80:24e2:f998:72d6::40/122")
+    assert await ipam.host_blocks("h2") == ["fd80:24e2:f998:72d6::40/122"]
+
+
+async def test_disabled_and_non_ipam_pools_give_nothing(client):
+    await add_pool(client, "10.67.0.0/24", disabled=True)
+    await add_pool(client, "10.68.0.0/24", ipam=False)
+    await client.put(keys.pool("10.69.0.0/24"), "{not json")
+    ipam = Ipam(client)
+    assert await ipam.auto_assign("h1", "x", num4=1, num6=1) == ([], [])
+    with pytest.raises(IpamError):
+        await ipam.assign("10.67.0.5", "x", "h1")
+    await add_pool(client, "10.70.0.0/24")
+    v4, _ = await ipam.auto_assign("h1", "x", num4=1)
+    assert ipaddress.ip_address(v4[0]) in ipaddress.ip_network("10.70.0.0/24")
+
+
+async def test_explicit_assign(client):
+    await add_pool(client, "10.71.0.0/24")
+    ipam = Ipam(client)
+    await ipam.assign("10.71.0.77", "fixed", "h9")
+    assert await ipam.host_blocks("h9") == ["10.71.0.64/26"]
+    with pytest.raises(IpamError, match="already assigned to fixed"):
+        await ipam.assign("10.71.0.77", "other", "h9")
+    with pytest.raises(IpamError, match="not in any"):
+        await ipam.assign("10.1.2.3", "other", "h9")
+    v4, _ = await ipam.auto_assign("h9", "auto", num4=63)
+    assert "10.71.0.77" not in v4 and len(set(v4)) == 63
+
+
+async def test_borrow_only_when_no_free_block(client):
+    await add_pool(client, "10.72.0.0/25")  # two blocks
+    ipam = Ipam(client)
+    a, _ = await ipam.auto_assign("ha", "a", num4=2)
+    b, _ = await ipam.auto_assign("hb", "b", num4=1)
+    assert await ipam.host_blocks("hb") == ["10.72.0.64/26"]  # a free block exists: no borrowing
+    # hb fills its block (63 usable minus the broadcast), then borrows from ha's
+    more, _ = await ipam.auto_assign("hb", "b2", num4=70)
+    assert len(set(more)) == 70
+    borrowed = [ip for ip in more if ipaddress.ip_address(ip) in ipaddress.ip_network("10.72.0.0/26")]
+    assert borrowed and await ipam.host_blocks("hb") == ["10.72.0.64/26"]
+    assert (await ipam.get_assignment(borrowed[0]))["host"] == "ha"  # affinity unchanged
+    # exhaustion: fewer than asked, no error, no duplicates
+    rest, _ = await ipam.auto_assign("hc", "c", num4=100)
+    everything = a + b + more + rest
+    assert len(everything) == len(set(everything)) == 126  # 128 - network - broadcast
+
+
+async def test_release_host_affinities(client, etcd):
+    await add_pool(client, "10.73.0.0/24")
+    ipam = Ipam(client)
+    v4, _ = await ipam.auto_assign("gone", "w", num4=64)  # two blocks, the 2nd has 1 address
+    await ipam.release_ips(v4[-1:])
+    blocks = await ipam.host_blocks("gone")
+    assert len(blocks) == 2
+    assert sorted(await ipam.release_host_affinities("gone")) == sorted(blocks)
+    assert await ipam.host_blocks("gone") == []
+    assert etcd.keys(keys.ipam_host_dir("gone")) == []
+    assert etcd.get(keys.block_allocation(blocks[1])) is None  # empty block back to the pool
+    kept = json.loads(etcd.get(keys.block_allocation(blocks[0])))
+    assert kept["affinity"] is None and len(kept["allocations"]) == 63  # addresses kept
+    v4n, _ = await ipam.auto_assign("new", "n", num4=1)
+    assert await ipam.host_blocks("new") == [blocks[1]]
+
+
+# ---- 4 processes x 200 assignments from 2 hosts ----------------------------------------
+
+async def _worker(host: str, tag: str, count: int) -> list[str]:
+    client = DatastoreClient.from_env(timeout=10)
+    ipam = Ipam(client)
+    out = []
+    for i in range(count):
+        v4, _ = await ipam.auto_assign(host, f"{tag}-{i}", num4=1)
+        assert len(v4) == 1, f"{tag}-{i}: got {v4}"
+        out += v4
+    await client.close()
+    return out
+
+
+def _run_workers(etcd, jobs: list[tuple[str, str, int]]) -> dict[str, list[str]]:
+    env = dict(os.environ, ETCD_ENDPOINTS=etcd.endpoint, PYTHONPATH=ROOT)
+    procs = {tag: subprocess.Popen([sys.executable, __file__, host, tag, str(n)], env=env, cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for host, tag, n in jobs}
+    out = {}
+    for tag, p in procs.items():
+        stdout, stderr = p.communicate(timeout=240)
+        assert p.returncode == 0, f"worker {tag} failed: {stderr[-2000:]}"
+        out[tag] = json.loads(stdout)
+    return out
+
+
+def _check_consistent(etcd, expect: dict[str, str]) -> None:
+    """Every block record, affinity key and handle record agrees with what the workers were given."""
+    import base64
+    kvs = json.loads(etcd.etcdctl("get", "--prefix", "/calico/ipam/v2/", "-w", "json")).get("kvs", [])
+    data = {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
+    affinity_hosts: dict[str, list[str]] = {}
+    allocated: dict[str, str] = {}
+    for k, v in data.items():
+        key = keys.parse(k)
+        if key.kind == "block_affinity":
+            affinity_hosts.setdefault(key.cidr, []).append(key.host)
+        elif key.kind == "block_allocation":
+            rec = json.loads(v)
+            net = ipaddress.ip_network(rec["cidr"])
+            for o, h in rec["allocations"].items():
+                allocated[str(net.network_address + int(o))] = h
+    for cidr, hosts in affinity_hosts.items():
+        assert len(hosts) == 1, f"block {cidr} owned by {hosts}"
+        rec = json.loads(data[keys.block_allocation(cidr)])
+        assert rec["affinity"] == f"host:{hosts[0]}"
+    assert allocated == expect
+    for handle in set(expect.values()):
+        assert json.loads(data[keys.ipam_handle(handle)])["blocks"] == {
+            str(ipaddress.ip_network(f"{ip}/26", strict=False)): 1 for ip, h in expect.items() if h == handle}
+
+
+def test_four_processes_two_hosts_no_duplicates(etcd):
+    etcd.put(keys.pool("10.80.0.0/20"), pool_json("10.80.0.0/20"))
+    t = time.monotonic()
+    jobs = [("hostA", "a1", 200), ("hostA", "a2", 200), ("hostB", "b1", 200), ("hostB", "b2", 200)]
+    res = _run_workers(etcd, jobs)
+    elapsed = time.monotonic() - t
+    all_ips = [ip for ips in res.values() for ip in ips]
+    assert len(all_ips) == 800 and len(set(all_ips)) == 800, "an IP was handed out twice"
+    expect = {ip: f"{tag}-{i}" for tag, ips in res.items() for i, ip in enumerate(ips)}
+    _check_consistent(etcd, expect)
+    # each host's addresses come from its own blocks (a /20 has plenty: nobody needs to borrow)
+    for host, tags in (("hostA", ("a1", "a2")), ("hostB", ("b1", "b2"))):
+        owned = [ipaddress.ip_network(k.rsplit("/", 1)[-1].replace("-", "/"))
+                 for k in etcd.keys(keys.ipam_host_dir(host))]
+        for tag in tags:
+            assert all(any(ipaddress.ip_address(ip) in n for n in owned) for ip in res[tag])
+    print(f"\n800 concurrent assignments in {elapsed:.1f}s")
+    # release half of one worker's addresses and everything of another; they are reused
+    released = res["a1"][:100] + res["b2"]
+    env_client = DatastoreClient([etcd.endpoint])
+
+    async def release():
+        ipam = Ipam(env_client)
+        assert await ipam.release_ips(res["a1"][:100]) == []
+        for i in range(200):
+            assert await ipam.release_handle(f"b2-{i}") == [res["b2"][i]]
+        await env_client.close()
+    asyncio.run(release())
+    blocks_before = etcd.keys("/calico/ipam/v2/host/")
+    res2 = _run_workers(etcd, [("hostA", "c1", 100), ("hostB", "c2", 200)])
+    new_ips = res2["c1"] + res2["c2"]
+    assert len(set(new_ips)) == 300
+    kept = set(all_ips) - set(released)
+    assert not kept & set(new_ips), "a still-assigned IP was handed out again"
+    assert etcd.keys("/calico/ipam/v2/host/") == blocks_before, "released space is used before new blocks"
+    # lowest free address first, and blocks were claimed in address order: exactly the released ones
+    assert set(new_ips) == set(released), "released addresses are reused"
+    expect = {ip: h for ip, h in expect.items() if ip not in released}
+    expect.update({ip: f"{tag}-{i}" for tag, ips in res2.items() for i, ip in enumerate(ips)})
+    _check_consistent(etcd, expect)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    print(json.dumps(asyncio.run(_worker(sys.argv[1], sys.argv[2], int(sys.argv[3])))))
