@@ -31,3 +31,6 @@ demo: deps
 
 demo-down:
 	@$(PY) scripts/demo --down
+
+bench-confd: deps
+	$(PY) bench/bench_confd.py

@@ -8,7 +8,6 @@ from the current environment, and tunnel addresses are kept while still valid.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import json
 import logging
@@ -213,16 +212,11 @@ def _in_pools(ip: str, pools: list[PoolInfo]) -> bool:
 
 
 async def _assign(ipam, host: str, handle: str, pools: list[PoolInfo]) -> str | None:
-    """One IPv4 from `pools`; passes the pools to IPAM when its auto_assign takes them."""
-    cidrs = [p.cidr for p in pools]
-    params = inspect.signature(ipam.auto_assign).parameters
-    if "pools" in params:
-        v4, _ = await ipam.auto_assign(host, handle, num4=1, pools=cidrs)
-    else:
-        v4, _ = await ipam.auto_assign(host, handle, num4=1)
+    """One IPv4 from `pools` (IPAM limits the choice to them)."""
+    v4, _ = await ipam.auto_assign(host, handle, num4=1, pools=[p.cidr for p in pools])
     if not v4:
         return None
-    if not _in_pools(v4[0], pools):
+    if not _in_pools(v4[0], pools):  # never trust a wider answer: the tunnel must be inside its pool kind
         await ipam.release_ips(v4)
         return None
     return v4[0]

@@ -95,7 +95,10 @@ async def local_hostname(client: Any | None, explicit: str | None = None) -> str
     for kv in kvs:
         k = keys.parse(kv.key)
         if k is not None and k.kind == "bgp_host_ip" and kv.value:
-            registered.setdefault(kv.value.strip(), k.host)
+            try:
+                registered.setdefault(validate_ip(kv.value.strip()), validate_name(k.host, "hostname"))
+            except ValueError:
+                continue  # a bad registration is node show's to report, not ours to trust
     if kernel in registered.values():
         return kernel
     try:
@@ -120,15 +123,23 @@ class Endpoint:
 
     @property
     def ifname(self) -> str:
-        return self.data.get("name", "")
+        """The host-side interface, or "" when etcd holds something we must not hand to ip(8)."""
+        try:
+            return validate_ifname(self.data.get("name"))
+        except ValueError:
+            return ""
 
 
 def workload_prefix(host: str, workload: str) -> str:
     return f"{keys.workload_dir(host)}{ORCHESTRATOR}/{workload}/endpoint/"
 
 
-async def find_endpoint(client: Any, host: str, workload: str) -> Endpoint | None:
-    """The (single) endpoint of a namespace on `host`, or None."""
+async def find_endpoint(client: Any, host: str, workload: str, strict: bool = True) -> Endpoint | None:
+    """The (single) endpoint of a namespace on `host`, or None.
+
+    A value that is not a JSON object stops an edit (strict) but not a removal,
+    which only needs the key and the endpoint id.
+    """
     _, kvs = await client.get_prefix(workload_prefix(host, workload))
     for kv in sorted(kvs, key=lambda kv: kv.create_revision):
         k = keys.parse(kv.key)
@@ -137,9 +148,16 @@ async def find_endpoint(client: Any, host: str, workload: str) -> Endpoint | Non
         try:
             data = json.loads(kv.value)
         except ValueError:
-            raise CliError(f"{kv.key}: endpoint is not valid JSON; fix or delete it") from None
+            data = None
+        if strict:
+            from libcalico import models
+
+            try:
+                models.parse_key_value(kv.key, kv.value)
+            except models.InvalidValue as e:
+                raise CliError(f"{e}; fix it or remove the container") from None
         if not isinstance(data, dict):
-            raise CliError(f"{kv.key}: endpoint is not a JSON object; fix or delete it")
+            data = {}
         return Endpoint(kv.key, host, k.endpoint, data, kv.mod_revision)
     return None
 
@@ -264,9 +282,17 @@ def create_veth(ns: netns.NamespaceRef, host_if: str, iface: str, v4: list[str],
         raise
 
 
+def _valid_ifname(name: str) -> bool:
+    try:
+        validate_ifname(name)
+        return True
+    except ValueError:
+        return False
+
+
 def delete_veth(ns: netns.NamespaceRef | None, host_if: str, iface: str = "eth0") -> bool:
     """Remove the pair (deleting either end removes both); True when something was deleted."""
-    if netns.link(None, host_if) is not None:
+    if host_if and netns.link(None, host_if) is not None:
         netns.run(None, ["ip", "link", "del", host_if], check=False)
         return True
     if ns is not None:
@@ -344,19 +370,34 @@ async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, 
                  arg: str) -> Endpoint:
     client = await ctx.client()
     host = await local_hostname(client, hostname)
-    ep = await find_endpoint(client, host, workload_id)
+    ep = await find_endpoint(client, host, workload_id, strict=False)
     if ep is None:
         raise CliError(f"namespace {arg} has no endpoint on host {host}")
-    if ep.ifname:
-        delete_veth(ns, ep.ifname)
+    # The stored name first; else the one we derive from the endpoint id; else the namespace's end.
+    names = [n for n in (ep.ifname, host_ifname(ep.endpoint_id)) if n and _valid_ifname(n)]
+    if not any(delete_veth(None, n) for n in dict.fromkeys(names)) and ns is not None:
+        delete_veth(ns, "")
     await client.delete(ep.key)
     ipam = _ipam(client)
     await _maybe_await(ipam.release_handle(ep.endpoint_id))
-    nets = [n.split("/")[0] for n in ep.data.get("ipv4_nets", []) + ep.data.get("ipv6_nets", [])]
+    nets = endpoint_ips(ep)
     if nets:
         # Addresses given explicitly by an older tool may carry no handle: free them by address too.
         await _maybe_await(ipam.release_ips(nets))
     return ep
+
+
+def endpoint_ips(ep: Endpoint) -> list[str]:
+    """The endpoint's addresses that parse as IPs (anything else in etcd is ignored)."""
+    out = []
+    for field in ("ipv4_nets", "ipv6_nets"):
+        nets = ep.data.get(field)
+        for n in nets if isinstance(nets, list) else []:
+            try:
+                out.append(str(ipaddress.ip_interface(str(n)).ip))
+            except ValueError:
+                continue
+    return out
 
 
 async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, iface: str,
@@ -375,6 +416,8 @@ async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, ifac
         await _check_in_pool(client, ip)
         await _maybe_await(ipam.assign(ip, ep.endpoint_id, host))
         try:
+            if version == 6 and not ep.ifname:
+                raise CliError(f"{ep.key} names no usable host interface")
             gw6 = host_link_local(ep.ifname) if version == 6 else None
             first = not nets
             lines = [f"addr add {cidr} dev {iface}" + (" nodad" if version == 6 else "")]

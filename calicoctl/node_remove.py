@@ -45,7 +45,7 @@ async def remove_node(ctx: Context, host: str, remove_endpoints: bool) -> list[s
             # names embed the endpoint id, so a link of this name here is this endpoint's
             container.delete_veth(None, ep.ifname)
         await _maybe_await(ipam.release_handle(ep.endpoint_id))
-        nets = [n.split("/")[0] for n in ep.data.get("ipv4_nets", []) + ep.data.get("ipv6_nets", [])]
+        nets = container.endpoint_ips(ep)
         if nets:
             await _maybe_await(ipam.release_ips(nets))
         await client.delete(ep.key)

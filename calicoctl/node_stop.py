@@ -95,6 +95,11 @@ def parse(args: list[str]) -> Action:
     explicit = opts.get("--hostname")
 
     async def stop(ctx: Context) -> int:
+        docker = _docker_running()
+        pids = [] if docker else local_node_pids()
+        if not docker and not pids:
+            ctx.print("calico-node is not running here")
+            return 0
         if not force:
             client = await ctx.client()
             host = await container.local_hostname(client, explicit)
@@ -102,15 +107,11 @@ def parse(args: list[str]) -> Action:
             if eps:
                 raise CliError(f"node {host} still has {len(eps)} workload endpoint(s); remove them "
                                "first or use --force")
-        if _docker_running():
+        if docker:
             r = subprocess.run(["docker", "stop", "calico-node"], capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 raise CliError(f"docker stop calico-node failed: {r.stderr.strip()}")
             ctx.print("Stopped the calico-node container")
-            return 0
-        pids = local_node_pids()
-        if not pids:
-            ctx.print("calico-node is not running here")
             return 0
         left = stop_local(pids)
         if left:

@@ -128,22 +128,22 @@ class BgpStore:
         g: dict[str, Any] = {"as": None, "mesh": False, "loglevel": None}
         hosts: dict[str, dict[str, Any]] = {}
         global_peers: dict[int, dict[str, int]] = {4: {}, 6: {}}
-        pools: dict[int, list[Pool]] = {4: [], 6: []}
+        pools: dict[int, list[PoolView]] = {4: [], 6: []}
         blocks: dict[int, list[str]] = {4: [], 6: []}
         for key, value in self.values.values():
             k = key.kind
             if k == "bgp_global_as":
                 g["as"] = value
             elif k == "bgp_node_mesh":
-                g["mesh"] = value.enabled
+                g["mesh"] = value
             elif k == "bgp_global_loglevel":
                 g["loglevel"] = value
             elif k == "bgp_global_peer":
-                global_peers[key.version][value.ip] = value.as_num
+                global_peers[key.version][value[0]] = value[1]
             elif k == "pool":
-                pools[value.version].append(value)
+                pools[key.version].append(value)
             elif k == "block_affinity":
-                if value.state == "confirmed":
+                if value == "confirmed":
                     blocks[key.version].append(key.cidr)
             else:
                 h = hosts.setdefault(key.host, {"ip4": None, "ip6": None, "as": None, "loglevel": None,
@@ -155,7 +155,7 @@ class BgpStore:
                 elif k == "bgp_host_loglevel":
                     h["loglevel"] = value
                 elif k == "bgp_host_peer":
-                    h[f"peers{key.version}"][value.ip] = value.as_num
+                    h[f"peers{key.version}"][value[0]] = value[1]
         mine = hosts.get(me.name, {})
         default_as = g["as"] or DEFAULT_AS
         local_as = mine.get("as") or default_as
@@ -182,13 +182,23 @@ class BgpStore:
             fam["mesh_peers"] = mesh
             fam["global_peers"] = _peers("Global", global_peers[v], own_ip)
             fam["node_peers"] = _peers("Node", mine.get(f"peers{v}", {}), own_ip)
-            fam["pools"] = [{"cidr": p.cidr, "ipip": p.ipip is not None, "vxlan": p.vxlan is not None,
-                             "overlay": p.ipip is not None or p.vxlan is not None,
+            fam["pools"] = [{"cidr": p.cidr, "ipip": p.ipip, "vxlan": p.vxlan, "overlay": p.ipip or p.vxlan,
                              "masquerade": p.masquerade, "disabled": p.disabled}
                             for p in sorted(pools[v], key=lambda p: _net_sort(p.cidr))]
             fam["blocks"] = sorted(set(blocks[v]), key=_net_sort)
             ctx[f"v{v}"] = fam
         return ctx
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """The pool fields BIRD's config depends on (unknown JSON fields must not count as changes)."""
+
+    cidr: str
+    ipip: bool
+    vxlan: bool
+    masquerade: bool
+    disabled: bool
 
 
 def _net_sort(cidr: str) -> tuple:
@@ -221,7 +231,7 @@ def _recheck(key: keys.Key, value: Any) -> Any:
     if k == "bgp_node_mesh":
         if not isinstance(value, NodeMesh):
             raise TypeError(f"expected a node_mesh object, got {value!r}")
-        return value
+        return bool(value.enabled)
     if k in ("bgp_global_peer", "bgp_host_peer"):
         if not isinstance(value, BgpPeer):
             raise TypeError(f"expected a peer object, got {value!r}")
@@ -229,15 +239,17 @@ def _recheck(key: keys.Key, value: Any) -> Any:
         validate_asn(value.as_num)
         if value.ip != key.ip:
             raise ValueError(f"ip {value.ip} does not match the key's {key.ip}")
-        return value
+        return (value.ip, value.as_num)
     if k == "pool":
         if not isinstance(value, Pool):
             raise TypeError(f"expected a pool object, got {value!r}")
-        validate_cidr(value.cidr, key.version)
-        return value
+        if validate_cidr(value.cidr, key.version) != key.cidr:
+            raise ValueError(f"cidr {value.cidr} does not match the key's {key.cidr}")
+        return PoolView(key.cidr, value.ipip is not None, value.vxlan is not None, bool(value.masquerade),
+                        bool(value.disabled))
     if k == "block_affinity":
         if not isinstance(value, BlockAffinity):
             raise TypeError(f"expected a block affinity, got {value!r}")
         validate_cidr(key.cidr, key.version)
-        return value
+        return value.state
     raise ValueError(f"confd does not use key kind {k}")

@@ -304,15 +304,18 @@ class Config:
         file_layer, file_warnings = _read_file(path)
         warnings += file_warnings
         layers.append(("file", file_layer))
-        layers.append(("host", {k.lower(): (v, f"host key /calico/v1/host/<host>/config/{k}")
+        layers.append(("host", {k.lower(): (v, f"host key /calico/v1/host/{hostname or '<host>'}/config/{k}")
                                 for k, v in host_keys.items()}))
         layers.append(("global", {k.lower(): (v, f"global key /calico/v1/config/{k}")
                                   for k, v in global_keys.items()}))
 
-        for _kind, layer in layers:
+        for kind, layer in layers:
             for lname, (_raw, source) in layer.items():
                 if lname not in PARAMS:
-                    warnings.append(f"unknown Felix parameter {source.split()[-1]!r} ({source}): ignored")
+                    warnings.append(f"unknown Felix parameter from {source}: ignored")
+                elif not PARAMS[lname].datastore and kind in ("host", "global"):
+                    warnings.append(f"{PARAMS[lname].name} can only be set in the environment or "
+                                    f"config file; {source} ignored")
 
         values: dict[str, Value] = {}
         for lname, param in PARAMS.items():
@@ -321,8 +324,6 @@ class Config:
                 if lname not in layer:
                     continue
                 if not param.datastore and kind in ("host", "global"):
-                    warnings.append(f"{param.name} can only be set in the environment or config file; "
-                                    f"{layer[lname][1]} ignored")
                     continue
                 raw, source = layer[lname]
                 try:

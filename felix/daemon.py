@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 
+from felix.addons import Addons
 from felix.calc import CalcConfig, Calculator
 from felix.config import EXIT_CONFIG_CHANGED, Config
 from felix.dataplane.errors import DataplaneError
@@ -29,7 +30,7 @@ from libcalico.syncer import Syncer, Update
 
 log = logging.getLogger(__name__)
 
-WATCH_PREFIXES = ["/calico/v1/"]
+WATCH_PREFIXES = ["/calico/v1/", "/calico/ipam/v2/host/"]  # + block affinities for the overlay (issue 5)
 MAX_APPLY_FAILURES = 8          # consecutive failed applies before Felix gives up (exit 1)
 RETRY_BACKOFF = (0.2, 0.5, 1, 2, 4, 8, 15, 30)
 
@@ -64,6 +65,7 @@ class Felix:
         self.endpoint_status = None
         self.sysctl = None
         self._pending: list[Update] = []
+        self.addons = Addons(self)        # overlay, NAT, health, metrics (felix/addons.py)
 
     # ---- config ---------------------------------------------------------------------
 
@@ -100,6 +102,7 @@ class Felix:
         self.cfg = new
         set_log_level(new.LogSeverityScreen)
         self.calc.cfg = self._calc_config(new)
+        self.addons.configure(new)
 
     # ---- main -----------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class Felix:
             for t in self.tasks:
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.addons.stop()
             if self.driver is not None:
                 with contextlib.suppress(Exception):
                     self.driver.routes.close()
@@ -138,6 +143,7 @@ class Felix:
         self.client = client
         syncer = Syncer(client, WATCH_PREFIXES, wait_for_ready=True)
         self.syncer = syncer
+        await self.addons.start_servers(b)
         log.info("Felix starting for host %s, etcd %s", self.hostname, ", ".join(b.etcd_endpoints()))
         self._spawn(self._pump(syncer), "syncer")
         while True:
@@ -197,13 +203,16 @@ class Felix:
             if dirty:
                 self._push()
                 await self.driver.apply()
+                await self.addons.apply()
             if refresh_ipt:
                 await self.driver.refresh_iptables()
+                await self.addons.refresh()
             if refresh_routes:
                 await self.driver.refresh_routes()
             self._applied_ok()
         except DataplaneError as e:
             self._apply_failed(e)
+        self.addons.after_apply()
         if dirty:
             log.debug("batch applied in %.1f ms", (time.monotonic() - t0) * 1000)
 
@@ -244,6 +253,7 @@ class Felix:
             if u.kind == "unknown":
                 continue
             self.stats["updates"] += 1
+            dirty |= self.addons.feed(u)
             if self._config_update(u):
                 config_changed = True
                 continue
@@ -290,6 +300,7 @@ class Felix:
         self.cfg.log_all(log, already_warned=set(self.boot.warnings))
         set_log_level(self.cfg.LogSeverityScreen)
         self.calc = Calculator(self._calc_config(self.cfg))
+        self.addons.configure(self.cfg)
         for u in self._pending:
             self._feed(u)
         self._pending = []
@@ -302,7 +313,9 @@ class Felix:
                 t0 = time.monotonic()
                 self._push()
                 await self.driver.apply()
+                await self.addons.apply()
                 await self.driver.cleanup_stale()
+                await self.addons.cleanup_stale()
                 log.info("dataplane programmed: %d local endpoint(s) in %.2fs",
                          len(self.calc.local), time.monotonic() - t0)
                 self._applied_ok()
@@ -314,6 +327,7 @@ class Felix:
         else:
             raise FelixExit(1, "could not program the dataplane at start")
         self.programmed = True
+        self.addons.after_apply()
         self._spawn(self._ticker("refresh-iptables", "IptablesRefreshInterval"), "iptables-refresh")
         self._spawn(self._ticker("refresh-routes", "RouteRefreshInterval"), "route-refresh")
         if self.cfg.ReportingIntervalSecs:

@@ -112,7 +112,7 @@ class HealthServer:
                 return
             body = "ok\n" if not reasons else "".join(f"{r}\n" for r in reasons)
             await _reply(writer, 200 if not reasons else 503, body, head=parts[0] == "HEAD")
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()

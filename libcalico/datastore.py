@@ -94,8 +94,12 @@ class Lease:
         self.ttl = ttl
 
     async def refresh(self) -> int:
-        """Keep the lease alive; returns the new TTL (0 = it had already expired)."""
-        return await self.client.refresh_lease(self.id)
+        """Keep the lease alive; returns the new TTL, raises DatastoreError once it has expired
+        (its keys are gone: grant a new lease and rewrite them)."""
+        ttl = await self.client.refresh_lease(self.id)
+        if ttl <= 0:
+            raise DatastoreError(f"lease {self.id:x} has expired")
+        return ttl
 
     async def revoke(self) -> None:
         await self.client.revoke_lease(self.id)
@@ -253,6 +257,13 @@ class DatastoreClient:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def _slow(self, gen: int) -> None:
+        """A call timed out.  With other endpoints, try the next one; with only one, keep
+        the channel: it may just be a slow answer, and dropping the channel would also
+        break every healthy watch stream on it."""
+        if len(self.config.endpoints) > 1:
+            self._failover(gen)
+
     @staticmethod
     async def _close_conn(conn: _Conn) -> None:
         with contextlib.suppress(Exception):
@@ -275,14 +286,17 @@ class DatastoreClient:
                 return await asyncio.wait_for(fn(conn), self.timeout + 1)
             except TimeoutError:
                 last = f"no answer within {self.timeout:g}s from {conn.endpoint}"
-                self._failover(gen)
+                self._slow(gen)
             except grpc.aio.AioRpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (e.details() or ""):
                     raise CompactedError(f"{what}: {e.details()}") from None
                 if code in _RETRYABLE or (code == grpc.StatusCode.CANCELLED and gen != self._gen):
                     last = f"{conn.endpoint}: {code.name}: {e.details()}"
-                    self._failover(gen)
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        self._slow(gen)
+                    else:
+                        self._failover(gen)
                 else:
                     raise DatastoreError(f"{what}: {code.name}: {e.details()}") from None
             if attempt + 1 < attempts:
@@ -458,7 +472,7 @@ class DatastoreClient:
             try:
                 first = await asyncio.wait_for(it.__anext__(), self.timeout)
             except TimeoutError:
-                self._failover(gen)
+                self._slow(gen)
                 raise DatastoreUnavailable(f"{what}: no answer within {self.timeout:g}s "
                                            f"from {conn.endpoint}{self._hint()}") from None
             resp = first

@@ -231,16 +231,22 @@ class Ipam:
 
     # ---- public operations ---------------------------------------------------
 
-    async def auto_assign(self, host: str, handle: str, num4: int = 0, num6: int = 0) -> tuple[list[str], list[str]]:
-        """Up to num4/num6 addresses for handle (fewer when the pools are exhausted)."""
+    async def auto_assign(self, host: str, handle: str, num4: int = 0, num6: int = 0,
+                          pools: list[str] | None = None) -> tuple[list[str], list[str]]:
+        """Up to num4/num6 addresses for handle (fewer when the pools are exhausted).
+
+        ``pools`` limits the choice to those pool CIDRs (e.g. the IPIP pools for
+        a tunnel address); they must still exist, be enabled and allow IPAM.
+        """
         keys.ipam_handle(handle)  # validates the handle as a key segment
         keys.ipam_host_dir(host)
-        v4 = await self._auto(host, handle, 4, num4) if num4 > 0 else []
-        v6 = await self._auto(host, handle, 6, num6) if num6 > 0 else []
+        only = None if pools is None else {ipaddress.ip_network(p) for p in pools}
+        v4 = await self._auto(host, handle, 4, num4, only) if num4 > 0 else []
+        v6 = await self._auto(host, handle, 6, num6, only) if num6 > 0 else []
         return v4, v6
 
-    async def _auto(self, host: str, handle: str, version: int, num: int) -> list[str]:
-        pools = await self.pools(version)
+    async def _auto(self, host: str, handle: str, version: int, num: int, only: set | None) -> list[str]:
+        pools = [p for p in await self.pools(version) if only is None or p in only]
         if not pools:
             log.warning("no enabled IPv%d pool with IPAM: cannot assign for %s", version, handle)
             return []

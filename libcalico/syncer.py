@@ -197,13 +197,16 @@ class Syncer:
                 deadline = time.monotonic() + self.batch_window
                 count = len(items[0]) if isinstance(items[0], list) else 0
                 while count < self.max_batch:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 and queue.empty():
-                        break
-                    try:
-                        item = await asyncio.wait_for(queue.get(), max(remaining, 0))
-                    except TimeoutError:
-                        break
+                    if not queue.empty():
+                        item = queue.get_nowait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        try:
+                            item = await asyncio.wait_for(queue.get(), remaining)
+                        except TimeoutError:
+                            break
                     items.append(item)
                     count += len(item) if isinstance(item, list) else 0
                 events: list[WatchEvent] = []

@@ -263,8 +263,9 @@ class Calculator:
         if hit is not None:
             return hit
         wl = f"{self.cfg.iface_prefix}+"
-        from_disp = [f"-i {i} -g {names.endpoint_chain('from', i)}" for i in ifaces] + ["-j DROP"]
-        to_disp = [f"-o {i} -g {names.endpoint_chain('to', i)}" for i in ifaces] + ["-j DROP"]
+        out = {}
+        out.update(dispatch_chains("from", ifaces, self.cfg.iface_prefix))
+        out.update(dispatch_chains("to", ifaces, self.cfg.iface_prefix))
         inp = []
         if v == 6:
             inp += [f"-i {wl} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in _ICMPV6_HOST_TYPES]
@@ -283,10 +284,62 @@ class Calculator:
                f"-o {wl} -j {names.TO_ENDPOINT}",
                f"-i {wl} -j ACCEPT",
                f"-o {wl} -j ACCEPT"]
-        out = {names.INPUT: inp, names.FORWARD: fwd, names.OUTPUT: [],
-               names.FROM_ENDPOINT: from_disp, names.TO_ENDPOINT: to_disp}
+        out.update({names.INPUT: inp, names.FORWARD: fwd, names.OUTPUT: []})
         self._dispatch_cache = {ck: out}
         return out
+
+
+DISPATCH_LEAF = 16
+
+
+def dispatch_chains(direction: str, ifaces: tuple[str, ...], iface_prefix: str) -> dict[str, list[str]]:
+    """felix-FROM-ENDPOINT / felix-TO-ENDPOINT as a tree keyed on interface-name prefixes.
+
+    One flat chain with a rule per interface would be rewritten whole (1,000
+    rules) whenever one endpoint comes or goes; the tree keeps every chain
+    at <= DISPATCH_LEAF rules plus one per branch, so one endpoint rewrites a
+    leaf and at most its parent.  Branches use iptables' `-i prefix+`
+    wildcard; a name equal to a branch prefix gets its exact rule first.
+    Unknown interfaces fall to a DROP at whatever level they stop matching.
+    """
+    flag = "-i" if direction == "from" else "-o"
+    root = names.FROM_ENDPOINT if direction == "from" else names.TO_ENDPOINT
+    chains: dict[str, list[str]] = {}
+
+    def sub_name(prefix: str) -> str:
+        return names.dispatch_chain(direction, prefix)
+
+    def build(chain: str, members: list[str], prefix: str) -> None:
+        rules: list[str] = []
+        if len(members) <= DISPATCH_LEAF:
+            rules = [f"{flag} {i} -g {names.endpoint_chain(direction, i)}" for i in members]
+        else:
+            # extend the prefix while every member shares the next character
+            while True:
+                exact = [i for i in members if i == prefix]
+                rest = [i for i in members if i != prefix]
+                nexts = {i[len(prefix)] for i in rest}
+                if len(nexts) == 1 and not exact:
+                    prefix += nexts.pop()
+                    continue
+                break
+            rules = [f"{flag} {i} -g {names.endpoint_chain(direction, i)}" for i in exact]
+            for c in sorted(nexts):
+                group = [i for i in rest if i[len(prefix)] == c]
+                p = prefix + c
+                if len(group) == 1:
+                    rules.append(f"{flag} {group[0]} -g {names.endpoint_chain(direction, group[0])}")
+                else:
+                    sub = sub_name(p)
+                    rules.append(f"{flag} {p}+ -g {sub}")
+                    build(sub, group, p)
+        # every level ends in DROP: falling off a goto'd chain would return to
+        # felix-FORWARD and accept traffic from an unknown interface
+        rules.append("-j DROP")
+        chains[chain] = rules
+
+    build(root, sorted(ifaces), iface_prefix)
+    return chains
 
 
 def _or(a: str, b: str) -> str:

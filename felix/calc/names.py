@@ -28,6 +28,12 @@ def endpoint_chain(direction: str, ifname: str) -> str:
     return chain_name(f"{PREFIX}{direction}-", ifname)
 
 
+def dispatch_chain(direction: str, iface_prefix: str) -> str:
+    """A branch of the endpoint dispatch tree: `felix-fd-<prefix>` / `felix-td-<prefix>`."""
+    assert direction in ("to", "from")
+    return chain_name(f"{PREFIX}{direction[0]}d-", iface_prefix)
+
+
 def profile_chain(profile_id: str, direction: str) -> str:
     """`felix-p-<id>-i` (inbound) / `felix-p-<id>-o` (outbound)."""
     assert direction in ("i", "o")

@@ -48,7 +48,7 @@ def set_name(version: int, ident: str) -> str:
 class NatConfig:
     hostname: str
     iface_prefix: str = "cali"
-    metadata_addr: str | None = None      # an IPv4 address (resolve hostnames before), None = no DNAT
+    metadata_addr: str | None = None      # IPv4 (resolve hostnames first); None = no metadata DNAT
     metadata_port: int = 8775
     nat_outgoing_address: str | None = None
 
@@ -169,14 +169,22 @@ class NatCalculator:
         return sorted(set(out))
 
     def desired(self, version: int = 4) -> NatState:
-        """Chains/hooks/ipsets of the nat table for IPv`version` (always the full, stable set of chains)."""
+        """Chains/hooks/ipsets of the nat table for IPv`version`.
+
+        Either the full, stable set of six chains, or nothing at all when there
+        is no pool, no 1:1 NAT and no metadata DNAT for this family.
+        """
         sets = self.pool_sets(version)
+        pairs = self.nat_pairs() if version == 4 else []
+        if not any(sets.values()) and not pairs and not (version == 4 and self.cfg.metadata_addr):
+            # Nothing to NAT: no chains, hooks or sets at all (a plain Felix leaves the nat table alone).
+            return NatState()
         masq_set, all_set = set_name(version, MASQ_SET_ID), set_name(version, ALL_SET_ID)
         dnat: list[str] = []
         snat: list[str] = []
         pre: list[str] = []
         if version == 4:
-            for int_ip, ext_ip in self.nat_pairs():
+            for int_ip, ext_ip in pairs:
                 dnat.append(f"-d {ext_ip}/32 -j DNAT --to-destination {int_ip}")
                 snat.append(f"-s {int_ip}/32 -d {int_ip}/32 -j SNAT --to-source {ext_ip}")
                 snat.append(f"-s {int_ip}/32 -m set ! --match-set {all_set} dst -j SNAT --to-source {ext_ip}")

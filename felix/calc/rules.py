@@ -137,7 +137,7 @@ def render_rule(rule: Mapping, version: int,
         raise RuleError(f"action {action!r} is not one of allow, deny, next-tier, log")
     log_prefix = None
     if action == "log":
-        log_prefix = rule.get("log_prefix", "calico-packet: ")
+        log_prefix = rule.get("log_prefix", "calico-packet:")
         try:
             log_prefix = validate_log_prefix(log_prefix)
         except ValueError as e:

@@ -103,6 +103,7 @@ class IpsetWriter:
         self._to_delete: set[str] = set()
         self._kernel: dict[str, set[str]] | None = None
         self._kernel_types: dict[str, str] = {}
+        self._lock = asyncio.Lock()
         self.stats: dict[str, float] = {
             "restores": 0, "restore_errors": 0, "saves": 0, "swaps": 0,
             "members_added": 0, "members_removed": 0, "sets_destroyed": 0, "last_apply_seconds": 0.0,
@@ -199,6 +200,10 @@ class IpsetWriter:
             self._to_delete.clear()
 
     async def _apply(self, deletions: bool) -> bool:
+        async with self._lock:
+            return await self._apply_locked(deletions)
+
+    async def _apply_locked(self, deletions: bool) -> bool:
         t0 = time.monotonic()
         try:
             if self._kernel is None:
@@ -239,16 +244,18 @@ class IpsetWriter:
 
     async def refresh(self) -> bool:
         """Re-read `ipset save` and repair any drift in our sets (members added/removed by hand)."""
-        await self.load()
-        return await self.apply_updates()
+        async with self._lock:
+            await self.load()
+            return await self._apply_locked(False)
 
     async def cleanup_stale(self, keep: set[str] | frozenset[str] = frozenset()) -> bool:
         """Destroy our-prefixed sets the model does not know (only once in sync)."""
-        await self.load()
-        for n in self._kernel:
-            if n not in self._desired and n not in keep:
-                self._to_delete.add(n)
-        return await self.apply()
+        async with self._lock:
+            await self.load()
+            for n in self._kernel:
+                if n not in self._desired and n not in keep:
+                    self._to_delete.add(n)
+            return await self._apply_locked(True)
 
     def kernel_sets(self) -> dict[str, set[str]]:
         return {} if self._kernel is None else {k: set(v) for k, v in self._kernel.items()}

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from felix.dataplane import FELIX_RT_PROTO
 from felix.dataplane.errors import DataplaneError
+from felix.dataplane.nsthread import NsThread
+from felix.dataplane.rtnl import RouteOp, RouteSocket
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,9 @@ class RouteWriter:
         self.netns = netns
         self.managed_prefixes = tuple(managed_prefixes)
         self._ipr: AsyncIPRoute | None = None
+        self._thread: NsThread | None = None  # in-namespace worker: raw route socket, ifindex lookups
+        self._rsock: RouteSocket | None = None
+        self._lock = asyncio.Lock()  # apply/refresh/cleanup may be scheduled concurrently by Felix
         # desired
         self._direct: dict[str, set[str]] = {}                          # ifname -> cidrs
         self._overlay: dict[str, dict[str, tuple[str, bool]]] = {}      # dev -> cidr -> (gw, onlink)
@@ -95,7 +101,8 @@ class RouteWriter:
         self._dirty_neigh: set[tuple[str, str]] = set()
         self._dirty_fdb: set[tuple[str, str]] = set()
         self.stats: dict[str, float] = {
-            "route_updates": 0, "route_deletes": 0, "neigh_updates": 0, "fdb_updates": 0,
+            "route_updates": 0, "route_deletes": 0, "neigh_updates": 0, "neigh_deletes": 0,
+            "fdb_updates": 0, "fdb_deletes": 0,
             "errors": 0, "deferred": 0, "last_apply_seconds": 0.0,
         }
 
@@ -190,20 +197,34 @@ class RouteWriter:
             self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
         return self._ipr
 
+    def _ns(self) -> NsThread:
+        if self._thread is None:
+            self._thread = NsThread(self.netns, "routes")
+        return self._thread
+
+    def _route_batch(self, ops: list[RouteOp]) -> list[int]:
+        """Runs in the namespace thread."""
+        if self._rsock is None:
+            self._rsock = RouteSocket()
+        return self._rsock.run(ops)
+
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._thread is not None:
+            if self._rsock is not None:
+                self._thread.call_sync(self._rsock.close)
+                self._rsock = None
+            self._thread.close()
+            self._thread = None
 
     async def load(self) -> None:
         """Read links, our proto-80 routes, permanent neighbours and fdb entries from the kernel."""
         ipr = await self._conn()
-        names: dict[int, str] = {}
-        self._ifindex = {}
-        async for link in await ipr.link("dump"):
-            name = link.get("ifname")
-            names[link["index"]] = name
-            self._ifindex[name] = link["index"]
+        # if_nameindex in the namespace thread: C-speed, where a pyroute2 link dump parses every attribute
+        names: dict[int, str] = dict(await self._ns().call(socket.if_nameindex))
+        self._ifindex = {name: idx for idx, name in names.items()}
         kroutes: dict[str, tuple[int, str | None, int]] = {}
         for fam in (socket.AF_INET, socket.AF_INET6):
             async for r in await ipr.route("dump", family=fam):
@@ -227,49 +248,75 @@ class RouteWriter:
     async def _index(self, ifname: str) -> int | None:
         idx = self._ifindex.get(ifname)
         if idx is None:
-            found = await (await self._conn()).link_lookup(ifname=ifname)
-            if found:
-                idx = self._ifindex[ifname] = found[0]
+            idx = (await self._lookup([ifname])).get(ifname)
         return idx
 
-    async def _apply_route(self, dst: str) -> str:
-        """One destination: 'done' | 'deferred' | error text."""
-        ipr = await self._conn()
-        want = self._routes.get(dst)
-        have = self._kroutes.get(dst)
-        try:
+    async def _lookup(self, names: list[str]) -> dict[str, int]:
+        """ifindex of each existing name, one hop to the namespace thread; caches what it finds."""
+        def look() -> dict[str, int]:
+            out = {}
+            for n in names:
+                try:
+                    out[n] = socket.if_nametoindex(n)
+                except OSError:
+                    pass
+            return out
+        found = await self._ns().call(look)
+        self._ifindex.update(found)
+        return found
+
+    @staticmethod
+    def _scope(r: Route) -> int:
+        # IPv6 has no route scopes (the kernel reports 0), so only v4 direct routes are scope link
+        return SCOPE_LINK if r.gateway is None and r.family == socket.AF_INET else SCOPE_UNIVERSE
+
+    async def _apply_routes(self) -> tuple[int, list[str]]:
+        """All dirty routes in one raw-netlink batch; returns (deferred count, error texts)."""
+        keys = list(self._dirty_routes)
+        missing = {self._routes[d].ifname for d in keys if d in self._routes} - set(self._ifindex)
+        if missing:
+            await self._lookup(sorted(missing))
+        ops: list[RouteOp] = []
+        op_keys: list[str] = []
+        deferred = 0
+        for dst in keys:
+            want, have = self._routes.get(dst), self._kroutes.get(dst)
             if want is None:
-                if have is None:
-                    return "done"
-                if dst not in self._owned:
-                    return "done"  # found at start, never ours in this run: only cleanup_stale removes it
-                await ipr.route("del", dst=dst, oif=have[0], proto=FELIX_RT_PROTO, scope=have[2],
-                                table=MAIN_TABLE)
-                self._kroutes.pop(dst, None)
-                self.stats["route_deletes"] += 1
-                return "done"
-            idx = await self._index(want.ifname)
-            if idx is None:
-                return "deferred"
-            scope = SCOPE_UNIVERSE if want.gateway else SCOPE_LINK
-            if have == (idx, want.gateway, scope):
-                return "done"
-            kw = {"gateway": want.gateway} if want.gateway else {}
-            if want.onlink:
-                kw["flags"] = RTNH_F_ONLINK
-            await ipr.route("replace", dst=dst, oif=idx, proto=FELIX_RT_PROTO, scope=scope,
-                            table=MAIN_TABLE, **kw)
-            self._kroutes[dst] = (idx, want.gateway, scope)
-            self.stats["route_updates"] += 1
-            return "done"
-        except NetlinkError as e:
-            if e.code == errno.ESRCH and want is None:
-                self._kroutes.pop(dst, None)
-                return "done"
-            if e.code == errno.ENODEV and want is not None:
-                self._ifindex.pop(want.ifname, None)
-                return "deferred"
-            return f"route {dst}: {e}"
+                if have is None or dst not in self._owned:
+                    self._dirty_routes.discard(dst)  # found at start, never ours: only cleanup_stale removes it
+                    continue
+                ops.append(RouteOp("delete", dst, have[0] or 0, FELIX_RT_PROTO, have[2], MAIN_TABLE))
+            else:
+                idx = self._ifindex.get(want.ifname)
+                if idx is None:
+                    deferred += 1
+                    continue
+                scope = self._scope(want)
+                if have == (idx, want.gateway, scope):
+                    self._dirty_routes.discard(dst)
+                    continue
+                ops.append(RouteOp("replace", dst, idx, FELIX_RT_PROTO, scope, MAIN_TABLE,
+                                   want.gateway, want.onlink))
+            op_keys.append(dst)
+        if not ops:
+            return deferred, []
+        results = await self._ns().call(self._route_batch, ops)
+        errors = []
+        for dst, op, err in zip(op_keys, ops, results, strict=True):
+            if err == 0 or (op.op == "delete" and err == errno.ESRCH):
+                self._dirty_routes.discard(dst)
+                if op.op == "delete":
+                    self._kroutes.pop(dst, None)
+                    self.stats["route_deletes"] += 1
+                else:
+                    self._kroutes[dst] = (op.oif, op.gateway, op.scope)
+                    self.stats["route_updates"] += 1
+            elif err == errno.ENODEV and op.op == "replace":
+                self._ifindex.pop(self._routes[dst].ifname, None)  # interface went away: wait for it
+                deferred += 1
+            else:
+                errors.append(f"route {op.op} {dst}: {os.strerror(err)}")
+        return deferred, errors
 
     async def _apply_neigh(self, key: tuple[str, str]) -> str:
         ipr = await self._conn()
@@ -286,6 +333,7 @@ class RouteWriter:
                 if key in self._kneigh:
                     await ipr.neigh("del", dst=ip, ifindex=idx)
                     self._kneigh.pop(key, None)
+                    self.stats["neigh_deletes"] += 1
                 return "done"
             if self._kneigh.get(key) != mac:
                 await ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=NUD_PERMANENT)
@@ -313,6 +361,7 @@ class RouteWriter:
                 if key in self._kfdb:
                     await ipr.fdb("del", ifindex=idx, lladdr=mac, dst=self._kfdb[key])
                     self._kfdb.pop(key, None)
+                    self.stats["fdb_deletes"] += 1
                 return "done"
             if self._kfdb.get(key) != ip:
                 # 'replace' gets none of pyroute2's add-time defaults: say permanent+noarp, NTF_SELF
@@ -328,7 +377,12 @@ class RouteWriter:
             return f"fdb {mac} on {dev}: {e}"
 
     async def apply(self) -> bool:
-        """Apply pending changes; True when something was attempted. Raises DataplaneError on kernel errors.
+        """See _apply; serialised with refresh/cleanup_stale."""
+        async with self._lock:
+            return await self._apply()
+
+    async def _apply(self) -> bool:
+        """Apply pending changes; True when the kernel was changed. Raises DataplaneError on kernel errors.
 
         Pending objects whose interface is missing stay queued (not an error).
         Neighbours and fdb entries go before routes so an onlink route never
@@ -342,11 +396,12 @@ class RouteWriter:
                 self._dirty_neigh |= set(self._neigh)
                 self._dirty_fdb |= set(self._fdb)
             if not (self._dirty_routes or self._dirty_neigh or self._dirty_fdb):
+                self.stats["deferred"] = 0
                 return False
+            before = self._changes()
             errors: list[str] = []
             deferred = 0
-            for dirty, fn in ((self._dirty_fdb, self._apply_fdb), (self._dirty_neigh, self._apply_neigh),
-                              (self._dirty_routes, self._apply_route)):
+            for dirty, fn in ((self._dirty_fdb, self._apply_fdb), (self._dirty_neigh, self._apply_neigh)):
                 keys = list(dirty)
                 results = await asyncio.gather(*(fn(k) for k in keys))
                 for k, res in zip(keys, results, strict=True):
@@ -356,32 +411,42 @@ class RouteWriter:
                         deferred += 1
                     else:
                         errors.append(res)
+            if self._dirty_routes:
+                d, errs = await self._apply_routes()
+                deferred += d
+                errors += errs
             self.stats["deferred"] = deferred
             if errors:
                 self.stats["errors"] += len(errors)
                 raise DataplaneError(f"{len(errors)} netlink errors, first: {errors[0]}")
-            return True
+            return self._changes() != before
         finally:
             self.stats["last_apply_seconds"] = time.monotonic() - t0
 
+    def _changes(self) -> float:
+        return sum(self.stats[k] for k in ("route_updates", "route_deletes", "neigh_updates",
+                                           "neigh_deletes", "fdb_updates", "fdb_deletes"))
+
     async def refresh(self) -> bool:
         """Re-read the kernel and re-apply everything desired (a route deleted by hand comes back)."""
-        await self.load()
-        self._dirty_routes |= set(self._routes) | (set(self._kroutes) & self._owned)
-        self._dirty_neigh |= set(self._neigh)
-        self._dirty_fdb |= set(self._fdb)
-        return await self.apply()
+        async with self._lock:
+            await self.load()
+            self._dirty_routes |= set(self._routes) | (set(self._kroutes) & self._owned)
+            self._dirty_neigh |= set(self._neigh)
+            self._dirty_fdb |= set(self._fdb)
+            return await self._apply()
 
     async def cleanup_stale(self) -> bool:
         """Once in sync: remove proto-80 routes and managed permanent neighbours nobody desires."""
-        await self.load()
-        stale = set(self._kroutes) - set(self._routes)
-        self._owned |= stale
-        self._dirty_routes |= stale
-        for key in self._kneigh:
-            if key not in self._neigh and key[0].startswith(self.managed_prefixes) and self.managed_prefixes:
-                self._dirty_neigh.add(key)
-        return await self.apply()
+        async with self._lock:
+            await self.load()
+            stale = set(self._kroutes) - set(self._routes)
+            self._owned |= stale
+            self._dirty_routes |= stale
+            for key in self._kneigh:
+                if key not in self._neigh and self.managed_prefixes and key[0].startswith(self.managed_prefixes):
+                    self._dirty_neigh.add(key)
+            return await self._apply()
 
     def kernel_routes(self) -> dict[str, tuple[int, str | None, int]]:
         return dict(self._kroutes or {})

@@ -8,17 +8,14 @@ namespace with setns(2) once and does plain file writes (~10 us each).
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+
+from felix.dataplane.nsthread import NsThread
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
@@ -46,25 +43,13 @@ def interface_sysctls(ifname: str, v4: bool = True, v6: bool = True) -> dict[str
 GLOBAL_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
 
 
-def _setns(netns: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 class SysctlWriter:
     """Writes sysctls in `netns` (None: our own namespace) from one dedicated thread."""
 
     def __init__(self, netns: str | None = None, root: str = "/proc/sys"):
         self.netns = netns
         self.root = root
-        init = (lambda: _setns(netns)) if netns else None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sysctl", initializer=init)
+        self._thread = NsThread(netns, "sysctl")
         self.errors = 0
 
     def _write_all(self, values: dict[str, str]) -> list[str]:
@@ -83,12 +68,12 @@ class SysctlWriter:
 
     async def write(self, values: dict[str, str]) -> list[str]:
         """Write all; returns the failures (e.g. an interface that vanished), each 'key: reason'."""
-        failed = await asyncio.get_running_loop().run_in_executor(self._pool, self._write_all, values)
+        failed = await self._thread.call(self._write_all, values)
         self.errors += len(failed)
         return failed
 
     async def read(self, key: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, key)
+        return await self._thread.call(self._read, key)
 
     async def configure_interface(self, ifname: str, v4: bool = True, v6: bool = True) -> list[str]:
         """All per-interface sysctls in one hop to the worker thread; IPv6 ones skipped if v6 is off."""
@@ -102,4 +87,4 @@ class SysctlWriter:
         return await self.write(vals)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._thread.close()

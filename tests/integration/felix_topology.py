@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,11 +66,12 @@ class Workload:
     def ip(self, version: int) -> str:
         return self.ip4 if version == 4 else self.ip6
 
-    def endpoint(self, profiles: list[str], state: str = "active", mac: bool = False, **extra) -> dict:
+    def endpoint(self, profiles: list[str], state: str = "active", mac: bool | str = False, **extra) -> dict:
+        """The endpoint JSON; mac=True uses the workload's real MAC, a string that MAC."""
         doc = {"state": state, "name": self.ifname, "profile_ids": profiles,
                "ipv4_nets": [f"{self.ip4}/32"], "ipv6_nets": [f"{self.ip6}/128"]}
         if mac:
-            doc["mac"] = self.mac
+            doc["mac"] = self.mac if mac is True else mac
         doc.update(extra)
         return doc
 
@@ -212,6 +214,7 @@ class FelixHost:
             p.wait()
         self.kill_felix(signal.SIGTERM)
         self.etcd.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def wait_programmed(self, w: Workload, timeout: float = 30) -> None:
         wait_for(lambda: f"{w.ip4} dev {w.ifname}" in self.routes(4), timeout,

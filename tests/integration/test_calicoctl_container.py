@@ -268,3 +268,20 @@ def test_two_containers_ping_once_their_profile_allows_it(node, netns_factory, t
         except subprocess.TimeoutExpired:
             felix.kill()
             felix.wait()
+
+
+def test_bad_endpoint_in_etcd_is_named_and_still_removable(node, netns_factory):
+    wl = netns_factory("wl")
+    node.ok("container", "add", wl.name, "ipv4")
+    (key, ep), = node.endpoints(wl.name).items()
+    node.etcd.put(key, json.dumps(dict(ep, name="-bad name", ipv4_nets=["not-an-ip"])))
+    node.etcd.put("/calico/v1/policy/profile/p1/rules", '{"inbound_rules": [], "outbound_rules": []}')
+    r = node.ctl("container", wl.name, "profile", "set", "p1")
+    assert r.returncode == 1 and key in r.stderr and r.stderr.count("\n") == 1
+    assert node.etcd.get(key) is not None
+    node.ok("container", "remove", wl.name)
+    assert node.endpoints() == {}
+    assert node.etcd.keys("/calico/ipam/v2/handle/") == []  # released by handle despite the bad nets
+    # the bad name never reached ip(8); the veth went by the name derived from the endpoint id
+    assert node.cali_links() == []
+    assert json.loads(wl.run("ip", "-j", "link", "show").stdout)[-1]["ifname"] == "lo"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import tarfile
+import time
 
 import pytest
 
@@ -150,3 +154,185 @@ def test_node_remove_refuses_with_endpoints_then_removes_everything(node_etcd, n
 
     r = ctl(ns, etcd.endpoint, "node", "remove", "--hostname=gone")
     assert r.returncode == 1 and "not registered" in r.stderr
+
+
+# ---- real nodes: calico-node started by `calicoctl node run --runtime=none` ----------------------
+
+class Fabric:
+    """A bridge namespace with etcd on 10.97.0.254; nodes attach as 10.97.0.N (nothing in the root namespace)."""
+
+    def __init__(self, netns_factory, tmp_path):
+        self.factory, self.tmp = netns_factory, tmp_path
+        self.ns = netns_factory("fab")
+        self.ns.run("ip", "link", "add", "br0", "type", "bridge")
+        self.ns.run("ip", "addr", "add", "10.97.0.254/24", "dev", "br0")
+        self.ns.run("ip", "link", "set", "br0", "up")
+        self.etcd = EtcdServer(host="10.97.0.254", netns=self.ns.name).start()
+        self.procs: list[subprocess.Popen] = []
+
+    def node(self, n: int):
+        ns = self.factory("nd")
+        veth(ns, "eth0", self.ns, f"p{n}")
+        self.ns.run("ip", "link", "set", f"p{n}", "master", "br0")
+        ns.run("ip", "addr", "add", f"10.97.0.{n}/24", "dev", "eth0")
+        ns.run("ip", "route", "add", "default", "via", "10.97.0.254")
+        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        d = self.tmp / ns.name
+        for sub in ("run", "log", "conf"):
+            (d / sub).mkdir(parents=True)
+        ns.ip = f"10.97.0.{n}"
+        ns.env = {"CALICO_RUN_DIR": str(d / "run"), "CALICO_CONF_DIR": str(d / "conf"), "NO_DEFAULT_POOLS": "true"}
+        ns.dir = d
+        return ns
+
+    def run_node(self, ns) -> subprocess.Popen:
+        env = {"PATH": os.environ["PATH"], "ETCD_ENDPOINTS": self.etcd.endpoint, **ns.env}
+        log = open(ns.dir / "node.out", "w")
+        p = subprocess.Popen(["ip", "netns", "exec", ns.name, "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+                              CALICOCTL, "node", "run", "--runtime=none", f"--ip={ns.ip}", f"--name={ns.name}",
+                              f"--log-dir={ns.dir / 'log'}"], stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def ctl(self, ns, *args, env=None) -> subprocess.CompletedProcess:
+        return ctl(ns, self.etcd.endpoint, *args, env={**ns.env, **(env or {})})
+
+    def ok(self, ns, *args) -> str:
+        r = self.ctl(ns, *args)
+        assert r.returncode == 0, f"calicoctl {' '.join(args)}: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.etcd.close()
+
+
+@pytest.fixture
+def fabric(netns_factory, tmp_path):
+    f = Fabric(netns_factory, tmp_path)
+    yield f
+    f.close()
+
+
+def _node_up(fabric, ns) -> None:
+    def up() -> bool:
+        logs = all((ns.dir / "log" / s / "current").is_file() for s in ("felix", "confd", "bird"))
+        logs = logs and (ns.dir / "run" / "bird.ctl").exists()
+        return logs and fabric.etcd.get(f"/calico/bgp/v1/host/{ns.name}/ip_addr_v4") == ns.ip
+    wait_for(up, timeout=60, what=f"calico-node on {ns.name} (see {ns.dir}/node.out)")
+
+
+def test_node_run_none_stop_and_remove(fabric, netns_factory):
+    """Acceptance 5 (runtime none) and stop/remove on one node."""
+    fabric.etcd.put("/calico/v1/ipam/v4/pool/10.65.0.0-16", '{"cidr": "10.65.0.0/16"}')
+    a = fabric.node(1)
+    proc = fabric.run_node(a)
+    _node_up(fabric, a)
+    st = fabric.ctl(a, "status")
+    assert st.returncode == 0 and "calico-node is running" in st.stdout, st.stdout + st.stderr
+    assert "calico-felix" in st.stdout and "IPv4 BGP status" in st.stdout
+
+    # diags of a running node: supervisord's view, BIRD over its socket, the per-service logs
+    out = fabric.ok(a, "diags", f"--log-dir={a.dir / 'log'}")
+    path = out.strip().split("Diags saved to ", 1)[1]
+    try:
+        with tarfile.open(path) as tar:
+            files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    finally:
+        shutil.rmtree(os.path.dirname(path))
+    assert any(ln.split()[:1] == ["felix"] and ln.split()[1] in ("STARTING", "RUNNING")
+               for ln in files["supervisor/status.txt"].splitlines()), \
+        files["supervisor/status.txt"]
+    assert "show protocols all" in files["bird/bird-protocols.txt"] and "BIRD" in files["bird/bird-protocols.txt"]
+    assert "logs/felix/current" in files and "logs/confd/current" in files
+    assert f"/calico/bgp/v1/host/{a.name}/ip_addr_v4" in files["etcd/calico-dump.jsonl"]
+
+    wl = netns_factory("wl")
+    fabric.ok(a, "container", "add", wl.name, "ipv4")  # node found from CALICO_RUN_DIR, no NODENAME
+    assert fabric.etcd.keys(f"/calico/v1/host/{a.name}/workload/netns/{wl.name}/")
+    r = fabric.ctl(a, "node", "stop")
+    assert r.returncode == 1 and "workload endpoint" in r.stderr
+    assert proc.poll() is None
+    r = fabric.ctl(a, "node", "remove")
+    assert r.returncode == 1 and "running" in r.stderr
+
+    out = fabric.ok(a, "node", "stop", "--force")
+    assert "Stopped calico-node" in out
+    proc.wait(10)
+    assert not [p for p in status_programs(a)], "node programs left running after node stop"
+    assert fabric.ok(a, "node", "stop").strip() == "calico-node is not running here"
+
+    assert fabric.etcd.keys(f"/calico/ipam/v2/host/{a.name}/")
+    r = fabric.ctl(a, "node", "remove")
+    assert r.returncode == 1 and "--remove-endpoints" in r.stderr
+    fabric.ok(a, "node", "remove", "--remove-endpoints")
+    assert not [ln for ln in a.run("ip", "link").stdout.splitlines() if ": cali" in ln]
+    for prefix in (f"/calico/v1/host/{a.name}/", f"/calico/bgp/v1/host/{a.name}/", f"/calico/ipam/v2/host/{a.name}/"):
+        assert fabric.etcd.keys(prefix) == [], prefix
+
+
+def status_programs(ns) -> list[str]:
+    pids = ns.pids()
+    out = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"supervisord" in a or b"calico-felix" in a or b"calico-confd" in a for a in argv[:3]):
+            out.append(" ".join(a.decode() for a in argv))
+    return out
+
+
+def test_two_nodes_mesh_ping_status_and_remove(fabric, netns_factory):
+    """Acceptance 2 and 3: cross-node ping, mesh Established in status, node remove withdraws the node."""
+    fabric.etcd.put("/calico/v1/ipam/v4/pool/10.65.0.0-16", '{"cidr": "10.65.0.0/16"}')
+    fabric.etcd.put("/calico/v1/policy/profile/open/rules",
+                    '{"inbound_rules": [{"action": "allow"}], "outbound_rules": [{"action": "allow"}]}')
+    a, b = fabric.node(1), fabric.node(2)
+    fabric.run_node(a)
+    pb = fabric.run_node(b)
+    _node_up(fabric, a)
+    _node_up(fabric, b)
+    wa, wb = netns_factory("wa"), netns_factory("wb")
+    fabric.ok(a, "container", "add", wa.name, "ipv4")
+    fabric.ok(b, "container", "add", wb.name, "ipv4")
+    fabric.ok(a, "container", wa.name, "profile", "set", "open")
+    fabric.ok(b, "container", wb.name, "profile", "set", "open")
+    ipb = json.loads(wb.run("ip", "-j", "-4", "addr", "show", "dev", "eth0").stdout)[0]["addr_info"][0]["local"]
+    t0 = time.monotonic()
+    wait_for(lambda: wa.run("ping", "-c1", "-W1", ipb, check=False).returncode == 0, timeout=60,
+             what=f"cross-node ping to {ipb}")
+    print(f"cross-node ping after {time.monotonic() - t0:.1f}s")
+
+    for me, peer in ((a, b), (b, a)):
+        def mesh_up(me=me, peer=peer) -> bool:
+            out = fabric.ctl(me, "status").stdout
+            return any(peer.ip in ln and "node-to-node mesh" in ln and "Established" in ln
+                       for ln in out.splitlines())
+        wait_for(mesh_up, timeout=30, what=f"{me.name} status: mesh peer {peer.ip} Established")
+
+    block_b = [k.rsplit("/", 1)[1].replace("-", "/") for k in fabric.etcd.keys(f"/calico/ipam/v2/host/{b.name}/ipv4/")]
+    assert block_b
+    assert any(ln.startswith(block_b[0]) for ln in a.run("ip", "-4", "route").stdout.splitlines())
+
+    fabric.ok(b, "container", "remove", wb.name)
+    fabric.ok(b, "node", "stop")
+    pb.wait(10)
+    fabric.ok(b, "node", "remove")
+    for prefix in (f"/calico/v1/host/{b.name}/", f"/calico/bgp/v1/host/{b.name}/", f"/calico/ipam/v2/host/{b.name}/"):
+        assert fabric.etcd.keys(prefix) == [], prefix
+    # the other node forgets it: no route to its block, and its mesh peer is gone from A's BIRD
+    wait_for(lambda: not any(ln.startswith(block_b[0]) for ln in a.run("ip", "-4", "route").stdout.splitlines()),
+             timeout=30, what=f"{a.name} to withdraw the route to {block_b[0]}")
+    wait_for(lambda: b.ip not in fabric.ctl(a, "status").stdout, timeout=30,
+             what=f"{a.name}'s BIRD to drop the mesh peer {b.ip}")

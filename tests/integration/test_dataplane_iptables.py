@@ -185,3 +185,27 @@ async def test_backend_auto_detection(netns_factory):
     assert (await detect("nft", runner)).mode == "nft"  # override wins
     with pytest.raises(ValueError):
         await detect("iptables", runner)
+
+
+@pytest.mark.parametrize("mode", BACKENDS)
+async def test_small_edits_to_long_chain_are_in_place_and_exact(netns_factory, mode):
+    ns = netns_factory("ipt")
+    t = IptablesTable(4, "filter", CmdRunner(ns.name), Backend(mode))
+    rules = [f"-o cali{i:04d} -j RETURN" for i in range(40)]
+    t.set_chain("felix-disp", rules + ["-j DROP"])
+    await t.apply()
+    assert await t.refresh() is False  # the next edit deletes by the rule text iptables-save printed
+    edits = [
+        rules[:1] + ["-o caliNEW1 -j RETURN"] + rules[1:],           # insert near the top
+        rules[:20] + rules[21:],                                      # delete from the middle
+        rules[:39] + ["-o caliX -j ACCEPT"],                          # replace the last, DROP gone
+        ["-o caliFIRST -j RETURN"] + rules + ["-j DROP", "-j LOG"],   # both ends
+    ]
+    for want in edits:
+        t.set_chain("felix-disp", want)
+        text, *_ = t.render()
+        assert ":felix-disp" not in text  # edited in place, not flushed and rewritten
+        await t.apply()
+        got = [strip_comment(r) for r in rules_of(save(ns, mode), "felix-disp")]
+        assert got == want
+    assert await t.refresh() is False  # the kernel matches the model exactly, hashes included

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from felix.dataplane import FELIX_RT_PROTO
+from felix.dataplane import FELIX_RT_PROTO, DataplaneError
 from felix.dataplane.routes import RouteWriter
 from tests.lib.netns import veth
 
@@ -109,5 +109,26 @@ async def test_overlay_routes_fdb_and_neighbour_on_vxlan(host):
         await w.apply()
         assert routes(host) == set()
         assert "192.168.50.2" not in host.run("bridge", "fdb", "show", "dev", "vxlan.calico").stdout
+    finally:
+        w.close()
+
+
+async def test_big_batch_errors_do_not_stop_other_routes(host):
+    """600 routes (several netlink chunks) plus one the kernel rejects: the rest land, the error is reported."""
+    w = RouteWriter(host.name)
+    try:
+        w.set_routes("caliA", {f"10.66.{i // 200}.{i % 200}/32" for i in range(600)})
+        w.set_overlay_routes("uplink", {"10.67.0.0/26": ("172.31.9.9", False)})  # gateway not reachable
+        with pytest.raises(DataplaneError, match="10.67.0.0/26"):
+            await w.apply()
+        assert len(routes(host)) == 600
+        assert w.dirty  # the rejected route stays pending
+        w.set_overlay_routes("uplink", {"10.67.0.0/26": ("192.168.50.2", False)})
+        assert await w.apply() is True
+        assert "10.67.0.0/26 via 192.168.50.2" in routes(host)
+        assert await w.refresh() is False  # in sync: refresh changes nothing
+        w.set_routes("caliA", set())
+        await w.apply()
+        assert routes(host) == {"10.67.0.0/26 via 192.168.50.2"}
     finally:
         w.close()

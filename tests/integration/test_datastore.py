@@ -11,6 +11,7 @@ from libcalico.datastore import (
     CompactedError,
     ConfigError,
     DatastoreClient,
+    DatastoreError,
     DatastoreUnavailable,
     create,
     mod,
@@ -94,7 +95,9 @@ async def test_lease_expires_unless_refreshed(client):
     while await client.get("/leased") is not None:
         assert time.monotonic() < deadline, "leased key did not expire"
         await asyncio.sleep(0.3)
-    assert await lease.refresh() == 0
+    assert await client.refresh_lease(lease.id) == 0
+    with pytest.raises(DatastoreError, match="expired"):
+        await lease.refresh()
     lease2 = await client.lease(30)
     await client.put("/leased2", "v", lease=lease2)
     await lease2.revoke()

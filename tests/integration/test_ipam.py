@@ -99,6 +99,20 @@ async def test_disabled_and_non_ipam_pools_give_nothing(client):
     assert ipaddress.ip_address(v4[0]) in ipaddress.ip_network("10.70.0.0/24")
 
 
+async def test_auto_assign_restricted_to_pools(client):
+    await add_pool(client, "10.74.0.0/24")
+    await add_pool(client, "10.75.0.0/24", ipip="tunl0")
+    await add_pool(client, "10.76.0.0/24", disabled=True)
+    ipam = Ipam(client)
+    v4, _ = await ipam.auto_assign("h1", "tun", num4=1, pools=["10.75.0.0/24"])
+    assert ipaddress.ip_address(v4[0]) in ipaddress.ip_network("10.75.0.0/24")
+    assert await ipam.auto_assign("h1", "tun2", num4=1, pools=["10.76.0.0/24"]) == ([], [])
+    v4, _ = await ipam.auto_assign("h1", "any", num4=1)  # h1's affine block comes first
+    assert ipaddress.ip_address(v4[0]) in ipaddress.ip_network("10.75.0.0/24")
+    v4, _ = await ipam.auto_assign("h2", "any2", num4=1)  # a fresh host: the first free block
+    assert ipaddress.ip_address(v4[0]) in ipaddress.ip_network("10.74.0.0/24")
+
+
 async def test_explicit_assign(client):
     await add_pool(client, "10.71.0.0/24")
     ipam = Ipam(client)

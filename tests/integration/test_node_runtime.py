@@ -217,6 +217,16 @@ def test_full_node_services_logs_rotation_restart_and_sigterm(fabric, nodes):
         bad = ts_ok(node.log(svc))
         assert not bad, f"{svc} log lines without a timestamp: {bad[:3]}"
 
+    # The services got the node's identity and paths in their environment.
+    environ = Path(f"/proc/{states['felix'][1]}/environ").read_bytes().split(b"\0")
+    for item in (b"FELIX_FELIXHOSTNAME=nodea", f"FELIX_ETCDENDPOINTS={fabric.endpoint}".encode(),
+                 f"CALICO_RUN_DIR={node.run_dir}".encode(), b"NODENAME=nodea", f"IP6={FABRIC_V6}1".encode()):
+        assert item in environ, item
+
+    # Health: live and ready (no peers yet, so no BGP session to wait for).
+    assert node.run("-live").returncode == 0
+    wait_for(lambda: node.run("--ready").returncode == 0, 30, 1, "calico-node -ready")
+
     # supervisorctl restart felix: a new pid, RUNNING again; tail works.
     r = node.ctl("restart", "felix", check=True)
     assert "felix: started" in r.stdout
@@ -239,8 +249,11 @@ def test_policy_only_mode_runs_felix_alone_and_programs_policy(fabric, nodes, ne
     wl = netns_factory("wl")
     veth(ns, "cali0node1", wl, "eth0")
     node = nodes(ns, "nodep", IP=f"{FABRIC_V4}.1", ETCD_ENDPOINTS=fabric.endpoint,
-                 CALICO_NETWORKING="false").start()
+                 CALICO_NETWORKING="false", FELIX_HEALTHENABLED="true").start()
     node.wait_running(["felix"])
+    # Felix's health endpoint (inside the node namespace) decides readiness.
+    wait_for(lambda: node.run("-ready").returncode == 0, 40, 1, "calico-node -ready via Felix's endpoint")
+    assert "felix" in node.run("-live").stdout
     assert not any("calico-bird" in p or "calico-confd" in p or "/bird" in p for p in ns_processes(ns))
     assert not (node.log_dir / "bird").exists() and not (node.log_dir / "confd").exists()
     etcd = fabric.etcd
@@ -313,4 +326,60 @@ def test_sigkilled_service_is_restarted_alone(fabric, nodes, victim):
             assert after[svc] == before[svc], f"{svc} was disturbed: {before[svc]} -> {after[svc]}"
     time.sleep(4)  # it stays up (no restart loop, e.g. a BIRD orphan holding the socket)
     assert node.states()[victim] == after[victim]
+    assert node.stop() == 0
+
+
+def test_tunnel_addresses_through_real_ipam_and_autodetect(fabric, nodes):
+    """IpInIpTunnelAddr / VXLANTunnelAddr follow the pool kinds; IP autodetected from eth0 (not cali*/veth*)."""
+    fabric.etcd.start()
+    etcd = fabric.etcd
+    ns = fabric.node_ns(1)
+    ns.run("ip", "addr", "add", "10.77.0.1/32", "dev", "lo")  # listed before eth0, but never the host's IP
+    ns.run("ip", "link", "add", "cali0x", "type", "veth", "peer", "name", "veth0x")
+    ns.run("ip", "addr", "add", "10.78.0.1/24", "dev", "cali0x")
+    etcd.put(keys.pool("10.70.0.0/16"), json.dumps({"cidr": "10.70.0.0/16", "ipip": "tunl0"}))
+    etcd.put(keys.pool("10.71.0.0/16"), json.dumps({"cidr": "10.71.0.0/16"}))
+    node = nodes(ns, "nodet", IP="autodetect", ETCD_ENDPOINTS=fabric.endpoint)
+    r = node.run("--init-only")
+    assert r.returncode == 0, r.stderr
+    assert etcd.get(keys.bgp_host_ip("nodet", 4)) == f"{FABRIC_V4}.1"
+    ipip = etcd.get(keys.host_config("nodet", "IpInIpTunnelAddr"))
+    assert ipip and ipip.startswith("10.70.")
+    assert etcd.get(keys.host_config("nodet", "VXLANTunnelAddr")) is None
+    assert any(k.startswith(keys.ipam_host_dir("nodet")) for k in etcd.keys("/calico/ipam/v2/host/"))
+
+    # Restart: same address kept.
+    assert node.run("--init-only").returncode == 0
+    assert etcd.get(keys.host_config("nodet", "IpInIpTunnelAddr")) == ipip
+
+    # The pool turns VXLAN: the IPIP address is released, a VXLAN one allocated from the same pool.
+    etcd.put(keys.pool("10.70.0.0/16"), json.dumps({"cidr": "10.70.0.0/16", "vxlan": "vxlan.calico"}))
+    r = node.run("--init-only")
+    assert r.returncode == 0, r.stderr
+    assert etcd.get(keys.host_config("nodet", "IpInIpTunnelAddr")) is None
+    vx = etcd.get(keys.host_config("nodet", "VXLANTunnelAddr"))
+    assert vx and vx.startswith("10.70.")
+    assert "Released IpInIpTunnelAddr" in r.stderr
+
+    # Bad settings are one line naming the variable.
+    node.env["IP"] = "10.98.0.300"
+    r = node.run("--init-only")
+    assert r.returncode == 1 and "IP: " in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_disable_file_logging_prefixes_every_service_on_stdout(fabric, nodes):
+    """CALICO_DISABLE_FILE_LOGGING=true: no log files; each service's lines on stdout as '<svc> | <ts> ...'."""
+    fabric.etcd.start()
+    ns = fabric.node_ns(1)
+    node = nodes(ns, "noded", IP=f"{FABRIC_V4}.1", ETCD_ENDPOINTS=fabric.endpoint,
+                 CALICO_DISABLE_FILE_LOGGING="true")
+    node.start()
+    node.wait_running(["felix", "bird", "confd"])
+
+    def prefixed() -> bool:
+        lines = node.output.read_text(errors="replace").splitlines()
+        return all(any(line.startswith(f"{svc} | ") and TIMESTAMP.match(line[len(svc) + 3:]) for line in lines)
+                   for svc in ("felix", "bird", "confd"))
+    wait_for(prefixed, 30, 0.5, "prefixed, timestamped lines of felix, bird and confd on stdout")
+    assert not any((node.log_dir / svc).exists() for svc in ("felix", "bird", "confd"))
     assert node.stop() == 0

@@ -127,3 +127,35 @@ class EtcdServer:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def make_tls_certs(directory: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict:
+    """A CA, a server cert (SANs = hosts) and a client cert made with openssl, for EtcdServer(tls=...).
+
+    Also a client cert from an unrelated CA ("rogue_cert"/"rogue_key"), so a test
+    can check that etcd refuses it.  Keys are written 0600.
+    """
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    def path(name: str) -> str:
+        return os.path.join(directory, name)
+
+    sans = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts)
+    for ca in ("ca", "rogue-ca"):
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=test-{ca}",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.pem")
+    for name, ca, ext in (("server", "ca", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth"),
+                          ("client", "ca", "extendedKeyUsage=clientAuth"),
+                          ("rogue", "rogue-ca", "extendedKeyUsage=clientAuth")):
+        with open(path(f"{name}.ext"), "w") as f:
+            f.write(ext + "\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=test-{name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    for name in ("ca", "rogue-ca", "server", "client", "rogue"):
+        os.chmod(path(f"{name}.key"), 0o600)
+    return {"ca": path("ca.pem"), "cert": path("server.pem"), "key": path("server.key"),
+            "client_cert": path("client.pem"), "client_key": path("client.key"),
+            "rogue_cert": path("rogue.pem"), "rogue_key": path("rogue.key")}

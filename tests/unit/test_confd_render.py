@@ -174,3 +174,11 @@ def test_bad_resource_names_file_and_field(tmp_path):
     assert [r.name for r in res] == ["ok"]
     assert any("bad.toml" in e and "dest" in e for e in errors)
     assert any("worse.toml" in e and "{{.nope}}" in e for e in errors)
+
+
+def test_unknown_json_fields_are_not_a_change():
+    store = BgpStore(Node("a", "10.0.0.1")).load_raw(
+        {"/calico/bgp/v1/global/peer_v4/10.0.0.9": '{"ip": "10.0.0.9", "as_num": 65000}'})
+    key = keys.parse("/calico/bgp/v1/global/peer_v4/10.0.0.9")
+    assert not store.put(key, BgpPeer.model_validate({"ip": "10.0.0.9", "as_num": "65000", "note": "x"}))
+    assert store.put(key, BgpPeer(ip="10.0.0.9", as_num=65001))

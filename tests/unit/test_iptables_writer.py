@@ -197,3 +197,28 @@ def test_parse_save_ignores_other_tables_and_chains():
     kt = parse_save(text, "filter")
     assert kt.chains == {"felix-y": [None]}
     assert kt.builtin_rules == {"INPUT": [(None, "-j DOCKER")]}
+
+
+async def test_small_change_to_long_chain_is_an_in_place_edit():
+    fake = FakeIptables()
+    t = make(fake)
+    rules = [f"-o cali{i} -g felix-tw-cali{i}" for i in range(20)]
+    t.set_chain("felix-to-wl-dispatch", rules + ["-j DROP"])
+    await t.apply()
+    t.set_chain("felix-to-wl-dispatch", rules[:5] + ["-o caliN -g felix-tw-caliN"] + rules[6:] + ["-j DROP"])
+    await t.apply()
+    old_h = rule_hash("felix-to-wl-dispatch", rules[5])
+    new_h = rule_hash("felix-to-wl-dispatch", "-o caliN -g felix-tw-caliN")
+    assert fake.restores()[-1] == (
+        "*filter\n"
+        f"-D felix-to-wl-dispatch -m comment --comment felix:{old_h} {rules[5]}\n"
+        f"-I felix-to-wl-dispatch 6 -m comment --comment felix:{new_h} -o caliN -g felix-tw-caliN\n"
+        "COMMIT\n")
+    # appending at the end uses -A (an insert position past the end is an error)
+    t.set_chain("felix-to-wl-dispatch", rules[:5] + ["-o caliN -g felix-tw-caliN"] + rules[6:] + ["-j DROP", "-j LOG"])
+    await t.apply()
+    assert fake.restores()[-1].splitlines()[1].startswith("-A felix-to-wl-dispatch -m comment")
+    # a big change is a rewrite
+    t.set_chain("felix-to-wl-dispatch", ["-j ACCEPT"])
+    await t.apply()
+    assert ":felix-to-wl-dispatch - [0:0]" in fake.restores()[-1]

@@ -1,0 +1,246 @@
+"""Wiring of the issue-5 pieces (overlay, NAT, health, metrics) into the Felix daemon.
+
+Why a separate module: the daemon owns the loop, the syncer and the core
+writers; this object plugs into it through a handful of calls so the core
+stays readable and each piece can be switched off by configuration:
+
+- `await start_servers(cfg)` as soon as the bootstrap config is known, so
+  /readiness answers 503 while Felix is still syncing;
+- `feed(update) -> dirty` for EVERY syncer update, before the daemon's own
+  config handling (other hosts' tunnel addresses are host-config keys);
+- `configure(cfg)` at the first in-sync and after live config changes;
+- `await apply()` after the core writers applied, `await cleanup_stale()`
+  after the core's cleanup, `await refresh()` on the iptables refresh timer;
+- `after_apply()` to fold counters into the metrics; `await stop()`.
+
+Failures raise DataplaneError like the core writers, so the daemon's retry
+and readiness logic covers them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+
+from felix.calc.nat import NatCalculator, NatConfig
+from felix.calc.overlay import OverlayCalculator, OverlayConfig
+from felix.dataplane.errors import DataplaneError
+from felix.health import HealthServer, felix_readiness
+from felix.metrics import Metrics
+from libcalico import keys
+
+log = logging.getLogger(__name__)
+
+WATCH_PREFIXES = ["/calico/ipam/v2/host/"]   # block affinities, in addition to the core's /calico/v1/
+KINDS = OverlayCalculator.KINDS | NatCalculator.KINDS
+
+
+def _source(cfg: object, name: str) -> str:
+    try:
+        return cfg.source(name)
+    except (AttributeError, KeyError):
+        return "default"
+
+
+def _local_override(cfg: object, name: str) -> str | None:
+    """A tunnel address set in env/file wins; one from etcd reaches the calculator through its key."""
+    return getattr(cfg, name) if _source(cfg, name).startswith(("env", "file")) else None
+
+
+def _metadata_ip(value: str | None) -> str | None:
+    """MetadataAddr may be a hostname: resolve it once to an IPv4 (None and a log line if it fails)."""
+    if not value:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(value, None, socket.AF_INET, socket.SOCK_STREAM)
+        return infos[0][4][0]
+    except OSError as e:
+        log.error("MetadataAddr %r does not resolve to an IPv4 address (%s): no metadata DNAT", value, e)
+        return None
+
+
+class NatPusher:
+    """Hands one family's NatState to its nat IptablesTable and IpsetWriter (model calls only).
+
+    Remembers what it handed over last so chains, hooks and sets that are no
+    longer wanted are removed (the nat table goes back to untouched when there
+    is nothing to NAT).  Apply order stays the caller's: ipsets.apply_updates()
+    -> table.apply() -> ipsets.apply() (which destroys removed sets).
+    """
+
+    def __init__(self, table, ipsets):
+        self.table, self.ipsets = table, ipsets
+        self._chains: set[str] = set()
+        self._hooks: set[str] = set()
+        self._sets: set[str] = set()
+
+    def push(self, st) -> None:
+        for name, members in st.ipsets.items():
+            self.ipsets.set_members(name, members)
+        for name, rules in st.chains.items():
+            self.table.set_chain(name, rules)
+        for builtin, rules in st.hooks.items():
+            self.table.set_hooks(builtin, rules)
+        for builtin in self._hooks - set(st.hooks):
+            self.table.set_hooks(builtin, [])
+        for name in self._chains - set(st.chains):
+            self.table.remove_chain(name)
+        for name in self._sets - set(st.ipsets):
+            self.ipsets.remove(name)
+        self._chains, self._hooks, self._sets = set(st.chains), set(st.hooks), set(st.ipsets)
+
+
+class Addons:
+    def __init__(self, felix: object):
+        self.felix = felix
+        self.health: HealthServer | None = None
+        self.metrics: Metrics | None = None
+        self.overlay: OverlayCalculator | None = None
+        self.nat: NatCalculator | None = None
+        self.overlay_dp = None
+        self.nat_tables: dict = {}
+        self._nat_pushers: dict[int, NatPusher] = {}
+        self._pending: list = []
+        self._dirty = True
+        self._metadata: tuple[str | None, str | None] = (None, None)   # (configured, resolved)
+
+    # ---- servers ----
+    async def start_servers(self, cfg: object) -> None:
+        if self.health is None:
+            self.health = HealthServer.from_config(cfg, self.readiness)
+            if self.health is not None:
+                await self.health.start()
+        if self.metrics is None:
+            self.metrics = Metrics.from_config(cfg)
+            if self.metrics is not None:
+                self.metrics.start()
+
+    def readiness(self) -> list[str]:
+        reasons = felix_readiness(self.felix)
+        if self.overlay_dp is not None:
+            reasons += self.overlay_dp.not_ready_reasons()
+        return reasons
+
+    async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.overlay_dp is not None:
+            self.overlay_dp._own_routes = False  # the daemon closes its RouteWriter itself
+            self.overlay_dp.close()
+
+    # ---- input ----
+    def feed(self, u: object) -> bool:
+        """One syncer update; True when the overlay or NAT state may have changed."""
+        key = getattr(u, "parsed_key", None) or keys.parse(getattr(u, "key", "") or "")
+        if key is None or key.kind not in KINDS:
+            return False
+        if self.overlay is None:
+            self._pending.append((u.kind, key, u.value if u.kind == "put" else None))
+            return True
+        return self._feed(u.kind, key, u.value if u.kind == "put" else None)
+
+    def _feed(self, kind: str, key: object, value: object) -> bool:
+        changed = self.overlay.on_update(kind, key, value)
+        changed |= self.nat.on_update(kind, key, value)
+        for calc in (self.overlay, self.nat):
+            for k, reason in calc.take_errors():
+                log.warning("ignoring invalid data at %s: %s", k, reason)
+        self._dirty |= changed
+        return changed
+
+    def configure(self, cfg: object) -> None:
+        """First call builds the calculators (replaying buffered updates); later ones update them."""
+        host = self.felix.hostname
+        ocfg = OverlayConfig(host, vxlan_enabled=cfg.VXLANEnabled, ipip_enabled=cfg.IpInIpEnabled,
+                             vxlan_tunnel_addr=_local_override(cfg, "VXLANTunnelAddr"),
+                             ipip_tunnel_addr=_local_override(cfg, "IpInIpTunnelAddr"))
+        # Metadata DNAT only when MetadataAddr is configured (as modern Felix does outside OpenStack):
+        # the built-in default would otherwise hijack 169.254.169.254 on every node.
+        wanted = cfg.MetadataAddr if _source(cfg, "MetadataAddr") != "default" else None
+        if self._metadata[0] != wanted:
+            self._metadata = (wanted, _metadata_ip(wanted))
+        ncfg = NatConfig(host, iface_prefix=cfg.InterfacePrefix, metadata_addr=self._metadata[1],
+                         metadata_port=cfg.MetadataPort, nat_outgoing_address=cfg.NatOutgoingAddress)
+        if self.overlay is None:
+            self.overlay, self.nat = OverlayCalculator(ocfg), NatCalculator(ncfg)
+            for kind, key, value in self._pending:
+                self._feed(kind, key, value)
+            self._pending = []
+        else:
+            self._dirty |= self.overlay.set_config(ocfg) | self.nat.set_config(ncfg)
+
+    # ---- dataplane ----
+    def _build(self) -> None:
+        from felix.dataplane.iptables import IptablesTable
+        from felix.dataplane.overlay import OverlayDataplane
+
+        drv = self.felix.driver
+        for v, table in drv.tables.items():
+            self.nat_tables[v] = IptablesTable(v, "nat", table.runner, table.backend)
+            self._nat_pushers[v] = NatPusher(self.nat_tables[v], drv.ipsets[v])
+        drv.nat_tables = self.nat_tables  # lets Metrics.record_driver see them
+        self.overlay_dp = OverlayDataplane.from_config(self.felix.cfg, self.felix.netns, drv.routes,
+                                                       on_vxlan_mac=self._publish_mac)
+
+    async def _publish_mac(self, mac: str) -> None:
+        from libcalico.datastore import DatastoreError
+        try:
+            await self.felix.client.put(keys.host_vxlan_mac(self.felix.hostname), mac)
+        except DatastoreError as e:
+            raise DataplaneError(f"could not publish vxlan_tunnel_mac {mac}: {e}") from e
+
+    async def apply(self, force: bool = False) -> None:
+        """Program NAT chains/ipsets and the overlay if anything changed (or `force`)."""
+        if self.overlay is None or not (self._dirty or force):
+            return
+        if self.overlay_dp is None:
+            self._build()
+        drv = self.felix.driver
+        t0 = asyncio.get_running_loop().time()
+        stage = "nat"
+        try:
+            for v, pusher in self._nat_pushers.items():
+                pusher.push(self.nat.desired(v))
+            await asyncio.gather(*(drv.ipsets[v].apply_updates() for v in self.nat_tables))
+            await asyncio.gather(*(t.apply() for t in self.nat_tables.values()))
+            await asyncio.gather(*(drv.ipsets[v].apply() for v in self.nat_tables))
+            stage = "overlay"
+            await self.overlay_dp.apply(self.overlay.desired())
+            self._dirty = False
+        except DataplaneError:
+            if self.metrics is not None:
+                self.metrics.observe_apply(stage, asyncio.get_running_loop().time() - t0, ok=False)
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_apply("overlay", self.overlay_dp.stats["last_apply_seconds"])
+
+    async def cleanup_stale(self) -> None:
+        if self.overlay_dp is None:
+            return
+        await asyncio.gather(*(t.cleanup_stale() for t in self.nat_tables.values()))
+        await self.overlay_dp.cleanup_stale()
+
+    async def refresh(self) -> None:
+        """Drift repair: NAT chains (iptables timer) and the tunnel devices themselves."""
+        if self.overlay_dp is None:
+            return
+        await asyncio.gather(*(t.refresh() for t in self.nat_tables.values()))
+        await self.apply(force=True)
+
+    def after_apply(self) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.record_felix(self.felix)
+            if getattr(self.felix, "driver", None) is not None:
+                self.metrics.record_driver(self.felix.driver)
+        except Exception as e:  # noqa: BLE001 - metrics must never take Felix down
+            log.debug("metrics update failed: %r", e)

@@ -1,0 +1,138 @@
+"""NatCalculator: pool ipsets, NAT outgoing, 1:1 NAT and metadata DNAT rules from real keys/values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from felix.calc import nat
+from felix.calc.nat import NatCalculator, NatConfig
+from libcalico import keys
+from libcalico.models import parse_key_value
+
+ME = "node-a"
+
+
+def put(calc: NatCalculator, path: str, value: dict) -> bool:
+    key, v = parse_key_value(path, json.dumps(value))
+    return calc.on_update("put", key, v)
+
+
+def delete(calc: NatCalculator, path: str) -> bool:
+    key, _ = parse_key_value(path, None)
+    return calc.on_update("delete", key, None)
+
+
+def ep(host: str, name: str, nats: list[dict] | None = None) -> tuple[str, dict]:
+    path = keys.workload_endpoint(host, "k8s", name, "eth0")
+    return path, {"state": "active", "name": f"cali{name}", "ipv4_nets": ["10.65.0.5/32"],
+                  "ipv4_nat": nats or []}
+
+
+def test_pool_sets_follow_masquerade_flag():
+    calc = NatCalculator(NatConfig(ME))
+    assert put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16", "masquerade": True})
+    assert put(calc, keys.pool("10.70.0.0/16"), {"cidr": "10.70.0.0/16"})
+    put(calc, keys.pool("fd00:1::/64"), {"cidr": "fd00:1::/64", "masquerade": True})
+    s4 = calc.desired(4).ipsets
+    assert s4 == {"felix-v4-masq-ipam-pools": frozenset({"10.65.0.0/16"}),
+                  "felix-v4-all-ipam-pools": frozenset({"10.65.0.0/16", "10.70.0.0/16"})}
+    assert calc.desired(6).ipsets["felix-v6-masq-ipam-pools"] == frozenset({"fd00:1::/64"})
+    # turning masquerade off moves the pool out of the masq set only
+    assert put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16", "masquerade": False})
+    assert calc.desired(4).ipsets["felix-v4-masq-ipam-pools"] == frozenset()
+    assert not put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16", "masquerade": False})
+    assert delete(calc, keys.pool("10.70.0.0/16"))
+    assert calc.desired(4).ipsets["felix-v4-all-ipam-pools"] == frozenset({"10.65.0.0/16"})
+
+
+def test_nothing_to_nat_leaves_the_nat_table_alone():
+    calc = NatCalculator(NatConfig(ME))
+    for v in (4, 6):
+        st = calc.desired(v)
+        assert not st.chains and not st.hooks and not st.ipsets
+    put(calc, keys.pool("fd00:1::/64"), {"cidr": "fd00:1::/64"})
+    assert calc.desired(6).chains and not calc.desired(4).chains
+
+
+def test_nat_outgoing_rule_excludes_pool_destinations():
+    calc = NatCalculator(NatConfig(ME))
+    put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16", "masquerade": True})
+    put(calc, keys.pool("fd00:1::/64"), {"cidr": "fd00:1::/64"})
+    st = calc.desired(4)
+    assert st.chains[nat.CH_NAT_OUTGOING] == [
+        "-m set --match-set felix-v4-masq-ipam-pools src -m set ! --match-set felix-v4-all-ipam-pools dst "
+        "-j MASQUERADE"]
+    assert st.hooks == {"PREROUTING": ["-j felix-PREROUTING"], "OUTPUT": ["-j felix-OUTPUT"],
+                        "POSTROUTING": ["-j felix-POSTROUTING"]}
+    assert set(st.chains) == set(nat.ALL_CHAINS)
+    calc.set_config(NatConfig(ME, nat_outgoing_address="172.31.0.1"))
+    assert calc.desired(4).chains[nat.CH_NAT_OUTGOING][0].endswith("-j SNAT --to-source 172.31.0.1")
+    assert calc.desired(6).chains[nat.CH_NAT_OUTGOING][0].endswith("-j MASQUERADE")
+
+
+def test_one_to_one_nat_for_local_endpoints_only():
+    calc = NatCalculator(NatConfig(ME))
+    path, val = ep(ME, "w1", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    assert put(calc, path, val)
+    opath, oval = ep("node-b", "w2", [{"int_ip": "10.65.0.6", "ext_ip": "172.31.0.10"}])
+    assert not put(calc, opath, oval)
+    st = calc.desired(4)
+    assert st.chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
+    assert st.chains[nat.CH_FIP_SNAT] == [
+        "-s 10.65.0.5/32 -d 10.65.0.5/32 -j SNAT --to-source 172.31.0.9",
+        "-s 10.65.0.5/32 -m set ! --match-set felix-v4-all-ipam-pools dst -j SNAT --to-source 172.31.0.9"]
+    # FIP SNAT is consulted before NAT outgoing
+    assert st.chains[nat.CH_POSTROUTING] == ["-j felix-FIP-SNAT", "-j felix-nat-outgoing"]
+    assert calc.desired(6).chains == {}
+    assert delete(calc, path)
+    assert calc.desired(4).chains == {}
+
+
+def test_duplicate_ext_ip_keeps_first_and_reports():
+    calc = NatCalculator(NatConfig(ME))
+    p1, v1 = ep(ME, "w1", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    p2, v2 = ep(ME, "w2", [{"int_ip": "10.65.0.6", "ext_ip": "172.31.0.9"}])
+    put(calc, p1, v1)
+    put(calc, p2, v2)
+    assert calc.desired(4).chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
+    assert [k for k, _ in calc.take_errors()] == [p2]
+
+
+def test_metadata_dnat_from_workload_interfaces():
+    calc = NatCalculator(NatConfig(ME, iface_prefix="tap", metadata_addr="10.0.0.10", metadata_port=8775))
+    pre = calc.desired(4).chains[nat.CH_PREROUTING]
+    assert pre[0] == ("-d 169.254.169.254/32 -i tap+ -p tcp -m tcp --dport 80 "
+                      "-j DNAT --to-destination 10.0.0.10:8775")
+    assert pre[-1] == "-j felix-FIP-DNAT"
+    assert calc.desired(6).chains == {}
+    put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16"})
+    calc.set_config(NatConfig(ME))
+    assert calc.desired(4).chains[nat.CH_PREROUTING] == ["-j felix-FIP-DNAT"]
+
+
+def test_bad_values_never_reach_rules():
+    calc = NatCalculator(NatConfig(ME))
+    path, _ = ep(ME, "w1")
+    # values that slipped past the model (defense in depth): raw dicts straight to on_update
+    calc.on_update("put", keys.parse(path), {"ipv4_nat": [{"int_ip": "10.65.0.5 -j ACCEPT", "ext_ip": "1.2.3.4"}]})
+    assert calc.desired(4).chains == {}
+    assert calc.take_errors()[0][0] == path
+    calc.on_update("put", keys.parse(keys.pool("10.65.0.0/16")), {"cidr": "10.65.0.0/16 -j ACCEPT"})
+    assert calc.desired(4).ipsets == {}
+    assert calc.take_errors()
+    with pytest.raises(ValueError):
+        NatCalculator(NatConfig(ME, metadata_addr="169.254.1.1 -j ACCEPT"))
+    with pytest.raises(ValueError):
+        NatCalculator(NatConfig(ME, iface_prefix="cali -j ACCEPT"))
+
+
+def test_chain_names_fit_iptables_and_set_names_match_writer():
+    from felix.dataplane.ipsets import ipset_name
+    from felix.dataplane.iptables import check_chain
+    for c in nat.ALL_CHAINS:
+        check_chain(c)
+    for v in (4, 6):
+        for ident in (nat.MASQ_SET_ID, nat.ALL_SET_ID):
+            assert nat.set_name(v, ident) == ipset_name(v, ident)
