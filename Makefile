@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps test unit integration system lint bench bench-felix bench-confd demo demo-down clean
+.PHONY: deps test unit integration system lint bench bench-felix bench-confd bench-dataplane demo demo-down clean
 
 deps:
 	@scripts/install-deps
@@ -34,3 +34,7 @@ demo-down:
 
 bench-confd: deps
 	$(PY) bench/bench_confd.py
+
+bench-dataplane: deps
+	$(PY) bench/bench_dataplane.py --backend nft
+	$(PY) bench/bench_dataplane.py --backend legacy

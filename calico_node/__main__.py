@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from . import health, settings, startup, supervisor
@@ -23,8 +24,15 @@ def _setup_logging() -> None:
                         datefmt="%Y-%m-%d %H:%M:%S")
 
 
+def _stop_during_startup(signum: int, frame: object) -> None:
+    """`docker stop` while still waiting for etcd is a clean stop, not a crash."""
+    log.info("%s during startup: exiting", signal.Signals(signum).name)
+    sys.exit(0)
+
+
 def run_node(init_only: bool = False) -> int:
     _setup_logging()
+    signal.signal(signal.SIGTERM, _stop_during_startup)
     try:
         cfg = settings.from_env()
     except settings.SettingsError as e:

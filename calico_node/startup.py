@@ -222,6 +222,16 @@ async def _assign(ipam, host: str, handle: str, pools: list[PoolInfo]) -> str | 
     return v4[0]
 
 
+async def _reassign(ipam, ip: str, handle: str, host: str) -> bool:
+    """Record a tunnel address whose IPAM assignment was lost (e.g. restored etcd); False if taken."""
+    try:
+        await ipam.assign(ip, handle, host)
+        return True
+    except Exception as e:  # noqa: BLE001 - IpamError or a race: allocate a fresh one instead
+        log.warning("Could not re-record %s for %s: %s", ip, handle, e)
+        return False
+
+
 def _default_ipam(client):
     from libcalico.ipam import Ipam
 
@@ -246,15 +256,26 @@ async def ensure_tunnel_addrs(client, host: str, ipam_factory: Callable[[object]
                 log.warning("Replacing invalid %s: %s", key, e)
                 await client.delete(key)
                 current = None
-        if wanted and current and _in_pools(current, wanted):
-            out[param] = current
-            continue
         if (current or wanted) and ipam is None:
             ipam = ipam_factory(client)
         if current:
-            await ipam.release_ips([current])
+            owner = await ipam.get_assignment(current)
+            ours = owner is not None and owner.get("handle") == handle
+            if wanted and _in_pools(current, wanted):
+                if ours:
+                    out[param] = current
+                    continue
+                if owner is None and await _reassign(ipam, current, handle, host):
+                    log.info("Re-recorded %s %s in IPAM (its assignment was missing)", param, current)
+                    out[param] = current
+                    continue
+            if ours:
+                await ipam.release_ips([current])
+                log.info("Released %s %s (no %s pool contains it)", param, current, kind.upper())
+            elif owner is not None:
+                log.warning("%s %s is assigned to %s in IPAM, not to this host: replacing it", param, current,
+                            owner.get("handle"))
             await client.delete(key)
-            log.info("Released %s %s (no %s pool contains it)", param, current, kind.upper())
         if not wanted:
             out[param] = None
             continue

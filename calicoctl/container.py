@@ -25,7 +25,7 @@ from libcalico.validation import validate_ifname, validate_ip, validate_name
 
 USAGE = """\
 Usage:
-  calicoctl container add <NAMESPACE> <IP>... [--interface=<INTERFACE>] [--hostname=<HOSTNAME>]
+  calicoctl container add <NAMESPACE> <IP> [--interface=<INTERFACE>] [--hostname=<HOSTNAME>]
   calicoctl container remove <NAMESPACE> [--hostname=<HOSTNAME>]
   calicoctl container <NAMESPACE> ip (add|remove) <IP> [--interface=<INTERFACE>] [--hostname=<HOSTNAME>]
   calicoctl container <NAMESPACE> endpoint show [--hostname=<HOSTNAME>]
@@ -75,16 +75,42 @@ def _nodename_file() -> str | None:
         return None
 
 
+def _running_node_name() -> str | None:
+    """NODENAME/HOSTNAME from the environment of a calico program running in this namespace.
+
+    Live and immediate: right after `calico-node` starts, before it has
+    registered or written its run dir, this already names the node.
+    """
+    from calicoctl import status
+
+    for p in status.node_processes():
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        for var in (b"NODENAME", b"FELIX_FELIXHOSTNAME", b"HOSTNAME"):
+            name = env.get(var, b"").decode(errors="replace").strip()
+            if name:
+                try:
+                    return validate_name(name, "hostname")
+                except ValueError:
+                    break
+    return None
+
+
 async def local_hostname(client: Any | None, explicit: str | None = None) -> str:
     """The node this CLI acts for.
 
-    Explicit > NODENAME > HOSTNAME > the nodename calico-node left in its run
-    dir > the kernel hostname when that node is registered > the registered
-    node that owns an address of this namespace (the CLI is usually run with
-    `ip netns exec <node-ns>`, where the kernel hostname is the machine's) >
-    the kernel hostname.
+    Explicit > NODENAME > HOSTNAME > the name of the calico-node running in
+    this network namespace (its environment, else the state it left in
+    CALICO_RUN_DIR) > the kernel hostname when that node is registered > the
+    registered node that owns an address of this namespace (the CLI is
+    usually run with `ip netns exec <node-ns>`, where the kernel hostname is
+    the machine's) > the kernel hostname.
     """
-    for cand in (explicit, os.environ.get("NODENAME"), os.environ.get("HOSTNAME"), _nodename_file()):
+    for cand in (explicit, os.environ.get("NODENAME"), os.environ.get("HOSTNAME"), _running_node_name(),
+                 _nodename_file()):
         if cand:
             return check(validate_name, cand, "hostname", what="hostname")
     kernel = socket.gethostname()

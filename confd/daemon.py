@@ -29,6 +29,7 @@ from bird_control.protocol import BirdClient, BirdConfigError, BirdError, BirdUn
 from confd import render as _render
 from confd import resources as _res
 from confd.state import BgpStore, Node
+from libcalico import keys
 
 log = logging.getLogger("confd")
 
@@ -135,6 +136,9 @@ class Confd:
                     continue
                 changed = self.store.put(u.parsed_key, u.value)
             elif u.kind == "invalid":
+                parsed = keys.parse(key)
+                if parsed is not None and not self.store.relevant(parsed):
+                    continue  # another host's business (the syncer logged it)
                 reason = u.error or "invalid"
                 if reason.startswith(f"{key}: "):
                     reason = reason[len(key) + 2:]
@@ -179,10 +183,14 @@ class Confd:
             dirty, self._dirty = self._dirty, set()
             for r in self.resources:
                 st = self.states[r.name]
-                if r.name in dirty:
-                    await self.process(r)
-                elif st.reload_pending:
-                    await self.reload(r)
+                try:
+                    if r.name in dirty:
+                        await self.process(r)
+                    elif st.reload_pending:
+                        await self.reload(r)
+                except Exception as e:  # noqa: BLE001 - a bug in one resource must not stop the others
+                    log.exception("%s: internal error", r.name)
+                    self._fail(r, f"internal error: {e.__class__.__name__}: {e}")
             self.write_status()
 
     async def process(self, r: _res.Resource) -> None:

@@ -62,8 +62,8 @@ class BgpStore:
     def relevant(self, key: keys.Key) -> bool:
         if key.kind not in BGP_KINDS:
             return False
-        if key.kind == "block_affinity":
-            return key.host == self.node.name
+        if key.kind in ("block_affinity", "bgp_host_peer", "bgp_host_loglevel"):
+            return key.host == self.node.name  # other hosts' peers and blocks are theirs alone
         return True
 
     def put(self, key: keys.Key, value: Any) -> bool:

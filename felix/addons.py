@@ -112,14 +112,23 @@ class Addons:
 
     # ---- servers ----
     async def start_servers(self, cfg: object) -> None:
+        """A port already taken is one error line, not a dead Felix (the probes will say so)."""
         if self.health is None:
-            self.health = HealthServer.from_config(cfg, self.readiness)
-            if self.health is not None:
-                await self.health.start()
+            health = HealthServer.from_config(cfg, self.readiness)
+            if health is not None:
+                try:
+                    await health.start()
+                    self.health = health
+                except OSError as e:
+                    log.error("health endpoints: cannot listen on %s:%s: %s", health.host, health.port, e)
         if self.metrics is None:
-            self.metrics = Metrics.from_config(cfg)
-            if self.metrics is not None:
-                self.metrics.start()
+            metrics = Metrics.from_config(cfg)
+            if metrics is not None:
+                try:
+                    metrics.start()
+                    self.metrics = metrics
+                except OSError as e:
+                    log.error("Prometheus metrics: cannot listen on %s:%s: %s", metrics.host, metrics.port, e)
 
     def readiness(self) -> list[str]:
         reasons = felix_readiness(self.felix)
@@ -131,7 +140,7 @@ class Addons:
         if self.health is not None:
             await self.health.stop()
         if self.metrics is not None:
-            self.metrics.stop()
+            await asyncio.to_thread(self.metrics.stop)  # shutdown() waits for the server's poll loop
         if self.overlay_dp is not None:
             self.overlay_dp._own_routes = False  # the daemon closes its RouteWriter itself
             self.overlay_dp.close()
@@ -150,11 +159,14 @@ class Addons:
     def _feed(self, kind: str, key: object, value: object) -> bool:
         changed = self.overlay.on_update(kind, key, value)
         changed |= self.nat.on_update(kind, key, value)
+        self._log_errors()
+        self._dirty |= changed
+        return changed
+
+    def _log_errors(self) -> None:
         for calc in (self.overlay, self.nat):
             for k, reason in calc.take_errors():
                 log.warning("ignoring invalid data at %s: %s", k, reason)
-        self._dirty |= changed
-        return changed
 
     def configure(self, cfg: object) -> None:
         """First call builds the calculators (replaying buffered updates); later ones update them."""
@@ -209,11 +221,17 @@ class Addons:
         try:
             for v, pusher in self._nat_pushers.items():
                 pusher.push(self.nat.desired(v))
+            self._log_errors()
             await asyncio.gather(*(drv.ipsets[v].apply_updates() for v in self.nat_tables))
             await asyncio.gather(*(t.apply() for t in self.nat_tables.values()))
             await asyncio.gather(*(drv.ipsets[v].apply() for v in self.nat_tables))
             stage = "overlay"
-            await self.overlay_dp.apply(self.overlay.desired())
+            state = self.overlay.desired()
+            self._log_errors()
+            dp = self.overlay_dp
+            if dp.vxlan_mac and self.overlay.host_mac(self.felix.hostname) not in (None, dp.vxlan_mac):
+                dp._published_mac = None  # the datastore holds a stale MAC for us: publish again
+            await dp.apply(state)
             self._dirty = False
         except DataplaneError:
             if self.metrics is not None:

@@ -213,8 +213,9 @@ class Felix:
         except DataplaneError as e:
             self._apply_failed(e)
         self.addons.after_apply()
-        if dirty:
-            log.debug("batch applied in %.1f ms", (time.monotonic() - t0) * 1000)
+        if dirty and self.driver is not None:
+            log.debug("batch applied in %.1f ms (%s)", (time.monotonic() - t0) * 1000,
+                      ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in self.driver.last_timings.items()))
 
     def _applied_ok(self) -> None:
         if self.apply_failures:
@@ -305,19 +306,19 @@ class Felix:
             self._feed(u)
         self._pending = []
         self.driver = await self._make_driver()
-        await self._start_interface_monitor()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ifmon.synced.wait(), 5)
         for attempt in range(MAX_APPLY_FAILURES):
             try:
                 t0 = time.monotonic()
                 self._push()
                 await self.driver.apply()
                 await self.addons.apply()
+                t1 = time.monotonic()
                 await self.driver.cleanup_stale()
                 await self.addons.cleanup_stale()
-                log.info("dataplane programmed: %d local endpoint(s) in %.2fs",
-                         len(self.calc.local), time.monotonic() - t0)
+                log.info("dataplane programmed: %d local endpoint(s) in %.2fs (%s; stale cleanup %.0f ms)",
+                         len(self.calc.local), time.monotonic() - t0,
+                         ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.driver.last_timings.items()),
+                         (time.monotonic() - t1) * 1000)
                 self._applied_ok()
                 break
             except DataplaneError as e:
@@ -327,6 +328,9 @@ class Felix:
         else:
             raise FelixExit(1, "could not program the dataplane at start")
         self.programmed = True
+        # Started only now: its initial dump reports every existing interface
+        # (sysctls are written then), and it must not slow the first apply.
+        await self._start_interface_monitor()
         self.addons.after_apply()
         self._spawn(self._ticker("refresh-iptables", "IptablesRefreshInterval"), "iptables-refresh")
         self._spawn(self._ticker("refresh-routes", "RouteRefreshInterval"), "route-refresh")

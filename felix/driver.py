@@ -7,13 +7,16 @@ costs two chain writes and one route, not a rewrite of everything.  The
 writers themselves diff against the kernel and batch the kernel calls.
 
 Apply order matters: ipsets are created/filled before iptables rules that
-reference them and destroyed only after those rules are gone.
+reference them and destroyed only after those rules are gone.  Routes go
+last, so a workload is reachable only once its policy is in place (running
+them alongside the restore was measured slower on 2 cores: both are CPU-bound).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from felix.calc import DesiredState
 from felix.dataplane.backend import Backend
@@ -37,6 +40,8 @@ class DataplaneDriver:
         self._sets: dict[int, dict[str, frozenset[str]]] = {v: {} for v in self.versions}
         self._routes: dict[str, frozenset[str]] = {}
         self._neigh: dict[tuple[str, str], str] = {}
+        self._new_sets = True          # the kernel may lack any set until the first apply
+        self.last_timings: dict[str, float] = {}
 
     def push(self, desired: DesiredState) -> int:
         """Tell the writers what changed since the last push; returns the number of changed objects."""
@@ -60,6 +65,8 @@ class DataplaneDriver:
             self._hooks[v] = dict(fs.hooks)
             ips, last_sets = self.ipsets[v], self._sets[v]
             for name, members in fs.ipsets.items():
+                if name not in last_sets:
+                    self._new_sets = True
                 if last_sets.get(name) != members:
                     ips.set_members(name, members)
                     n += 1
@@ -87,11 +94,32 @@ class DataplaneDriver:
         return n
 
     async def apply(self) -> None:
-        """Apply every writer once; raises DataplaneError (the caller retries with backoff)."""
-        await asyncio.gather(*(self.ipsets[v].apply_updates() for v in self.versions))
-        await asyncio.gather(*(self.tables[v].apply() for v in self.versions))
-        await asyncio.gather(*(self.ipsets[v].apply() for v in self.versions))
-        await self.routes.apply()
+        """Apply every writer once; raises DataplaneError (the caller retries with backoff).
+
+        New ipsets must exist before iptables rules that name them, so then the
+        ipset restore goes first; when only members change, it runs alongside
+        the iptables restores (the common incremental case: one process less on
+        the critical path).  Set destruction waits until the rules are gone.
+        """
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        async def timed(name: str, *aws) -> None:
+            await asyncio.gather(*aws)
+            t[name] = time.perf_counter() - t0
+
+        ips = [self.ipsets[v].apply_updates() for v in self.versions]
+        ipt = [self.tables[v].apply() for v in self.versions]
+        if self._new_sets:
+            await timed("ipsets", *ips)
+            await timed("iptables", *ipt)
+        else:
+            await timed("iptables", *ips, *ipt)
+        self._new_sets = False
+        await timed("ipset-deletes", *(self.ipsets[v].apply() for v in self.versions))
+        await timed("routes", self.routes.apply())
+        t["total"] = time.perf_counter() - t0
+        self.last_timings = t
 
     async def cleanup_stale(self) -> None:
         """After the first in-sync apply: remove felix chains, ipsets and routes nobody desires."""

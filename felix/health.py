@@ -145,6 +145,8 @@ def felix_readiness(felix: object) -> list[str]:
     if not getattr(felix, "in_sync", False):
         status = getattr(syncer, "status", "starting") if syncer is not None else "starting"
         reasons.append(f"not in sync with the datastore (syncer: {status})")
+    elif syncer is not None and getattr(syncer, "status", "in-sync") != "in-sync":
+        reasons.append(f"datastore connection lost (syncer: {syncer.status})")
     elif not getattr(felix, "programmed", False):
         reasons.append("dataplane not programmed yet")
     elif not getattr(felix, "last_apply_ok", False):

@@ -79,6 +79,7 @@ class NatCalculator:
         self._pools: dict[str, tuple[int, str, bool]] = {}            # key -> (version, cidr, masquerade)
         self._nats: dict[str, tuple[tuple[str, str], ...]] = {}        # local endpoint key -> ((int, ext), ...)
         self._errors: list[tuple[str, str]] = []
+        self._conflicts: set[tuple[str, str]] = set()
 
     @staticmethod
     def _check_cfg(cfg: NatConfig) -> None:
@@ -159,13 +160,18 @@ class NatCalculator:
         """All (int_ip, ext_ip) of local endpoints; an ext_ip claimed twice keeps the first key's pair."""
         seen: dict[str, str] = {}
         out = []
+        conflicts = set()
         for path in sorted(self._nats):
             for int_ip, ext_ip in self._nats[path]:
                 if ext_ip in seen and seen[ext_ip] != int_ip:
-                    self._errors.append((path, f"ipv4_nat ext_ip {ext_ip} already maps to {seen[ext_ip]}; ignored"))
+                    item = (path, f"ipv4_nat ext_ip {ext_ip} already maps to {seen[ext_ip]}; ignored")
+                    if item not in self._conflicts:  # once while it lasts, not on every recompute
+                        self._errors.append(item)
+                    conflicts.add(item)
                     continue
                 seen[ext_ip] = int_ip
                 out.append((int_ip, ext_ip))
+        self._conflicts = conflicts
         return sorted(set(out))
 
     def desired(self, version: int = 4) -> NatState:

@@ -122,6 +122,8 @@ class OverlayCalculator:
         self._hosts: dict[str, _Host] = {}
         self._errors: list[tuple[str, str]] = []
         self._cache: OverlayState | None = None
+        self._conflicts: set[tuple[str, str]] = set()
+        self._conflicts_now: set[tuple[str, str]] = set()
 
     # ---- input ----
     def on_update(self, kind: str, key: object, value: object = None) -> bool:
@@ -222,8 +224,15 @@ class OverlayCalculator:
     def desired(self) -> OverlayState:
         """The whole desired overlay (cached until the next change)."""
         if self._cache is None:
+            self._conflicts_now = set()
             self._cache = OverlayState(vxlan=self._vxlan(), ipip=self._ipip())
+            self._conflicts = self._conflicts_now
         return self._cache
+
+    def host_mac(self, host: str) -> str | None:
+        """The vxlan_tunnel_mac the datastore holds for `host` (to notice our own key going stale)."""
+        h = self._hosts.get(host)
+        return h.vxlan_mac if h else None
 
     def _pool_nets(self, mode: str) -> list[ipaddress.IPv4Network]:
         return [ipaddress.IPv4Network(c) for c, m in self._pools.values() if m == mode]
@@ -279,4 +288,8 @@ class OverlayCalculator:
         return IpipState(True, self.cfg.ipip_tunnel_addr or me.ipip_addr, routes)
 
     def _note_conflict(self, host: str, reason: str) -> None:
-        self._errors.append((f"/calico/v1/host/{host}", f"overlay: {reason}; host skipped"))
+        """Reported once while it lasts (desired() is recomputed on every change)."""
+        item = (f"/calico/v1/host/{host}", f"overlay: {reason}; skipped")
+        if item not in self._conflicts:
+            self._errors.append(item)
+        self._conflicts_now.add(item)

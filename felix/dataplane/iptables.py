@@ -220,8 +220,8 @@ class IptablesTable:
         """
         old = self._kernel.chains.get(chain)
         new = self._hashes[chain]
-        if not old or None in old:
-            return None
+        if not old or None in old or len(set(old)) != len(old):
+            return None  # unknown rules, or duplicates (-D by spec would hit the first copy): rewrite
         ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
         edits = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
         if edits * 4 >= len(new):

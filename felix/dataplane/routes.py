@@ -84,6 +84,7 @@ class RouteWriter:
         self._thread: NsThread | None = None  # in-namespace worker: raw route socket, ifindex lookups
         self._rsock: RouteSocket | None = None
         self._lock = asyncio.Lock()  # apply/refresh/cleanup may be scheduled concurrently by Felix
+        self._cleaned = False  # after the first cleanup_stale, every proto-80 route is ours to judge
         # desired
         self._direct: dict[str, set[str]] = {}                          # ifname -> cidrs
         self._overlay: dict[str, dict[str, tuple[str, bool]]] = {}      # dev -> cidr -> (gw, onlink)
@@ -431,6 +432,8 @@ class RouteWriter:
         """Re-read the kernel and re-apply everything desired (a route deleted by hand comes back)."""
         async with self._lock:
             await self.load()
+            if self._cleaned:
+                self._owned |= set(self._kroutes)
             self._dirty_routes |= set(self._routes) | (set(self._kroutes) & self._owned)
             self._dirty_neigh |= set(self._neigh)
             self._dirty_fdb |= set(self._fdb)
@@ -442,6 +445,7 @@ class RouteWriter:
             await self.load()
             stale = set(self._kroutes) - set(self._routes)
             self._owned |= stale
+            self._cleaned = True
             self._dirty_routes |= stale
             for key in self._kneigh:
                 if key not in self._neigh and self.managed_prefixes and key[0].startswith(self.managed_prefixes):

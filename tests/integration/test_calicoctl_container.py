@@ -285,3 +285,19 @@ def test_bad_endpoint_in_etcd_is_named_and_still_removable(node, netns_factory):
     # the bad name never reached ip(8); the veth went by the name derived from the endpoint id
     assert node.cali_links() == []
     assert json.loads(wl.run("ip", "-j", "link", "show").stdout)[-1]["ifname"] == "lo"
+
+
+def test_node_name_comes_from_the_calico_program_running_here(node, netns_factory, tmp_path):
+    """Right after calico-node starts (not yet registered), its environment names the node."""
+    fake = tmp_path / "calico-felix"
+    fake.symlink_to("/bin/sleep")
+    proc = node.ns.popen([str(fake), "60"], env={"NODENAME": "fromproc", "PATH": "/usr/bin:/bin"})
+    try:
+        wait_for(lambda: any(b"calico-felix" in open(f"/proc/{p}/cmdline", "rb").read() for p in node.ns.pids()),
+                 timeout=5, what="the fake calico program to start")
+        wl = netns_factory("wl")
+        node.ok("container", "add", wl.name, "ipv4")
+        assert node.etcd.keys(f"/calico/v1/host/fromproc/workload/netns/{wl.name}/endpoint/")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -58,7 +58,10 @@ def test_mesh_v4_v6_and_aggregated_block(cluster):
     wait_for(lambda: "fd80:24e2:f998:72d6::/122 via fd00:99::1" in b.routes(v6=True), 30,
              what="A's v6 block at B via BGP")
     wait_for(lambda: "10.65.2.0/26 via 10.99.0.2" in a.routes(), 30, what="B's block at A via BGP")
-    time.sleep(3)  # two kernel scan intervals: the /32 would have been exported by now
+    # A's BIRD has learned the /32 from its kernel; the export filter must keep it from B.
+    wait_for(lambda: any("10.65.1.5/32" in ln.text for ln in a.birdc("show route 10.65.1.5/32")), 15,
+             what="A's BIRD learning the workload route from the kernel")
+    time.sleep(1)
     assert "10.65.1.5" not in b.routes(), "a route more specific than A's block leaked to B"
     assert a.confd_ready()[0], a.confd_ready()[1]
     ok = a.cmd("calico-bird", "--check-ready", check=False)

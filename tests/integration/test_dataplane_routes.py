@@ -84,6 +84,10 @@ async def test_stale_routes_removed_only_by_cleanup(host):
         await w.cleanup_stale()
         assert routes(host) == {"10.65.0.5 dev caliA"}
         assert "10.65.0.77" not in host.run("ip", "neigh").stdout
+        # once in sync, a proto-80 route that appears by hand is removed by the next refresh
+        host.run("ip", "route", "add", "10.65.0.78/32", "dev", "caliA", "proto", str(FELIX_RT_PROTO))
+        await w.refresh()
+        assert routes(host) == {"10.65.0.5 dev caliA"}
         assert "10.200.0.0/24 via 192.168.50.2" in routes(host, proto=None)
     finally:
         w.close()

@@ -157,15 +157,6 @@ def ts_ok(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not TIMESTAMP.match(line)]
 
 
-def sleep_until(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 @pytest.fixture
 def fabric(netns_factory):
     f = Fabric(netns_factory)
@@ -252,7 +243,7 @@ def test_policy_only_mode_runs_felix_alone_and_programs_policy(fabric, nodes, ne
                  CALICO_NETWORKING="false", FELIX_HEALTHENABLED="true").start()
     node.wait_running(["felix"])
     # Felix's health endpoint (inside the node namespace) decides readiness.
-    wait_for(lambda: node.run("-ready").returncode == 0, 40, 1, "calico-node -ready via Felix's endpoint")
+    wait_for(lambda: node.run("-ready").returncode == 0, 60, 1, "calico-node -ready via Felix's endpoint")
     assert "felix" in node.run("-live").stdout
     assert not any("calico-bird" in p or "calico-confd" in p or "/bird" in p for p in ns_processes(ns))
     assert not (node.log_dir / "bird").exists() and not (node.log_dir / "confd").exists()
@@ -297,6 +288,11 @@ def test_datastore_missing_fails_fast_or_waits(fabric, nodes):
     assert "Traceback" not in r.stderr
 
     node.env["WAIT_FOR_DATASTORE"] = "true"
+    node.start()  # SIGTERM while waiting is a clean stop
+    wait_for(lambda: "Waiting for the datastore" in node.output.read_text(), 30, 0.5, "a waiting log line")
+    assert node.stop(10) == 0
+
+    node.output.write_text("")
     node.start()
     wait_for(lambda: "Waiting for the datastore" in node.output.read_text(), 30, 0.5, "a waiting log line")
     time.sleep(2)
@@ -374,7 +370,7 @@ def test_disable_file_logging_prefixes_every_service_on_stdout(fabric, nodes):
     node = nodes(ns, "noded", IP=f"{FABRIC_V4}.1", ETCD_ENDPOINTS=fabric.endpoint,
                  CALICO_DISABLE_FILE_LOGGING="true")
     node.start()
-    node.wait_running(["felix", "bird", "confd"])
+    node.wait_running(["felix", "bird", "confd", "log-relay"])
 
     def prefixed() -> bool:
         lines = node.output.read_text(errors="replace").splitlines()

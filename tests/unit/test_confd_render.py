@@ -182,3 +182,126 @@ def test_unknown_json_fields_are_not_a_change():
     key = keys.parse("/calico/bgp/v1/global/peer_v4/10.0.0.9")
     assert not store.put(key, BgpPeer.model_validate({"ip": "10.0.0.9", "as_num": "65000", "note": "x"}))
     assert store.put(key, BgpPeer(ip="10.0.0.9", as_num=65001))
+
+
+# ---- the confd loop without etcd: syncer-shaped updates in, files and status out ----------------
+
+def _confd(tmp_path):
+    from confd.daemon import Confd, Settings
+    s = Settings(host="node-a", ip4="10.99.0.1", ip6=None, run_dir=str(tmp_path / "run"),
+                 conf_dir=str(tmp_path / "conf"))
+    c = Confd(s)
+    c.load()
+    return c
+
+
+def _updates(kv: dict[str, str | None], in_sync: bool = True):
+    from libcalico.models import InvalidValue, parse_key_value
+    from libcalico.syncer import Update
+    out = []
+    for path, raw in kv.items():
+        if raw is None:
+            out.append(Update("delete", path))
+            continue
+        try:
+            key, value = parse_key_value(path, raw)
+        except InvalidValue as e:
+            out.append(Update("invalid", path, error=str(e)))
+            continue
+        out.append(Update("put", path, value=value, parsed_key=key) if key else Update("unknown", path))
+    return out + ([Update("in_sync")] if in_sync else [])
+
+
+async def _process_all(c):
+    for r in c.resources:
+        if r.name in c._dirty:
+            await c.process(r)
+    c._dirty.clear()
+    c.write_status()
+
+
+async def test_confd_writes_only_changed_bytes_and_keeps_last_good(tmp_path, caplog):
+    from confd.daemon import check_ready
+    c = _confd(tmp_path)
+    assert os.path.isfile(tmp_path / "conf" / "confd" / "conf.d" / "bird.toml")  # installed on first start
+    c.apply(_updates({"/calico/bgp/v1/global/as_num": "64511",
+                      "/calico/bgp/v1/host/node-a/ip_addr_v4": "10.99.0.1",
+                      "/calico/bgp/v1/global/peer_v4/10.99.0.9": '{"ip": "10.99.0.9", "as_num": 65009}'}))
+    await _process_all(c)
+    cfg = tmp_path / "conf" / "bird.cfg"
+    first = cfg.read_text()
+    assert "Global_10_99_0_9" in first
+    assert not (tmp_path / "conf" / "bird6.cfg").exists()  # no IPv6 on this node
+    assert check_ready(c.s.status_path)[0]
+    mtime = os.stat(cfg).st_mtime_ns
+    c.apply(_updates({"/calico/bgp/v1/global/peer_v4/10.99.0.9": '{"as_num": "65009", "ip": "10.99.0.9"}'}))
+    await _process_all(c)
+    assert os.stat(cfg).st_mtime_ns == mtime and c.states["bird"].writes == 1
+    # A template edit that renders but BIRD rejects: last good file kept, readiness names the failure.
+    tpl = tmp_path / "conf" / "confd" / "templates" / "bird_common.j2"
+    tpl.write_text(tpl.read_text().replace("router id", "router identity"))
+    c.load()
+    with caplog.at_level(logging.ERROR, logger="confd"):
+        await _process_all(c)
+    assert cfg.read_text() == first
+    ok, msg = check_ready(c.s.status_path)
+    assert not ok and "bird -p" in msg and "router identity" in msg
+    assert not list((tmp_path / "conf").glob(".*.stage"))
+    tpl.write_text(tpl.read_text().replace("router identity", "router id"))
+    c.load()
+    await _process_all(c)
+    assert check_ready(c.s.status_path)[0]
+
+
+async def test_confd_bad_value_keeps_config_and_fails_readiness(tmp_path):
+    from confd.daemon import check_ready
+    c = _confd(tmp_path)
+    c.apply(_updates({"/calico/bgp/v1/global/as_num": "64511",
+                      "/calico/bgp/v1/global/peer_v4/10.99.0.9": '{"ip": "10.99.0.9", "as_num": 65009}'}))
+    await _process_all(c)
+    cfg = tmp_path / "conf" / "bird.cfg"
+    good = cfg.read_text()
+    c.apply(_updates({"/calico/bgp/v1/global/peer_v4/10.99.0.9": '{"ip": "10.99.0.9", "as_num": "abc"}',
+                      "/calico/bgp/v1/global/as_num": "abc"}, in_sync=False))
+    await _process_all(c)
+    assert cfg.read_text() == good
+    ok, msg = check_ready(c.s.status_path)
+    assert not ok and "/calico/bgp/v1/global/peer_v4/10.99.0.9" in msg and "/calico/bgp/v1/global/as_num" in msg
+    c.apply(_updates({"/calico/bgp/v1/global/peer_v4/10.99.0.9": '{"ip": "10.99.0.9", "as_num": 65010}',
+                      "/calico/bgp/v1/global/as_num": "64511"}, in_sync=False))
+    await _process_all(c)
+    assert "neighbor 10.99.0.9 as 65010;" in cfg.read_text()
+    assert check_ready(c.s.status_path)[0]
+
+
+def test_check_ready_without_confd(tmp_path):
+    from confd.daemon import check_ready
+    assert not check_ready(str(tmp_path / "confd.status"))[0]
+    (tmp_path / "confd.status").write_text(json.dumps({"pid": 2 ** 22 + 1, "ready": True, "problems": []}))
+    ok, msg = check_ready(str(tmp_path / "confd.status"))
+    assert not ok and "not running" in msg
+
+
+def test_settings_from_env(caplog):
+    from confd.__main__ import settings_from_env
+    s = settings_from_env({"HOSTNAME": "h1", "NODENAME": "n1", "IP": "10.0.0.1", "IP6": "fd00::1"})
+    assert (s.host, s.ip4, s.ip6, s.run_dir, s.conf_dir) == ("n1", "10.0.0.1", "fd00::1", "/var/run/calico",
+                                                             "/etc/calico")
+    with caplog.at_level(logging.ERROR):
+        s = settings_from_env({"HOSTNAME": "h1", "IP": "10.0.0.1; }", "CALICO_RUN_DIR": "/r"})
+    assert s.host == "h1" and s.ip4 is None and s.run_dir == "/r"
+    assert any("IP" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError):
+        settings_from_env({"NODENAME": "bad name;"})
+
+
+async def test_other_hosts_bad_peer_does_not_concern_this_node(tmp_path):
+    from confd.daemon import check_ready
+    c = _confd(tmp_path)
+    c.apply(_updates({"/calico/bgp/v1/host/node-b/peer_v4/10.0.0.9": '{"ip": "10.0.0.9", "as_num": "abc"}',
+                      "/calico/bgp/v1/host/node-b/peer_v4/10.0.0.8": '{"ip": "10.0.0.8", "as_num": 1}',
+                      "/calico/ipam/v2/host/node-b/ipv4/block/10.65.2.0-26": '{"state": "confirmed"}'}))
+    await _process_all(c)
+    assert check_ready(c.s.status_path)[0]
+    text = (tmp_path / "conf" / "bird.cfg").read_text()
+    assert "10.0.0.8" not in text and "10.65.2.0" not in text

@@ -74,12 +74,15 @@ def test_felix_readiness_reasons():
     f = types.SimpleNamespace(in_sync=False, programmed=False, last_apply_ok=False, apply_failures=0,
                               syncer=types.SimpleNamespace(status="wait-for-ready"))
     assert "wait-for-ready" in felix_readiness(f)[0]
-    f.in_sync = True
+    f.in_sync, f.syncer.status = True, "in-sync"
     assert felix_readiness(f) == ["dataplane not programmed yet"]
     f.programmed, f.apply_failures = True, 2
     assert "2 in a row" in felix_readiness(f)[0]
     f.last_apply_ok = True
     assert felix_readiness(f) == []
+    f.syncer.status = "resyncing"  # etcd went away after the first sync
+    assert "datastore connection lost" in felix_readiness(f)[0]
+    f.syncer.status = "in-sync"
     f.overlay_dp = types.SimpleNamespace(not_ready_reasons=lambda: ["IPIP is enabled but no ipip"])
     assert felix_readiness(f) == ["IPIP is enabled but no ipip"]
 

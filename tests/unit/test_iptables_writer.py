@@ -222,3 +222,15 @@ async def test_small_change_to_long_chain_is_an_in_place_edit():
     t.set_chain("felix-to-wl-dispatch", ["-j ACCEPT"])
     await t.apply()
     assert ":felix-to-wl-dispatch - [0:0]" in fake.restores()[-1]
+
+
+async def test_chain_with_duplicate_rules_is_rewritten_not_edited():
+    fake = FakeIptables()
+    t = make(fake)
+    rules = [f"-o cali{i} -j RETURN" for i in range(10)] + ["-j LOG"] + [f"-o x{i} -j RETURN" for i in range(10)]
+    rules.append("-j LOG")  # the same rule twice: deleting "the second -j LOG" by spec would hit the first
+    t.set_chain("felix-d", rules)
+    await t.apply()
+    t.set_chain("felix-d", rules[:-1])
+    await t.apply()
+    assert ":felix-d - [0:0]" in fake.restores()[-1]

@@ -67,6 +67,14 @@ class MemIpam:
                     return [str(ip)], []
         return [], []
 
+    async def get_assignment(self, ip):
+        return {"ip": ip, "handle": self.assigned[ip]} if ip in self.assigned else None
+
+    async def assign(self, ip, handle, host):
+        if ip in self.assigned:
+            raise ValueError(f"{ip}: already assigned")
+        self.assigned[ip] = handle
+
     async def release_ips(self, ips):
         for ip in ips:
             self.assigned.pop(ip, None)
@@ -225,3 +233,19 @@ def test_ip_forwarding_written(tmp_path):
     startup.enable_ip_forwarding(True, str(tmp_path))
     assert (tmp_path / "net/ipv4/ip_forward").read_text() == "1\n"
     assert (tmp_path / "net/ipv6/conf/all/forwarding").read_text() == "1\n"
+
+
+async def test_tunnel_address_assignment_checked_in_ipam():
+    ipam = MemIpam()
+    pool = {keys.pool("10.65.0.0/16"): json.dumps({"cidr": "10.65.0.0/16", "vxlan": "vxlan.calico"})}
+    key = keys.host_config("node1", "VXLANTunnelAddr")
+    # Lost assignment: re-recorded under our handle, address kept.
+    store = MemStore(dict(pool, **{key: "10.65.3.3"}))
+    out = await startup.ensure_tunnel_addrs(store, "node1", lambda c: ipam)
+    assert out["VXLANTunnelAddr"] == "10.65.3.3" and ipam.assigned["10.65.3.3"] == "vxlan-tunnel-addr-node1"
+    # Someone else's address: never released, a fresh one allocated.
+    ipam.assigned["10.65.4.4"] = "workload-x"
+    store = MemStore(dict(pool, **{key: "10.65.4.4"}))
+    out = await startup.ensure_tunnel_addrs(store, "node1", lambda c: ipam)
+    assert out["VXLANTunnelAddr"] not in ("10.65.4.4", None)
+    assert ipam.assigned["10.65.4.4"] == "workload-x" and "10.65.4.4" not in ipam.released

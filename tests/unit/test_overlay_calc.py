@@ -126,6 +126,10 @@ def test_conflicting_vtep_mac_is_skipped_and_reported():
     assert dict(vx.fdb) == {"66:00:00:00:00:0b": "10.0.2.2"}
     assert "10.65.0.128/26" not in vx.routes
     assert any("node-c" in k for k, _ in calc.take_errors())
+    # reported once while it lasts, not on every recompute
+    host(calc, "node-d", "10.0.4.2", "10.65.0.193", "66:00:00:00:00:0d", ["10.65.0.192/26"])
+    assert "10.65.0.192/26" in calc.desired().vxlan.routes
+    assert calc.take_errors() == []
 
 
 def test_ipip_routes_via_bird_ip_only_in_ipip_pools():
