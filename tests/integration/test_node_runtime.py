@@ -379,3 +379,22 @@ def test_disable_file_logging_prefixes_every_service_on_stdout(fabric, nodes):
     wait_for(prefixed, 30, 0.5, "prefixed, timestamped lines of felix, bird and confd on stdout")
     assert not any((node.log_dir / svc).exists() for svc in ("felix", "bird", "confd"))
     assert node.stop() == 0
+
+
+def test_ready_follows_bgp_sessions_between_two_nodes(fabric, nodes):
+    """-ready needs every BGP session Established (networking on); -live does not."""
+    fabric.etcd.start()
+    a = nodes(fabric.node_ns(1), "nodea", IP=f"{FABRIC_V4}.1", ETCD_ENDPOINTS=fabric.endpoint).start()
+    b = nodes(fabric.node_ns(2), "nodeb", IP=f"{FABRIC_V4}.2", ETCD_ENDPOINTS=fabric.endpoint).start()
+    a.wait_running(["felix", "bird", "confd"])
+    b.wait_running(["felix", "bird", "confd"])
+    wait_for(lambda: a.run("-ready").returncode == 0 and b.run("-ready").returncode == 0, 60, 1,
+             "both nodes ready (mesh session Established)")
+    assert b.stop() == 0
+
+    def a_not_ready():
+        r = a.run("-ready")
+        return r.returncode == 1 and "bird:" in r.stdout and r.stdout
+    out = wait_for(a_not_ready, 60, 1, "node a not ready once its peer is gone")
+    assert "calico/node is not ready" in out
+    assert a.run("-live").returncode == 0
