@@ -73,8 +73,8 @@ def endpoints_text(env: dict[str, str]) -> str:
     return f"{env.get('ETCD_SCHEME', 'http')}://{env.get('ETCD_AUTHORITY', '127.0.0.1:2379')}"
 
 
-async def connect(settings: NodeSettings, factory: Callable[[], object] | None = None,
-                  clock: Callable[[], float] = time.monotonic):
+async def connect(settings: NodeSettings, factory: Callable[[], DatastoreClient] | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> DatastoreClient:
     """A datastore client that has answered once; waits only with WAIT_FOR_DATASTORE."""
     factory = factory or (lambda: DatastoreClient.from_env(settings.env))
     where = endpoints_text(settings.env)
@@ -105,7 +105,7 @@ async def _close(client) -> None:
         pass
 
 
-async def ensure_defaults(client) -> None:
+async def ensure_defaults(client: DatastoreClient) -> None:
     for key, value in GLOBAL_DEFAULTS:
         if await client.put_if_absent(key, value):
             log.info("Set default %s = %s", key, value)
@@ -145,7 +145,7 @@ def warn_if_not_local(result: StartupResult, read: Callable[[], list[autodetect.
             log.warning("%s=%s is not an address of any interface in this network namespace", var, value)
 
 
-async def check_ip_conflict(client, nodename: str, result: StartupResult) -> None:
+async def check_ip_conflict(client: DatastoreClient, nodename: str, result: StartupResult) -> None:
     """Refuse when another host already peers from our address: two BGP speakers on one IP break the mesh."""
     _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
     mine = {4: result.ip, 6: result.ip6}
@@ -159,7 +159,7 @@ async def check_ip_conflict(client, nodename: str, result: StartupResult) -> Non
                                f"{parts[0]!r} ({kv.key}); refusing to start")
 
 
-async def register_host(client, settings: NodeSettings, result: StartupResult) -> None:
+async def register_host(client: DatastoreClient, settings: NodeSettings, result: StartupResult) -> None:
     host = settings.nodename
     await client.put(keys.host_bird_ip(host), result.ip)
     await client.put(keys.bgp_host_ip(host, 4), result.ip)
@@ -186,12 +186,12 @@ def parse_pool(key: str, raw: str, version: int) -> PoolInfo | None:
         return None
 
 
-async def read_pools(client, version: int) -> list[PoolInfo]:
+async def read_pools(client: DatastoreClient, version: int) -> list[PoolInfo]:
     _, kvs = await client.get_prefix(keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6)
     return [p for kv in kvs if (p := parse_pool(kv.key, kv.value, version)) is not None]
 
 
-async def ensure_default_pools(client, settings: NodeSettings) -> None:
+async def ensure_default_pools(client: DatastoreClient, settings: NodeSettings) -> None:
     if settings.no_default_pools:
         return
     for version, cidr, doc in (
@@ -238,7 +238,8 @@ def _default_ipam(client):
     return Ipam(client)
 
 
-async def ensure_tunnel_addrs(client, host: str, ipam_factory: Callable[[object], object] = _default_ipam
+async def ensure_tunnel_addrs(client: DatastoreClient, host: str,
+                              ipam_factory: Callable[[DatastoreClient], object] = _default_ipam
                               ) -> dict[str, str | None]:
     """Allocate (or release) IpInIpTunnelAddr / VXLANTunnelAddr to match the pool kinds that exist."""
     pools = await read_pools(client, 4)
@@ -302,7 +303,7 @@ def enable_ip_forwarding(ip6: bool, proc_sys: str = "/proc/sys") -> None:
             log.warning("Could not enable IP forwarding (%s): %s", path, e)
 
 
-async def run(settings: NodeSettings, client_factory: Callable[[], object] | None = None,
+async def run(settings: NodeSettings, client_factory: Callable[[], DatastoreClient] | None = None,
               read_addresses: Callable[[], list[autodetect.Address]] = autodetect.read_addresses,
               proc_sys: str = "/proc/sys") -> StartupResult:
     """The whole startup sequence; raises StartupError with the one line to print."""
