@@ -31,6 +31,7 @@ class EtcdServer:
         self.netns = netns
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="etcd-test-")
+        os.makedirs(self.data_dir, exist_ok=True)
         self.name = name
         self.tls = tls  # {"ca": path, "cert": path, "key": path} for client-cert TLS
         self.proc: subprocess.Popen | None = None

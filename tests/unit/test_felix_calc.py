@@ -254,3 +254,49 @@ def test_ipv6_disabled():
     f.ep("h1", "w1", "cali1", "10.0.0.1", [], ipv6_nets=["fd00::1/128"])
     d = f.c.desired()
     assert d.v6.chains == {} and d.routes["cali1"] == frozenset({"10.0.0.1/32"})
+
+
+# ---- dispatch tree ------------------------------------------------------------------
+
+def _walk(chains: dict[str, list[str]], root: str, iface: str) -> str:
+    """Follow `-i name` / `-i prefix+` gotos like iptables does; returns the verdict or endpoint chain."""
+    chain = root
+    for _ in range(50):
+        for rule in chains[chain]:
+            parts = rule.split()
+            if parts[0] == "-j":
+                return parts[1]
+            match, target = parts[1], parts[3]
+            hit = iface.startswith(match[:-1]) if match.endswith("+") else iface == match
+            if hit:
+                if target in chains:
+                    chain = target
+                    break
+                return target
+        else:
+            return "FELL-OFF"
+    raise AssertionError("dispatch loop")
+
+
+@pytest.mark.parametrize("n", [0, 1, 16, 17, 300, 1000])
+def test_dispatch_tree_reaches_every_endpoint_and_drops_unknown(n):
+    from felix.calc.calculator import DISPATCH_LEAF, dispatch_chains
+
+    ifaces = tuple(sorted({f"cali{i:011x}" for i in range(n)} | ({"cali1", "cali10", "cali1a"} if n else set())))
+    chains = dispatch_chains("from", ifaces, "cali")
+    for i in ifaces:
+        assert _walk(chains, N.FROM_ENDPOINT, i) == N.endpoint_chain("from", i)
+    for unknown in ("cali00000000fff0", "cali2", "cali1b", "cali0000000000", "cali"):
+        if unknown not in ifaces:
+            assert _walk(chains, N.FROM_ENDPOINT, unknown) == "DROP", unknown
+    assert all(len(r) <= DISPATCH_LEAF + 17 for r in chains.values())
+    assert all(len(c) <= 28 for c in chains)
+
+
+def test_dispatch_one_new_endpoint_touches_few_chains():
+    from felix.calc.calculator import dispatch_chains
+
+    before = dispatch_chains("to", tuple(f"cali{i:011x}" for i in range(1000)), "cali")
+    after = dispatch_chains("to", tuple(f"cali{i:011x}" for i in range(1001)), "cali")
+    changed = [c for c in after if before.get(c) != after[c]]
+    assert 1 <= len(changed) <= 3 and all(len(after[c]) <= 18 for c in changed)
