@@ -38,3 +38,7 @@ bench-confd: deps
 bench-dataplane: deps
 	$(PY) bench/bench_dataplane.py --backend nft
 	$(PY) bench/bench_dataplane.py --backend legacy
+
+bench-felix: deps
+	$(PY) bench/bench_felix.py --backend nft
+	$(PY) bench/bench_felix.py --backend legacy

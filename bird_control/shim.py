@@ -51,10 +51,16 @@ async def _relay(stream: asyncio.StreamReader, prog: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the shim dies (even by SIGKILL), so BIRD never outlives it."""
+    """In the child: die with the shim (even when it is SIGKILLed), so BIRD never outlives it.
+
+    SIGKILL, not SIGTERM: a shim that dies abruptly must look like a BIRD crash to the
+    peers (no Cease notification), so they keep our routes under graceful restart while
+    supervisord brings a new shim and BIRD (started with -R) up.  An orderly stop goes
+    through the shim's own SIGTERM handler, which forwards SIGTERM for a clean shutdown.
+    """
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -92,7 +98,9 @@ async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
             return 0
 
     os.makedirs(os.path.dirname(sock), exist_ok=True)
-    argv = [prog, "-f", "-s", sock, "-c", cfg]
+    # -R: start in graceful-restart recovery, so the kernel protocol does not prune the
+    # routes a previous BIRD left behind (persist) before BGP has relearned them.
+    argv = [prog, "-f", "-R", "-s", sock, "-c", cfg]
     say("calico-bird", f"starting {' '.join(argv)}")
     try:
         child = await asyncio.create_subprocess_exec(

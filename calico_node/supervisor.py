@@ -98,6 +98,11 @@ def render(text: str, values: dict[str, str]) -> str:
 
 
 def felix_health(env: dict[str, str]) -> tuple[bool, str, int]:
+    """Where `-ready` finds Felix's health endpoint, from the FELIX_HEALTH* variables Felix itself reads.
+
+    A wildcard bind is probed on loopback.  When health is enabled only through
+    etcd we cannot know it here, and the check falls back to the process state.
+    """
     enabled = env.get("FELIX_HEALTHENABLED", "").strip().lower() in ("true", "1", "yes")
     host = env.get("FELIX_HEALTHHOST", "").strip() or "127.0.0.1"
     if host in ("0.0.0.0", "::"):

@@ -188,7 +188,7 @@ _FAILSAFE_IN = "tcp:22, udp:68, tcp:179, tcp:2379, tcp:2380"
 _FAILSAFE_OUT = "udp:53, udp:67, tcp:179, tcp:2379, tcp:2380"
 
 PARAMS: dict[str, Param] = {p.name.lower(): p for p in [
-    Param("FelixHostname", _hostname, None, live=False),
+    Param("FelixHostname", _hostname, None, live=False, datastore=False),
     Param("EtcdEndpoints", _endpoints, (), live=False, datastore=False),
     Param("EtcdAddr", _str, "127.0.0.1:2379", live=False, datastore=False),
     Param("EtcdScheme", _enum("http", "https"), "http", live=False, datastore=False),

@@ -36,6 +36,7 @@ from libcalico.selectors import (
 )
 from libcalico.validation import (
     validate_asn,
+    validate_bgp_ip,
     validate_cidr,
     validate_config_param,
     validate_config_value,
@@ -460,7 +461,7 @@ class BgpPeer(_Model):
     ip: str
     as_num: int
 
-    _ip = field_validator("ip", mode="before")(classmethod(lambda cls, v: validate_ip(v)))
+    _ip = field_validator("ip", mode="before")(classmethod(lambda cls, v: validate_bgp_ip(v)))
     _as = field_validator("as_num", mode="before")(classmethod(lambda cls, v: validate_asn(v)))
 
 
@@ -566,7 +567,7 @@ def _bgp_host_ip(key: keys.Key, raw: str) -> str | None:
     text = raw.strip()
     if not text and key.version == 6:
         return None
-    return validate_ip(text, key.version)
+    return validate_bgp_ip(text, key.version)
 
 
 _PARSERS: dict[str, Any] = {

@@ -86,6 +86,21 @@ def validate_ip(value: object, version: int | None = None) -> str:
     return _ip(value, version)
 
 
+def validate_bgp_ip(value: object, version: int | None = None) -> str:
+    """An address BGP can use (a peer's or a host's): unicast and specified.
+
+    BIRD refuses `neighbor 0.0.0.0`/`::` and an IPv6 link-local neighbor without
+    an interface; one such value in etcd would make every rendered config fail
+    its check, so it is rejected (naming its key) before it reaches a template.
+    """
+    ip = validate_ip(value, version)
+    addr = ipaddress.ip_address(ip)
+    if addr.is_unspecified or addr.is_multicast or (addr.version == 6 and addr.is_link_local):
+        raise ValueError(f"{_show(ip)} is not usable as a BGP address (unspecified, multicast or "
+                         "IPv6 link-local)")
+    return ip
+
+
 @lru_cache(maxsize=65536)
 def _cidr(text: str, version: int | None) -> str:
     if not _CIDR_CHARS_RE.match(text):

@@ -14,6 +14,7 @@ and that key is treated as absent; everything else proceeds.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from . import names
@@ -314,18 +315,19 @@ def dispatch_chains(direction: str, ifaces: tuple[str, ...], iface_prefix: str) 
         if len(members) <= DISPATCH_LEAF:
             rules = [f"{flag} {i} -g {names.endpoint_chain(direction, i)}" for i in members]
         else:
-            # extend the prefix while every member shares the next character
-            while True:
-                exact = [i for i in members if i == prefix]
-                rest = [i for i in members if i != prefix]
-                nexts = {i[len(prefix)] for i in rest}
-                if len(nexts) == 1 and not exact:
-                    prefix += nexts.pop()
-                    continue
-                break
+            # skip the characters every member shares (members are sorted and unique)
+            common = os.path.commonprefix(members)
+            if len(common) > len(prefix):
+                prefix = common
+            n = len(prefix)
+            exact = [i for i in members if len(i) == n]
+            groups: dict[str, list[str]] = {}
+            for i in members:
+                if len(i) > n:
+                    groups.setdefault(i[n], []).append(i)
             rules = [f"{flag} {i} -g {names.endpoint_chain(direction, i)}" for i in exact]
-            for c in sorted(nexts):
-                group = [i for i in rest if i[len(prefix)] == c]
+            for c in sorted(groups):
+                group = groups[c]
                 p = prefix + c
                 if len(group) == 1:
                     rules.append(f"{flag} {group[0]} -g {names.endpoint_chain(direction, group[0])}")
