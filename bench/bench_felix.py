@@ -175,7 +175,8 @@ async def inner(a: argparse.Namespace) -> int:
         with open(log_path, "wb") as log:
             t0 = time.perf_counter()
             print(f"  felix spawned at {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}")
-            felix = subprocess.Popen([FELIX], env=env, stdout=log, stderr=subprocess.STDOUT)
+            cmd = os.environ.get("BENCH_FELIX_CMD", FELIX).split()
+            felix = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         while not want <= kernel_routes():
             if felix.poll() is not None:
                 print(open(log_path).read()[-3000:])

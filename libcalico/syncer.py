@@ -40,6 +40,7 @@ from libcalico.datastore import (
     DatastoreUnavailable,
     WatchEvent,
 )
+from libcalico.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,16 @@ class _Seen:
 def _default_parser(path: str, raw: str | None) -> tuple[Any, object]:
     from libcalico.models import parse_key_value  # written alongside; imported lazily
     return parse_key_value(path, raw)
+
+
+def _kind_of(path: str) -> str:
+    """The kind of key (for rate-limited logging): the datamodel kind, else 'unknown key'."""
+    from libcalico import keys
+    try:
+        parsed = keys.parse(path)
+    except Exception:  # noqa: BLE001 - only a label for the log
+        parsed = None
+    return f"invalid {parsed.kind}" if parsed is not None else "invalid key"
 
 
 def _normalise_prefixes(prefixes: list[str]) -> list[str]:
@@ -102,6 +113,10 @@ class Syncer:
         self._logged_invalid: dict[str, str] = {}
         self._synced_once = False
         self._outage_since: float | None = None
+        # A flood of bad keys (thousands at once) must not flood the log: a few lines
+        # per key kind per second, and a count of the rest.
+        self._invalid_log = RateLimitedLog(log)
+        self._flush_scheduled = False
 
     # ---- per-key bookkeeping ---------------------------------------------
 
@@ -114,14 +129,14 @@ class Syncer:
             self._seen[key] = _Seen(raw, "invalid", None)
             if self._logged_invalid.get(key) != raw:
                 self._logged_invalid[key] = raw
-                log.warning("ignoring invalid value: %s", error)
+                self._invalid_log.log(_kind_of(key), logging.WARNING, "ignoring invalid value: %s", error)
             return Update("invalid", key, error=error)
         except Exception as e:  # a parser bug must not stop the node: treat as invalid
             error = f"{key}: cannot parse ({type(e).__name__}: {e})"
             self._seen[key] = _Seen(raw, "invalid", None)
             if self._logged_invalid.get(key) != raw:
                 self._logged_invalid[key] = raw
-                log.exception("parser failed: %s", error)
+                self._invalid_log.log(_kind_of(key), logging.ERROR, "parser failed: %s", error, exc_info=True)
             return Update("invalid", key, error=error)
         self._logged_invalid.pop(key, None)
         if parsed_key is None:
@@ -218,6 +233,7 @@ class Syncer:
                         events.extend(item)
                 events.sort(key=lambda ev: ev.mod_revision)  # stable: per-key order kept
                 updates = [u for u in map(self._on_event, events) if u is not None]
+                self._flush_invalid_log()
                 if events:
                     self.revision = max(self.revision, events[-1].mod_revision)
                 if updates:
@@ -228,6 +244,16 @@ class Syncer:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _flush_invalid_log(self) -> None:
+        """Summaries of suppressed invalid-key lines, now or once their window is over."""
+        if self._invalid_log.flush() and not self._flush_scheduled:
+            self._flush_scheduled = True
+
+            def again() -> None:
+                self._flush_scheduled = False
+                self._flush_invalid_log()
+            asyncio.get_running_loop().call_later(self._invalid_log.interval, again)
 
     def _outage(self, what: str, err: BaseException, level: int = logging.WARNING) -> None:
         """Log the first failure of an outage only; retries stay quiet."""
@@ -247,6 +273,7 @@ class Syncer:
                 self.status = "resyncing"
                 rev, snapshot = await self._snapshot()
                 updates = self.diff(snapshot)
+                self._flush_invalid_log()
                 first = not self._synced_once
                 self.revision = rev
                 self._synced_once = True

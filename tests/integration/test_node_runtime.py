@@ -196,6 +196,7 @@ def test_full_node_services_logs_rotation_restart_and_sigterm(fabric, nodes):
     assert etcd.get(keys.bgp_host_as("nodea")) == "65001"
     assert etcd.get(keys.READY) == "true" and etcd.get(keys.bgp_global_as()) == "64511"
     assert ns.run("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+    assert ns.run("cat", "/proc/sys/net/ipv6/conf/all/forwarding").stdout.strip() == "1"
 
     # Every service logs to <log-dir>/<service>/current, every line timestamped.
     for svc in ("felix", "bird", "bird6", "confd"):

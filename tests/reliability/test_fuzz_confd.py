@@ -126,7 +126,7 @@ def test_fuzz_confd_hostile_bgp_state_renders_parseable_bird_config(entries, kee
         if u.kind == "invalid":
             assert u.error and u.error.startswith(u.key), f"rejection does not name its key: {u.error!r}"
     confd.apply(updates)
-    for path, reason in confd.store.rejected.items():
+    for path, _reason in confd.store.rejected.items():
         assert path in kv, f"rejected {path!r} is not an input key"
     if confd.store.blocking_rejections():
         return  # confd refuses to render (keeps the last good file): nothing new reaches BIRD

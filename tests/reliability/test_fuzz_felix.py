@@ -186,7 +186,7 @@ def test_fuzz_felix_hostile_policy_programs_cleanly(kernel, kv, with_sane):
         if key is None:
             continue
         calc.on_update(u.kind, key, u.value if u.kind == "put" else u.error)
-    for path, reason in calc.take_errors():
+    for path, _reason in calc.take_errors():
         assert path in kv, f"calculator error names {path!r}, not an input key"
         kernel.rejected += 1
     desired = calc.desired()

@@ -1,4 +1,8 @@
-"""An external BGP router for system tests: plain BIRD in its own namespace on the fabric."""
+"""An external BGP router for system tests: plain BIRD in its own namespace on the fabric.
+
+With peers in its own AS it acts as a route reflector (like a ToR in a Calico
+AS-per-rack design); with peers in another AS it is a plain eBGP neighbour.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ class BgpRouter:
         if announce:
             conf.append(f"protocol static {{ route {announce} blackhole; }}")
         for ip, peer_as in peers:
+            rr = " rr client;" if peer_as == asn else " next hop keep;"
             conf.append(f"protocol bgp p_{ip.replace('.', '_')} {{ local as {asn}; neighbor {ip} as {peer_as};"
-                        " import all; export all; next hop keep; }")
+                        f" import all; export all;{rr} }}")
         self.conf = os.path.join(self.dir, "bird.cfg")
         with open(self.conf, "w") as f:
             f.write("\n".join(conf) + "\n")

@@ -185,7 +185,7 @@ def test_etcd_outage_keeps_traffic_and_recovers(cluster3):
 
 
 def test_mesh_off_with_global_peer_router():
-    """Mesh off; an external BIRD router peers with both nodes and carries their routes."""
+    """Mesh off; an external BIRD route reflector (same AS, like a ToR) peers with both nodes and carries their routes."""
     from tests.system.router import BgpRouter
 
     with Cluster(n_nodes=2, start=False) as c:
@@ -194,9 +194,9 @@ def test_mesh_off_with_global_peer_router():
         a.ctl("profile", "add", "open")
         a.ctl("profile", "open", "rule", "update", input=json.dumps(ALLOW_ALL))
         a.ctl("bgp", "node-mesh", "off")
-        router = BgpRouter(c, host=200, asn=64512, peers=[(n.ip, 64511) for n in c.nodes])
+        router = BgpRouter(c, host=200, asn=64511, peers=[(n.ip, 64511) for n in c.nodes])
         try:
-            a.ctl("bgp", "peer", "add", router.ip, "as", "64512")
+            a.ctl("bgp", "peer", "add", router.ip, "as", "64511")
             for n in c.nodes:
                 c.start_node(n)
             wait_for(lambda: all("Established" in n.ctl("status", check=False).stdout for n in c.nodes),
