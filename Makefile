@@ -42,3 +42,7 @@ bench-dataplane: deps
 bench-felix: deps
 	$(PY) bench/bench_felix.py --backend nft
 	$(PY) bench/bench_felix.py --backend legacy
+
+# bench-felix (both backends) + bench-confd + cluster + scale, then docs/benchmarks.md and docs/benchmarks-scale.png
+bench: deps
+	$(PY) bench/report.py

@@ -114,7 +114,7 @@ def start_and_time(c: Cluster, nodes: list[Node], timeout: float = 60) -> list[d
         starts.append(time.time())
         c.start_node(n)
     res = []
-    for n, p, t0 in zip(nodes, probes, starts):
+    for n, p, t0 in zip(nodes, probes, starts, strict=True):
         out, _ = p.communicate(timeout=timeout + 30)
         got = json.loads(out.strip().splitlines()[-1])
         if got["ready"] is None:

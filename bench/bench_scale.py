@@ -33,9 +33,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.bench_dataplane import floor_ipset, floor_iptables, floor_routes, ifname, make_interfaces  # noqa: E402
+from bench.bench_dataplane import (  # noqa: E402
+    endpoint_ip,
+    floor_ipset,
+    floor_iptables,
+    floor_routes,
+    ifname,
+    make_interfaces,
+)
 from bench.bench_felix import HOST, floor_state, kernel_routes, populate  # noqa: E402
-from bench.bench_dataplane import endpoint_ip  # noqa: E402
 
 FELIX = os.path.join(ROOT, ".venv", "bin", "calico-felix")
 LIMIT = 300.0  # seconds; a cold start slower than this is reported as a failure

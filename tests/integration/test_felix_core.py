@@ -381,3 +381,35 @@ def test_waits_for_ready_and_survives_etcd_outage(fh):
     fh.put_profile("open", [{"action": "deny"}], ALLOW_ALL)
     eventually(lambda: not a.ping(b.ip4), 30, "change after the outage applied")
     assert fh.felix_alive()
+
+
+def test_dispatch_tree_with_many_endpoints(fh):
+    """40 endpoints: the dispatch chains branch by name prefix; traffic flows between leaves, and an
+    interface without an endpoint is dropped at dispatch (b never sees its packets)."""
+    a, b, c = fh.workloads
+    _ready(fh)
+    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_endpoint(a, ["open"])
+    fh.put_endpoint(b, ["open"])
+    for i in range(40):                       # endpoints on veths with no workload behind them
+        name = f"cali{i:02d}x"
+        fh.host.run("ip", "link", "add", name, "type", "veth", "peer", "name", f"peer{i:02d}x")
+        fh.put(f"/calico/v1/host/{fh.hostname}/workload/test/d{i}/endpoint/e",
+               {"state": "active", "name": name, "profile_ids": ["open"], "ipv4_nets": [f"10.66.0.{i}/32"]})
+    fh.start_felix()
+    fh.wait_programmed(b)
+    eventually(lambda: any(ch.startswith("felix-fd-") for ch in fh.felix_chains(4)), 15, "dispatch tree")
+    expect("between leaves of the tree", allowed=[x for v in (4, 6) for x in (P(a, b, v), P(b, a, v))])
+    save = fh.iptables_save(4)
+    lengths = {}
+    for line in save.splitlines():
+        if line.startswith("-A felix-fd-") or line.startswith("-A felix-FROM-ENDPOINT"):
+            ch = line.split()[1]
+            lengths[ch] = lengths.get(ch, 0) + 1
+    assert max(lengths.values()) <= 18, lengths
+    # c's interface matches the prefix but is no endpoint: dropped before it reaches b
+    b.ns.run("iptables", "-I", "INPUT", "-s", c.ip4, "-j", "ACCEPT")
+    assert not c.ping(b.ip4)
+    counters = b.ns.run("iptables", "-L", "INPUT", "-v", "-n", "-x").stdout
+    line = next(ln for ln in counters.splitlines() if c.ip4 in ln)
+    assert int(line.split()[0]) == 0, f"packets from an unknown interface reached b: {line}"
