@@ -120,11 +120,23 @@ def start_and_time(c: Cluster, nodes: list[Node], timeout: float = 60) -> list[d
         if got["ready"] is None:
             raise SystemExit(f"{n.name} not ready within {timeout}s: {got}\n{c.node_output(n)[-2000:]}")
         res.append({k: (v - t0 if v is not None else None) for k, v in got.items()})
-    for n in nodes:  # the official check agrees (not timed: it spawns a Python per service)
-        r = n.ns.run("env", f"CALICO_RUN_DIR={n.dirs['run']}", os.path.join(ROOT, ".venv", "bin", "calico-node"),
-                     "-ready", check=False, timeout=30)
-        if r.returncode != 0:
-            print(f"  warning: `calico-node -ready` on {n.name} says: {r.stdout.strip()} {r.stderr.strip()}")
+    # The official check (`calico-node -ready`, what a container health check runs) must
+    # agree; it spawns a Python per service, so it is polled back to back and the time of
+    # the first call that passes is a coarse figure (its own duration is the resolution).
+    for n, r, t0 in zip(nodes, res, starts, strict=True):
+        last = ""
+        while True:
+            t_call = time.time()
+            p = n.ns.run("env", f"CALICO_RUN_DIR={n.dirs['run']}",
+                         os.path.join(ROOT, ".venv", "bin", "calico-node"), "-ready", check=False, timeout=30)
+            if p.returncode == 0:
+                r["official"] = t_call - t0
+                break
+            last = (p.stdout.strip() + " " + p.stderr.strip()).strip()
+            if t_call - t0 > timeout:
+                raise SystemExit(f"`calico-node -ready` on {n.name} never passed: {last}")
+        if last and r["official"] > r["ready"] + 0.5:
+            r["official_lag_reason"] = last
     return res
 
 
@@ -208,6 +220,7 @@ def run(a: argparse.Namespace) -> dict:
         for r in both:
             print(f"node start -> ready (both nodes started together): {r['ready']:.2f} s "
                   f"(felix ready {r['felix']:.2f} s, BGP established {r['bgp']:.2f} s)", flush=True)
+            _official(r)
         ready += both
         for k in range(a.restarts):
             c.stop_node(nb)
@@ -215,6 +228,7 @@ def run(a: argparse.Namespace) -> dict:
             r = start_and_time(c, [nb])[0]
             print(f"node start -> ready (restart {k + 1} of {nb.name}): {r['ready']:.2f} s "
                   f"(felix ready {r['felix']:.2f} s, BGP established {r['bgp']:.2f} s)", flush=True)
+            _official(r)
             ready.append(r)
 
         samples = bgp_convergence(c, na, nb, a.workloads)
@@ -245,6 +259,11 @@ def run(a: argparse.Namespace) -> dict:
     }
     print(f"cluster benchmark took {result['runtime_s']:.0f} s")
     return result
+
+
+def _official(r: dict) -> None:
+    print(f"  `calico-node -ready` first passed at {r['official']:.2f} s"
+          + (f" (before that it said: {r['official_lag_reason']})" if r.get("official_lag_reason") else ""))
 
 
 def _session_down(node: Node) -> bool:

@@ -56,10 +56,38 @@ def _ns_cleanup(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def settle(limit: float = 15.0) -> float:
+    """Wait until the kernel has finished tearing down earlier namespaces; returns the seconds waited.
+
+    `ip netns del` returns at once, but the kernel then unregisters the
+    namespace's devices in the background under the RTNL lock (about 1.3 s for
+    10,000 veths here), which would stall the next size's route writes and
+    inflate its figures.  Settled = a veth add + delete in a scratch namespace
+    takes under 150 ms twice in a row (or `limit` passes).
+    """
+    scratch = f"bscale{os.getpid()}-settle"
+    subprocess.run(["ip", "netns", "add", scratch], check=True)
+    t0 = time.perf_counter()
+    try:
+        fast = 0
+        while fast < 2 and time.perf_counter() - t0 < limit:
+            t = time.perf_counter()
+            subprocess.run(["ip", "-n", scratch, "link", "add", "st0", "type", "veth", "peer", "name", "st1"],
+                           check=True, capture_output=True)
+            subprocess.run(["ip", "-n", scratch, "link", "del", "st0"], check=True, capture_output=True)
+            fast = fast + 1 if time.perf_counter() - t < 0.15 else 0
+        return time.perf_counter() - t0
+    finally:
+        subprocess.run(["ip", "netns", "del", scratch], capture_output=True)
+
+
 def one_size(n: int, a: argparse.Namespace) -> dict:
     """Namespaces + veths for size n, then the timed part runs inside the Felix namespace."""
     felix_ns, floor_ns = f"bscale{os.getpid()}-{n}", f"bscale{os.getpid()}-{n}fl"
     try:
+        waited = settle()
+        if waited > 1:
+            print(f"[{n} endpoints] waited {waited:.1f} s for the kernel to finish earlier namespace teardown")
         for ns in (felix_ns, floor_ns):
             subprocess.run(["ip", "netns", "add", ns], check=True)
             subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
@@ -68,6 +96,7 @@ def one_size(n: int, a: argparse.Namespace) -> dict:
         make_interfaces(felix_ns, names)
         make_interfaces(floor_ns, names)
         print(f"[{n} endpoints] {n} veth pairs in each of two namespaces in {time.perf_counter() - t:.1f} s", flush=True)
+        settle()  # their creation has settled too before anything is timed
         argv = [sys.executable, os.path.abspath(__file__), "--inner", str(n), "--floor-ns", floor_ns,
                 "--profiles", str(a.profiles), "--tags", str(a.tags), "--backend", a.backend]
         r = subprocess.run(["ip", "netns", "exec", felix_ns] + argv, stdout=subprocess.PIPE, text=True)
@@ -155,6 +184,8 @@ async def inner(a: argparse.Namespace) -> int:
         text = open(log_path).read()
         m = re.search(r"dataplane programmed: .*total (\d+) ms", text)
         internal = int(m.group(1)) / 1000 if m else None
+        m = re.search(r"dataplane programmed: [^\n]*? in [\d.]+s \(([^)\n]*)\)", text)
+        breakdown = m.group(1) if m else ""
         errors = [ln for ln in text.splitlines() if "ERROR" in ln or "Traceback" in ln]
 
         s = floor_state(spec)
@@ -163,10 +194,12 @@ async def inner(a: argparse.Namespace) -> int:
         floor = sum(fl.values())
         res = {"endpoints": n, "cold_s": cold, "routes_s": t_routes, "felix_apply_s": internal,
                "floor_s": floor, "floor_parts_s": fl, "hwm_mib": mem.get("VmHWM"), "rss_mib": mem.get("VmRSS"),
-               "errors": errors[:5]}
+               "felix_apply_breakdown": breakdown, "errors": errors[:5]}
         print(f"[{n} endpoints] cold start {cold:.2f} s (routes complete {t_routes:.2f} s; felix's own apply "
               f"{internal if internal is not None else float('nan'):.2f} s), floor {floor:.2f} s "
               f"(ratio {cold / floor:.1f}), peak RSS {res['hwm_mib']:.0f} MiB", flush=True)
+        print(f"[{n} endpoints] felix's first apply: {breakdown}; floor: ipset {fl['ipset'] * 1000:.0f} ms, "
+              f"iptables {fl['iptables'] * 1000:.0f} ms, routes {fl['routes'] * 1000:.0f} ms", flush=True)
         for e in errors[:5]:
             print(f"  felix log: {e}")
         print("RESULT " + json.dumps(res), flush=True)

@@ -206,12 +206,12 @@ PARAMS: dict[str, Param] = {p.name.lower(): p for p in [
     Param("EndpointReportingEnabled", _bool, False),
     Param("EndpointReportingDelaySecs", _secs, 1.0),
     Param("LogSeverityScreen", _loglevel, "info"),
+    # accepted for compatibility with classic configs; Felix logs to stdout only
+    # (supervisord captures and rotates it), so these are logged but have no effect
     Param("LogSeverityFile", _loglevel, "none"),
     Param("LogSeveritySys", _loglevel, "none"),
     Param("LogFilePath", _str, "none"),
     Param("Ipv6Support", _bool, True, live=False),
-    Param("ChainInsertMode", _enum("insert", "append"), "insert", live=False),
-    Param("MaxIpsetSize", _int_range(1, 1 << 24), 1048576, live=False),
     # issue 5: health, metrics, host endpoints, overlays, NAT
     Param("HealthEnabled", _bool, False, live=False),
     Param("HealthHost", _str, "127.0.0.1", live=False),

@@ -61,8 +61,10 @@ class Felix:
         self.retry_pending = False
         self.tasks: list[asyncio.Task] = []
         self.ifaces_up: set[str] = set()
+        self.iface_index: dict[str, int] = {}
         self.stats = {"batches": 0, "updates": 0, "applies": 0, "apply_errors": 0}
         self.endpoint_status = None
+        self._warned: set[str] = set()
         self.sysctl = None
         self._pending: list[Update] = []
         self.addons = Addons(self)        # overlay, NAT, health, metrics (felix/addons.py)
@@ -88,10 +90,16 @@ class Felix:
 
     def _calc_config(self, cfg: Config) -> CalcConfig:
         return CalcConfig(hostname=self.hostname, iface_prefix=cfg.InterfacePrefix,
-                          endpoint_to_host_action=cfg.DefaultEndpointToHostAction, ipv6=cfg.Ipv6Support)
+                          endpoint_to_host_action=cfg.DefaultEndpointToHostAction, ipv6=cfg.Ipv6Support,
+                          failsafe_inbound=cfg.FailsafeInboundHostPorts,
+                          failsafe_outbound=cfg.FailsafeOutboundHostPorts)
 
     def _config_changed(self) -> None:
         new = self._resolve_config()
+        for w in new.warnings:
+            if w not in self._warned:           # a bad value written after start: logged once
+                self._warned.add(w)
+                log.warning("config: %s", w)
         changed = self.cfg.restart_needed(new)
         if changed:
             raise FelixExit(EXIT_CONFIG_CHANGED,
@@ -121,6 +129,12 @@ class Felix:
             if self.driver is not None:
                 with contextlib.suppress(Exception):
                     self.driver.routes.close()
+            if self.sysctl is not None:
+                self.sysctl.close()
+            client = getattr(self, "client", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 1)
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         t = asyncio.create_task(coro, name=name)
@@ -172,7 +186,7 @@ class Felix:
     async def _handle(self, items: list[tuple[str, object]]) -> None:
         t0 = time.monotonic()
         dirty = False
-        refresh_ipt = refresh_routes = False
+        refresh_ipt = refresh_routes = refresh_sets = False
         new_ifaces: list[str] = []
         for what, payload in items:
             if what == "died":
@@ -180,14 +194,16 @@ class Felix:
             if what == "batch":
                 dirty |= self._on_batch(payload)
             elif what == "iface":
-                name, state = payload
-                dirty |= self._on_iface(name, state)
+                name, state, index = payload
+                dirty |= self._on_iface(name, state, index)
                 if state == "up":
                     new_ifaces.append(name)
             elif what == "refresh-iptables":
                 refresh_ipt = True
             elif what == "refresh-routes":
                 refresh_routes = True
+            elif what == "refresh-ipsets":
+                refresh_sets = True
             elif what == "retry":
                 self.retry_pending = False
                 dirty = True
@@ -209,6 +225,8 @@ class Felix:
                 await self.addons.refresh()
             if refresh_routes:
                 await self.driver.refresh_routes()
+            if refresh_sets:
+                await self.driver.refresh_ipsets()
             self._applied_ok()
         except DataplaneError as e:
             self._apply_failed(e)
@@ -276,17 +294,28 @@ class Felix:
         for k, reason in self.calc.take_errors():
             log.warning("ignoring invalid data at %s: %s", k, reason)
 
-    def _on_iface(self, name: str, state: str) -> bool:
+    def _on_iface(self, name: str, state: str, index: int) -> bool:
         if state == "up":
             self.ifaces_up.add(name)
         else:
             self.ifaces_up.discard(name)
+        prev = self.iface_index.pop(name, None)
+        if state != "gone":
+            self.iface_index[name] = index
         if self.driver is None:
             return False
+        if prev is None and state != "gone" and not self.driver.routes.stats.get("deferred", 1):
+            # First report of an interface (the monitor's initial dump) while every route is
+            # programmed: the route writer resolved it already, re-queueing 1,000 interfaces
+            # would only burn CPU.  Re-created interfaces (a new index) always re-queue.
+            return self.endpoint_status is not None
         self.driver.routes.interface_changed(name)
         return True
 
     def _push(self) -> None:
+        if self.calc.policy.hosts.needs_addrs():   # host endpoints by expected address (issue 5)
+            from felix.hostaddrs import read_interface_addrs
+            self.calc.policy.hosts.set_interface_addrs(read_interface_addrs(self.netns))
         desired = self.calc.desired()
         self.driver.push(desired)
         if self.endpoint_status is not None:
@@ -299,6 +328,7 @@ class Felix:
         """First IN_SYNC: resolve config, build writers, program everything, then clean up."""
         self.cfg = self._resolve_config()
         self.cfg.log_all(log, already_warned=set(self.boot.warnings))
+        self._warned = set(self.boot.warnings) | set(self.cfg.warnings)
         set_log_level(self.cfg.LogSeverityScreen)
         self.calc = Calculator(self._calc_config(self.cfg))
         self.addons.configure(self.cfg)
@@ -334,6 +364,7 @@ class Felix:
         self.addons.after_apply()
         self._spawn(self._ticker("refresh-iptables", "IptablesRefreshInterval"), "iptables-refresh")
         self._spawn(self._ticker("refresh-routes", "RouteRefreshInterval"), "route-refresh")
+        self._spawn(self._ticker("refresh-ipsets", "IpsetsRefreshInterval"), "ipset-refresh")
         if self.cfg.ReportingIntervalSecs:
             from felix.status import StatusReporter
             rep = StatusReporter(self.client, self.hostname, self.cfg.ReportingIntervalSecs,
@@ -367,7 +398,7 @@ class Felix:
         from felix.dataplane.interfaces import InterfaceMonitor
 
         def changed(name: str, state: str, index: int) -> None:
-            self.queue.put_nowait(("iface", (name, state)))
+            self.queue.put_nowait(("iface", (name, state, index)))
 
         self.ifmon = InterfaceMonitor(self.netns, self.cfg.InterfacePrefix, changed)
         t = self.ifmon.start()

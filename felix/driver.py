@@ -129,6 +129,8 @@ class DataplaneDriver:
 
     async def refresh_iptables(self) -> None:
         await asyncio.gather(*(self.tables[v].refresh() for v in self.versions))
+
+    async def refresh_ipsets(self) -> None:
         await asyncio.gather(*(self.ipsets[v].refresh() for v in self.versions))
 
     async def refresh_routes(self) -> None:

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import names
+from .hostendpoints import DEFAULT_FAILSAFE_IN, DEFAULT_FAILSAFE_OUT
 from .model import (
     Endpoint,
     ProfileRules,
@@ -25,6 +26,8 @@ from .model import (
     profile_rules_from_value,
     tags_from_value,
 )
+from .policy import KINDS as POLICY_KINDS
+from .policy import PolicyCalculator
 from .rules import MARK_ACCEPT, MARK_SRC_OK, RuleError, render_rule, rule_lines
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class CalcConfig:
     iface_prefix: str = "cali"
     endpoint_to_host_action: str = "DROP"     # DROP | RETURN | ACCEPT
     ipv6: bool = True
+    failsafe_inbound: tuple = DEFAULT_FAILSAFE_IN     # ((proto, port), ...): host endpoints
+    failsafe_outbound: tuple = DEFAULT_FAILSAFE_OUT
 
 
 class Calculator:
@@ -76,6 +81,7 @@ class Calculator:
         self._prof_cache: dict[tuple[str, int], tuple[ProfileRules, dict[str, list[str]]]] = {}
         self._dispatch_cache: dict[tuple, list[str]] = {}
         self._iface_owner: dict[str, str] = {}
+        self.policy = PolicyCalculator(cfg.hostname)    # tiers, label index, host endpoints
 
     # ---- input ----------------------------------------------------------------------
 
@@ -96,7 +102,8 @@ class Calculator:
         """
         k = getattr(key, "kind", None)
         path = getattr(key, "path", "")
-        if k not in ("workload_endpoint", "profile_rules", "profile_tags", "profile_labels"):
+        if k not in ("workload_endpoint", "profile_rules", "profile_tags", "profile_labels") \
+                and k not in POLICY_KINDS:
             return
         if kind == "put":
             try:
@@ -118,6 +125,9 @@ class Calculator:
                 raise ValueError(f"interface {ep.iface!r} does not start with InterfacePrefix "
                                  f"{self.cfg.iface_prefix!r}")
             self._set_endpoint(ep)
+            self.policy.set_endpoint(ep)
+        elif k in POLICY_KINDS:
+            self.policy.put(k, key, value)
         elif k == "profile_rules":
             self.rules[key.profile] = profile_rules_from_value(value)
         elif k == "profile_tags":
@@ -126,16 +136,21 @@ class Calculator:
             if not isinstance(value, dict):
                 raise ValueError("labels must be a mapping")
             self.labels[key.profile] = {str(a): str(b) for a, b in value.items()}
+            self.policy.set_profile_labels(key.profile, self.labels[key.profile])
 
     def _remove(self, k: str, key: object) -> None:
         if k == "workload_endpoint":
             self._del_endpoint(key.path)
+            self.policy.remove_endpoint(key.path)
+        elif k in POLICY_KINDS:
+            self.policy.remove(k, key)
         elif k == "profile_rules":
             self.rules.pop(key.profile, None)
         elif k == "profile_tags":
             self.tags.pop(key.profile, None)
         elif k == "profile_labels":
             self.labels.pop(key.profile, None)
+            self.policy.set_profile_labels(key.profile, None)
 
     def _set_endpoint(self, ep: Endpoint) -> None:
         self._del_endpoint(ep.key)
@@ -189,6 +204,7 @@ class Calculator:
                         "OUTPUT": [f"-j {names.OUTPUT}"]}
             for tag in sorted(used_tags):
                 fs.ipsets[names.tag_ipset(tag, v)] = self._tag_members(tag, v)
+            self.policy.contribute(fs, v, self)     # policy chains, selector ipsets, host endpoints
         routes: dict[str, frozenset[str]] = {}
         neigh: dict[str, dict[str, str]] = {}
         for ep in self.local.values():
@@ -225,7 +241,8 @@ class Calculator:
 
     def _endpoint_chains(self, ep: Endpoint, v: int, valid_profiles: frozenset[str]) -> dict[str, list[str]]:
         profs = tuple(p for p in ep.profile_ids if p in valid_profiles)
-        inputs = (ep, profs)
+        pol = self.policy.endpoint_lines(ep.key, v)    # tiered policy lines (policy.py)
+        inputs = (ep, profs, pol)
         hit = self._ep_cache.get((ep.key, v))
         if hit is not None and hit[0] == inputs:
             return hit[1]
@@ -247,6 +264,8 @@ class Calculator:
             else:
                 from_lines += [f"-s {n} -j MARK --set-xmark {MARK_SRC_OK}/{MARK_SRC_OK}" for n in nets]
                 from_lines.append(f"-m mark ! --mark {MARK_SRC_OK}/{MARK_SRC_OK} -j DROP")
+            to_lines += pol[0]
+            from_lines += pol[1]
             for p in profs:
                 to_lines += [f"-j {names.profile_chain(p, 'i')}",
                              f"-m mark --mark {MARK_ACCEPT}/{MARK_ACCEPT} -j RETURN"]

@@ -8,6 +8,7 @@ ValueError naming the field; the caller logs it with the key.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ def _get(obj: object, name: str, default: object = None) -> object:
     if v is default and hasattr(obj, "model_extra") and obj.model_extra:
         v = obj.model_extra.get(name, default)
     return v
+
+
+def _workload_net(text: str, version: int) -> str:
+    """A CIDR a workload may own: Felix routes it to the workload's interface, so a
+    default route, loopback, multicast, link-local (the gateway lives there) or
+    unspecified net would hijack or break the host's own routing."""
+    cidr = validate_cidr(text, version)
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen == 0 or net.is_loopback or net.is_multicast or net.is_link_local \
+            or net.network_address.is_unspecified:
+        raise ValueError(f"ipv{version}_nets: {cidr} cannot belong to a workload")
+    return cidr
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def endpoint_from_value(key: object, value: object) -> Endpoint:
         raw = _get(value, f"ipv{v}_nets") or []
         if isinstance(raw, str) or not isinstance(raw, list | tuple):
             raise ValueError(f"ipv{v}_nets must be a list")
-        nets[v] = tuple(dict.fromkeys(validate_cidr(str(n), v) for n in raw))
+        nets[v] = tuple(dict.fromkeys(_workload_net(str(n), v) for n in raw))
     labels = _get(value, "labels") or {}
     if not isinstance(labels, Mapping):
         raise ValueError("labels must be a mapping")

@@ -315,6 +315,8 @@ class RouteWriter:
             elif err == errno.ENODEV and op.op == "replace":
                 self._ifindex.pop(self._routes[dst].ifname, None)  # interface went away: wait for it
                 deferred += 1
+            elif err == errno.ENETDOWN and op.op == "replace":
+                deferred += 1  # interface exists but is down: stays queued until it comes up
             else:
                 errors.append(f"route {op.op} {dst}: {os.strerror(err)}")
         return deferred, errors

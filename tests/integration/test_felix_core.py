@@ -270,10 +270,11 @@ def test_drift_is_repaired(fh):
     """Acceptance 4: a deleted felix chain and a deleted workload route come back; others' rules untouched."""
     a, b, _ = fh.workloads
     _ready(fh)
-    fh.put_profile("open", ALLOW_ALL, ALLOW_ALL)
+    fh.put_profile("open", [{"action": "allow", "src_tag": "open"}], ALLOW_ALL, tags=["open"])
     fh.put_endpoint(a, ["open"])
     fh.put_endpoint(b, ["open"])
-    fh.start_felix(FELIX_IPTABLESREFRESHINTERVAL="2", FELIX_ROUTEREFRESHINTERVAL="2")
+    fh.start_felix(FELIX_IPTABLESREFRESHINTERVAL="2", FELIX_ROUTEREFRESHINTERVAL="2",
+                   FELIX_IPSETSREFRESHINTERVAL="2")
     fh.wait_programmed(b)
     eventually(lambda: a.ping(b.ip4), 15, "a->b")
     save = fh.iptables_save(4)
@@ -284,11 +285,13 @@ def test_drift_is_repaired(fh):
     fh.host.run(ipt, "-F", "felix-FORWARD")
     fh.host.run(ipt, "-X", "felix-FORWARD")
     fh.host.run("ip", "route", "del", f"{b.ip4}/32", "dev", b.ifname)
+    fh.host.run("ipset", "del", "felix-v4-open", a.ip4)
     assert "felix-FORWARD" not in fh.felix_chains(4)
     t0 = time.monotonic()
     eventually(lambda: "felix-FORWARD" in fh.felix_chains(4)
                and "-j felix-FORWARD" in fh.iptables_save(4), 10, "chain and hook restored")
     eventually(lambda: f"{b.ip4} dev {b.ifname}" in fh.routes(4), 10, "route restored")
+    eventually(lambda: a.ip4 in fh.host.run("ipset", "list", "felix-v4-open").stdout, 10, "ipset member restored")
     assert time.monotonic() - t0 < 8
     assert "-s 192.0.2.1/32 -j DROP" in fh.iptables_save(4), "non-felix rule untouched"
     lines = [ln for ln in fh.iptables_save(4).splitlines() if ln.startswith("-A FORWARD")]
@@ -352,6 +355,11 @@ def test_config_and_status(fh):
     assert "EndpointReportingEnabled = True (from host key" in log
     assert "InterfacePrefix = 'cali' (from default)" in log
     assert len([ln for ln in log.splitlines() if "NoSuchParam" in ln]) == 1, "unknown parameter warned once"
+    fh.put("/calico/v1/config/RouteRefreshInterval", "often")          # bad value after start
+    eventually(lambda: "RouteRefreshInterval from global key" in fh.log(), 10, "bad live value logged")
+    fh.put("/calico/v1/config/IptablesRefreshInterval", "30")           # unrelated change: no repeat
+    eventually(lambda: "IptablesRefreshInterval changed to 30.0" in fh.log(), 10, "live change logged")
+    assert fh.log().count("invalid value for RouteRefreshInterval") == 1
     fh.delete(fh.ep_key(a))
     eventually(lambda: fh.etcd.get(ep_status) is None, 10, "endpoint status removed")
     # a parameter that cannot change live: clean exit with the restart code
@@ -413,3 +421,11 @@ def test_dispatch_tree_with_many_endpoints(fh):
     counters = b.ns.run("iptables", "-L", "INPUT", "-v", "-n", "-x").stdout
     line = next(ln for ln in counters.splitlines() if c.ip4 in ln)
     assert int(line.split()[0]) == 0, f"packets from an unknown interface reached b: {line}"
+    # those 40 interfaces are down: their routes wait (no error, Felix fine) and appear once one is up
+    assert "10.66.0.5 dev cali05x" not in fh.routes(4)
+    fh.host.run("ip", "link", "set", "cali05x", "up")
+    fh.host.run("ip", "link", "set", "peer05x", "up")
+    eventually(lambda: "10.66.0.5 dev cali05x" in fh.routes(4), 10, "route once the interface is up")
+    eventually(lambda: fh.host.run("sysctl", "-n", "net.ipv4.conf.cali05x.proxy_arp").stdout.strip() == "1",
+               10, "sysctls written when the interface came up")
+    assert fh.felix_alive() and "ERROR" not in fh.log()

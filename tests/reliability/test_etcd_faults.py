@@ -44,12 +44,12 @@ def test_cluster_member_loss_fails_over_without_restart(etcd_cluster, tmp_path):
             if revived is not None:
                 c.restart(revived)
             c.kill(victim)
+            t0 = time.monotonic()  # end to end: leader election, client failover, resync
             for i in range(0, 10, 2):
                 c.put(tags_key(f"k{i}"), f'["r{round_}-{i}"]')
             c.delete(tags_key(f"k{round_ * 2 + 1}"))
             c.put(tags_key(f"new{round_}"), f'["n{round_}"]')
             want = etcd_raw_state(c.etcdctl, P)
-            t0 = time.monotonic()
             probe.wait_state(want, timeout=30, what=f"round {round_}: member {victim} killed")
             failover_times.append(time.monotonic() - t0)
         assert probe.pid == pid and probe.proc.poll() is None, "the client was never restarted"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 from collections import Counter
 
@@ -57,7 +56,7 @@ def flood(host: str) -> dict[str, str]:
 
 
 def valid(host: str, ifaces: list[str]) -> dict[str, str]:
-    kv = {"/calico/v1/policy/profile/good/rules": json.dumps({
+    kv = {"/calico/v1/Ready": "true", "/calico/v1/policy/profile/good/rules": json.dumps({
         "inbound_rules": [{"action": "allow", "src_tag": "good"}], "outbound_rules": [{"action": "allow"}]}),
         "/calico/v1/policy/profile/good/tags": '["good"]'}
     for i, ifname in enumerate(ifaces):
@@ -67,7 +66,7 @@ def valid(host: str, ifaces: list[str]) -> dict[str, str]:
     return kv
 
 
-_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[.,]\d+ \[(\w+)\] ([\w.]+): (.*)$")
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)[.,]\d+ \[(\w+)\] ([\w.]+): (.*)$")
 
 
 def error_kind(message: str) -> str:
@@ -94,7 +93,10 @@ def test_hostile_flood_of_invalid_keys_valid_endpoints_programmed_logs_rate_limi
 
         def programmed() -> bool:
             return fh.routes(4).count(" proto 80") >= N_VALID or len(fh.routes(4).splitlines()) >= N_VALID
-        wait_for(programmed, 90, interval=0.5, what=f"{N_VALID} routes; felix log tail:\n{fh.log()[-3000:]}")
+        try:
+            wait_for(programmed, 60, interval=0.5, what=f"{N_VALID} routes")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; routes:\n{fh.routes(4)[-500:]}\nfelix log tail:\n{fh.log()[-3000:]}") from None
         took = time.monotonic() - t0
         routes4 = fh.routes(4)
         for i, ifname in enumerate(ifaces):

@@ -300,3 +300,19 @@ def test_dispatch_one_new_endpoint_touches_few_chains():
     after = dispatch_chains("to", tuple(f"cali{i:011x}" for i in range(1001)), "cali")
     changed = [c for c in after if before.get(c) != after[c]]
     assert 1 <= len(changed) <= 3 and all(len(after[c]) <= 18 for c in changed)
+
+
+@pytest.mark.parametrize("net", ["0.0.0.0/0", "127.0.0.1/32", "224.0.0.5/32", "169.254.1.1/32", "0.0.0.0/32"])
+def test_endpoint_nets_that_would_hijack_host_routing_are_refused(net):
+    f = Feed()
+    f.ep("h1", "w1", "cali1", "10.0.0.1", [], ipv4_nets=[net])
+    assert f.c.desired().routes == {}
+    (key, reason), = f.c.take_errors()
+    assert key.endswith("/w1/endpoint/eth0") and net.split("/")[0] in reason
+
+
+def test_v6_link_local_and_default_refused():
+    for net in ("::/0", "fe80::1/128", "ff02::1/128", "::1/128"):
+        f = Feed()
+        f.ep("h1", "w1", "cali1", "10.0.0.1", [], ipv6_nets=[net])
+        assert f.c.desired().routes == {} and f.c.take_errors()
