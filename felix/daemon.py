@@ -36,12 +36,21 @@ RETRY_BACKOFF = (0.2, 0.5, 1, 2, 4, 8, 15, 30)
 
 
 class FelixExit(Exception):
+    """Leave the loop with a process exit code (1: invariant lost, EXIT_CONFIG_CHANGED: restart me)."""
+
     def __init__(self, code: int, reason: str):
         super().__init__(reason)
         self.code = code
 
 
 class Felix:
+    """One Felix: owns the syncer, the calculator, the writers and the timers of one host.
+
+    `boot` is the env/file config (enough to reach etcd); the full config is
+    resolved at the first in-sync.  `netns` runs every writer inside that
+    namespace (None: our own), which is how tests and benchmarks drive it.
+    """
+
     def __init__(self, boot: Config, environ: dict[str, str] | None = None, netns: str | None = None):
         self.boot = boot
         self.environ = environ
@@ -115,6 +124,7 @@ class Felix:
     # ---- main -----------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Run until an exit condition; returns the process exit code (cancel it to stop: 0)."""
         try:
             return await self._run()
         except FelixExit as e:

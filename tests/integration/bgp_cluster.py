@@ -148,7 +148,7 @@ class Node:
         return self.ns.run("ip", "-6" if v6 else "-4", "route").stdout
 
     def bird_pid(self, v6: bool = False) -> int | None:
-        out = subprocess.run(["pgrep", "-f", f"^bird6? -f -s {self.sock(v6)} "], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-f", f"^bird6? -f -R -s {self.sock(v6)} "], capture_output=True, text=True).stdout
         pids = [int(p) for p in out.split()]
         return pids[0] if pids else None
 

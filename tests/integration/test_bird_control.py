@@ -51,7 +51,7 @@ class Shim:
                               capture_output=True, text=True)
 
     def bird_pid(self) -> int | None:
-        out = subprocess.run(["pgrep", "-f", f"^bird6? -f -s {self.sock} "], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-f", f"^bird6? -f -R -s {self.sock} "], capture_output=True, text=True).stdout
         pids = [int(p) for p in out.split()]
         return pids[0] if pids else None
 
@@ -97,7 +97,7 @@ def test_shim_waits_for_config_then_runs_bird(pair):
     wait_for(lambda: a.check("--check-live").returncode == 0, 10, what="BIRD answering on its socket")
     assert a.check("--check-ready").returncode == 0  # no BGP sessions configured: nothing to wait for
     log = a.log()
-    assert "starting bird -f -s " + a.sock + " -c " + a.cfg in log
+    assert "starting bird -f -R -s " + a.sock + " -c " + a.cfg in log
     assert " bird: " in log  # BIRD's own lines relayed with a timestamp prefix
 
 
