@@ -201,10 +201,11 @@ PARAMS: dict[str, Param] = {p.name.lower(): p for p in [
     Param("IptablesRefreshInterval", _secs, 90.0),
     Param("RouteRefreshInterval", _secs, 90.0),
     Param("IpsetsRefreshInterval", _secs, 90.0),
-    Param("ReportingIntervalSecs", _secs, 30.0),
-    Param("ReportingTTLSecs", _secs, 90.0),
-    Param("EndpointReportingEnabled", _bool, False),
-    Param("EndpointReportingDelaySecs", _secs, 1.0),
+    # the reporters are set up once at start: a change restarts Felix rather than being ignored
+    Param("ReportingIntervalSecs", _secs, 30.0, live=False),
+    Param("ReportingTTLSecs", _secs, 90.0, live=False),
+    Param("EndpointReportingEnabled", _bool, False, live=False),
+    Param("EndpointReportingDelaySecs", _secs, 1.0, live=False),
     Param("LogSeverityScreen", _loglevel, "info"),
     # accepted for compatibility with classic configs; Felix logs to stdout only
     # (supervisord captures and rotates it), so these are logged but have no effect

@@ -123,3 +123,37 @@ def test_hostile_flood_of_invalid_keys_valid_endpoints_programmed_logs_rate_limi
         assert sum(total_by_kind.values()) < 200, f"{sum(total_by_kind.values())} warning/error lines"
     finally:
         fh.close()
+
+
+def test_hostile_flood_confd_renders_valid_peers_logs_rate_limited(caplog, tmp_path):
+    """confd's side of the flood: 10,000 invalid BGP keys beside valid peers, through the syncer and
+    `Confd.apply` (what calico-confd runs per batch).  The valid peers render; the log stays short."""
+    import logging
+
+    from confd.daemon import Confd, Settings
+    from confd.render import PACKAGE_TEMPLATES, render_text
+    from libcalico.syncer import Syncer
+
+    g = "/calico/bgp/v1/global"
+    kv = {f"{g}/as_num": "64512", f"{g}/node_mesh": '{"enabled": true}',
+          "/calico/bgp/v1/host/node1/ip_addr_v4": "10.99.0.1"}
+    for i in range(50):
+        kv[f"{g}/peer_v4/10.98.{i}.1"] = json.dumps({"ip": f"10.98.{i}.1", "as_num": 65000 + i})
+    for i in range(4000):   # not JSON
+        kv[f"{g}/peer_v4/10.97.{i // 250}.{i % 250 + 1}"] = '{"ip": ' + "x" * (i % 20)
+    for i in range(3000):   # hostile AS numbers for other hosts
+        kv[f"/calico/bgp/v1/host/h{i}/as_num"] = f"{i}; protocol static x {{"
+    for i in range(3000):   # keys outside the datamodel
+        kv[f"/calico/bgp/v1/host/h{i};x/ip_addr_v4"] = "10.0.0.1"
+    confd = Confd(Settings(host="node1", ip4="10.99.0.1", ip6=None, run_dir=str(tmp_path), conf_dir=str(tmp_path)))
+    syncer = Syncer(client=None, prefixes=["/calico/"])
+    with caplog.at_level(logging.INFO):
+        t0 = time.monotonic()
+        confd.apply(syncer.diff(kv))
+        took = time.monotonic() - t0
+    text = render_text(PACKAGE_TEMPLATES, "bird.cfg.j2", confd.store.context())
+    assert all(f"Global_10_98_{i}_1" in text for i in range(50)), "every valid peer rendered"
+    errors = Counter(error_kind(r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING)
+    print(f"confd flood: applied in {took:.2f}s; warning/error lines {sum(errors.values())}: {dict(errors)}")
+    worst = errors.most_common(1)
+    assert worst[0][1] <= LINES_PER_SECOND_PER_KIND, f"confd log not rate-limited: {worst}"

@@ -152,6 +152,7 @@ def test_tcp_connection_survives_felix_restart(cluster3):
                         "s.bind(('0.0.0.0',9100));s.listen();c,_=s.accept()\n"
                         "while True:\n d=c.recv(100)\n if not d: break\n c.sendall(d)"])
     try:
+        wait_for(lambda: ":9100" in dst.run("ss", "-ltn").stdout, timeout=10, what="echo server listening")
         client = src.popen(["python3", "-u", "-c",
                             f"import socket,time,sys;c=socket.create_connection(('{dst_ip}',9100),timeout=5)\n"
                             "for i in range(40):\n c.sendall(b'x');assert c.recv(1)==b'x';time.sleep(0.25)\n"
