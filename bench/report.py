@@ -303,7 +303,8 @@ def write_doc(table: list[Row], status: dict, scale: dict | None, cluster: dict 
                    f"ping reply came p50 {b['ping_from_call_p50']:.2f} s / p99 {b['ping_from_call_p99']:.2f} s.")
     out += ["- **Node start -> ready** (bench/bench_cluster.py): `calico-node` spawned -> Felix's /readiness",
             "  answers 200 and BIRD has every mesh session Established, polled every 20 ms by a probe inside",
-            "  the node's namespace. First both nodes start together, then node B is restarted while A is up.",
+            "  the node's namespace. First both nodes start together (3 rounds), then node B is restarted",
+            "  alone 3 times while A is up. Cold starts are dominated by BIRD bringing the BGP session up.",
             "  The official `calico-node -ready` is then polled back to back (each call spawns Pythons, so",
             "  its time is coarse) and must pass too; the Notes column gives when it first did.",
             "- **Scale curve and RSS** (bench/bench_scale.py): for each size, etcd loaded first, N veths made",

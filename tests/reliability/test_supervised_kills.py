@@ -94,3 +94,48 @@ def test_sigkill_each_service_20_times_dataplane_equals_reference(netns_factory,
         if node is not None:
             node.stop(20)
         fabric.close()
+
+
+@pytest.mark.slow
+def test_full_log_disk_every_service_keeps_running(netns_factory, tmp_path):
+    """calico-node's whole log dir (supervisord's and every service's logs) on a tmpfs that fills up."""
+    fabric = Fabric(netns_factory)
+    disk = faults.SmallTmpfs(size_kb=256)
+    node = None
+    try:
+        fabric.etcd.start()
+        ns = fabric.node_ns(1)
+        wl = netns_factory("wd")
+        ifname = f"caliD{os.getpid() % 10000}"
+        veth(ns, ifname, wl, "eth0")
+        e = fabric.etcd
+        e.put("/calico/v1/policy/profile/web/rules", json.dumps({"inbound_rules": [{"action": "allow"}],
+                                                                  "outbound_rules": [{"action": "allow"}]}))
+        node = Node(ns, tmp_path / "noded", "noded", {"IP": f"{FABRIC_V4}.1", "ETCD_ENDPOINTS": fabric.endpoint,
+                                                     "CALICO_LOG_DIR": disk.path,
+                                                     "FELIX_LOGSEVERITYSCREEN": "debug"})
+        node.log_dir = disk.path
+        node.start()
+        before = node.wait_running(SERVICES, timeout=90)
+        assert all(os.path.isdir(os.path.join(disk.path, svc)) for svc in SERVICES), "logs live on the tmpfs"
+        disk.fill()
+        assert disk.free() == 0
+        # Work that makes every service log: an endpoint for Felix, a peer for confd and BIRD.
+        e.put("/calico/v1/host/noded/workload/k8s/w1/endpoint/e1", json.dumps({
+            "state": "active", "name": ifname, "profile_ids": ["web"], "ipv4_nets": ["10.65.8.1/32"],
+            "ipv6_nets": []}))
+        e.put("/calico/bgp/v1/host/peer2/ip_addr_v4", f"{FABRIC_V4}.2")
+        bird_cfg = node.conf_dir / "bird.cfg"
+        wait_for(lambda: "10.65.8.1" in faults.routes(ns), 40, 0.5, "endpoint programmed on a full disk")
+        wait_for(lambda: bird_cfg.exists() and "Mesh_10_98_0_2" in bird_cfg.read_text(), 40, 0.5,
+                 "confd renders on a full disk")
+        time.sleep(3)
+        after = node.states()
+        assert after == before, f"a service restarted or stopped while the log disk was full: {before} -> {after}"
+        assert node.proc.poll() is None, "supervisord survived the full disk"
+        print(f"full log disk: services {sorted(after)} kept their pids; endpoint and BGP peer applied")
+    finally:
+        if node is not None:
+            node.stop(20)
+        fabric.close()
+        disk.close()
