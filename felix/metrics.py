@@ -12,6 +12,7 @@ what prometheus-client does itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -65,10 +66,14 @@ class Metrics:
         log.info("Prometheus metrics on http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:
+        """Stop serving without waiting out the server's 0.5 s poll loop.
+
+        Felix only stops metrics on its way out; blocking in shutdown() made it outlive
+        a supervisor's short grace period. The serving thread is a daemon: it ends with us.
+        """
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            server, self._server = self._server, None
+            threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()
