@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(boot.LogSeverityScreen)
     for w in boot.warnings:
         log.warning("config: %s", w)
+    if boot.errors:
+        for e in boot.errors:
+            log.error("config: %s", e)
+        return 2
     try:
         return asyncio.run(_main(boot))
     except KeyboardInterrupt:

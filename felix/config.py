@@ -252,6 +252,7 @@ class Config:
     def __init__(self, values: dict[str, Value], warnings: list[str]):
         self._values = values
         self.warnings = warnings
+        self.errors: list[str] = []  # fatal: an env/file-only setting that does not parse
 
     def __getattr__(self, name: str) -> object:
         try:
@@ -319,6 +320,7 @@ class Config:
                                     f"config file; {source} ignored")
 
         values: dict[str, Value] = {}
+        errors: list[str] = []
         for lname, param in PARAMS.items():
             chosen: Value | None = None
             for kind, layer in layers:
@@ -331,6 +333,11 @@ class Config:
                     chosen = Value(param.parse(raw), source)
                     break
                 except (ValueError, TypeError) as e:
+                    if not param.datastore:
+                        # Process-level settings (etcd endpoints, TLS files, hostname) have
+                        # no safe fallback: guessing 127.0.0.1 would hide the mistake.
+                        errors.append(f"invalid value for {param.name} from {source}: {e}")
+                        break
                     warnings.append(f"invalid value for {param.name} from {source}: {e}; ignored")
             if chosen is None:
                 default = param.default
@@ -338,7 +345,9 @@ class Config:
                     default = hostname or socket.gethostname()
                 chosen = Value(default, "default")
             values[lname] = chosen
-        return cls(values, warnings)
+        cfg = cls(values, warnings)
+        cfg.errors = errors
+        return cfg
 
     def log_all(self, logger: logging.Logger = log, already_warned: frozenset[str] | set[str] = frozenset()
                 ) -> None:

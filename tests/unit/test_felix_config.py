@@ -128,3 +128,13 @@ def test_log_all_names_every_param_and_source(tmp_path, caplog):
     for p in PARAMS.values():
         assert f"config: {p.name} = " in text
     assert "(from default)" in text and text.count("Nope") == 1
+
+
+
+def test_bad_process_setting_is_fatal_not_a_silent_default():
+    """An unparseable env-only setting (etcd endpoints) must stop Felix, naming the variable."""
+    from felix.config import Config
+
+    cfg = Config.bootstrap(environ={"FELIX_ETCDENDPOINTS": "bogus:://x"})
+    assert any("FELIX_ETCDENDPOINTS" in e and "EtcdEndpoints" in e for e in cfg.errors), cfg.errors
+    assert not Config.bootstrap(environ={"FELIX_ETCDENDPOINTS": "http://127.0.0.1:2379"}).errors
