@@ -141,7 +141,8 @@ def test_tls_confd_renders_from_a_tls_etcd(tls_node, tmp_path):
 def test_tls_felix_programs_an_endpoint_and_diags_hold_no_secrets(netns_factory, tmp_path):
     fh = FelixHost(netns_factory, n_workloads=1, hostname="tlsfelix")
     try:
-        certs = make_tls_certs(str(tmp_path / "certs") if os.makedirs(tmp_path / "certs") is None else "")
+        (tmp_path / "certs").mkdir()
+        certs = make_tls_certs(str(tmp_path / "certs"))
         fh.etcd.close()
         fh.etcd = EtcdServer(netns=fh.host.name, tls=certs).start()
         w = fh.workloads[0]
