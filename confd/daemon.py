@@ -118,6 +118,7 @@ class Confd:
 
     def apply(self, batch: list[Any]) -> None:
         """Feed one syncer batch into the store and mark the resources that depend on it."""
+        self.store.reject_log.flush()
         for u in batch:
             if u.kind == "in_sync":
                 if not self.in_sync:
@@ -129,7 +130,8 @@ class Confd:
             if u.kind == "unknown":
                 if key not in self._unknown_logged:
                     self._unknown_logged.add(key)
-                    log.error("rejected %s: not a key of the datamodel (bad address or name in the key?)", key)
+                    self.store.reject_log.log("unknown key", logging.ERROR,
+                                   "rejected %s: not a key of the datamodel (bad address or name in the key?)", key)
                 continue
             if u.kind == "put":
                 if not self.store.relevant(u.parsed_key):

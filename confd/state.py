@@ -19,6 +19,7 @@ from typing import Any
 
 from libcalico import keys
 from libcalico.models import BgpPeer, BlockAffinity, InvalidValue, NodeMesh, Pool, parse_key_value
+from libcalico.ratelimit import RateLimitedLog
 from libcalico.validation import validate_asn, validate_cidr, validate_ip, validate_loglevel, validate_name
 
 log = logging.getLogger("confd.state")
@@ -58,6 +59,10 @@ class BgpStore:
     node: Node
     values: dict[str, tuple[keys.Key, Any]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    # One line per rejected key is right for a typo and wrong for a flood of 10,000 bad keys:
+    # the first few per second name their key, the rest are counted in one summary line.
+    reject_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, burst=10), repr=False,
+                                       compare=False)
 
     def relevant(self, key: keys.Key) -> bool:
         if key.kind not in BGP_KINDS:
@@ -85,7 +90,7 @@ class BgpStore:
         """Record an invalid value; the last valid one (if any) stays in force."""
         if self.rejected.get(path) != reason:
             kept = " (keeping its last valid value)" if path in self.values else ""
-            log.error("rejected %s: %s%s", path, reason, kept)
+            self.reject_log.log("rejected value", logging.ERROR, "rejected %s: %s%s", path, reason, kept)
         self.rejected[path] = reason
         return False
 

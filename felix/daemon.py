@@ -26,6 +26,7 @@ from felix.config import EXIT_CONFIG_CHANGED, Config
 from felix.dataplane.errors import DataplaneError
 from libcalico import keys
 from libcalico.datastore import DatastoreClient
+from libcalico.ratelimit import RateLimitedLog
 from libcalico.syncer import Syncer, Update
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Felix:
         self.host_cfg: dict[str, str] = {}
         self.global_cfg: dict[str, str] = {}
         self.calc: Calculator | None = None
+        # A flood of bad keys must not become a flood of log lines: a few per second, then a count.
+        self._bad_data_log = RateLimitedLog(log)
         self.driver = None
         self.ifmon = None
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -194,6 +197,7 @@ class Felix:
         await self.queue.put(("retry", None))
 
     async def _handle(self, items: list[tuple[str, object]]) -> None:
+        self._bad_data_log.flush()
         t0 = time.monotonic()
         dirty = False
         refresh_ipt = refresh_routes = refresh_sets = False
@@ -302,7 +306,7 @@ class Felix:
             return
         self.calc.on_update(u.kind, key, u.value if u.kind == "put" else u.error)
         for k, reason in self.calc.take_errors():
-            log.warning("ignoring invalid data at %s: %s", k, reason)
+            self._bad_data_log.log("invalid data", logging.WARNING, "ignoring invalid data at %s: %s", k, reason)
 
     def _on_iface(self, name: str, state: str, index: int) -> bool:
         if state == "up":

@@ -298,12 +298,24 @@ class PolicyCalculator:
             used.update(self.matching_policies(key))
         used.update(self.hosts.used_policies(prefix))
         sel_uids: set[str] = set()
+        tags: set[str] = set()
         for pk in sorted(used):
             fs.chains.update(self.policy_chains(pk, version))
-            sel_uids.update(self.policies[pk].rule_selector_uids)
+            entry = self.policies[pk]
+            sel_uids.update(entry.rule_selector_uids)
+            tags |= _entry_tags(entry)
         for uid in sorted(sel_uids):
             fs.ipsets[names.selector_ipset(uid, version)] = self.index.members(uid, version)
+        # Tags used by policy rules need their ipsets just as profile rules' tags do:
+        # a rule naming a set that does not exist makes the whole table's restore fail.
+        for tag in sorted(tags):
+            fs.ipsets.setdefault(names.tag_ipset(tag, version), calc._tag_members(tag, version))
         self.hosts.contribute(fs, version, calc)
+
+
+def _entry_tags(entry: PolicyEntry) -> set[str]:
+    return {r[f] for r in entry.inbound + entry.outbound
+            for f in ("src_tag", "dst_tag", "!src_tag", "!dst_tag") if r.get(f)}
 
 
 def tier_layout(policies: tuple[tuple[str, str], ...], direction: str) -> list[str]:
