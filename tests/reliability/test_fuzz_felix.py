@@ -163,6 +163,13 @@ class Kernel:
 
     def __init__(self) -> None:
         self.ns = Netns("fuzzfx")
+        try:
+            self._setup()
+        except BaseException:
+            self.ns.close()
+            raise
+
+    def _setup(self) -> None:
         for i, ifname in enumerate(IFACES + [SANE_IFACE]):
             self.ns.run("ip", "link", "add", ifname, "type", "veth", "peer", "name", f"fzpeer{i}")
             self.ns.run("ip", "link", "set", ifname, "up")
@@ -181,14 +188,16 @@ class Kernel:
             + self.ns.run("ipset", "save").stdout
 
     def close(self) -> None:
-        self.routes.close()
-        for task in asyncio.all_tasks(self.loop):
-            task.cancel()
-        self.loop.run_until_complete(asyncio.sleep(0.05))
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        # Not loop.close(): after a failure pytest still holds the traceback, whose frames hold
-        # subprocess transports; their __del__ would then call into a closed loop and print noise.
-        self.ns.close()
+        try:
+            self.routes.close()
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.run_until_complete(asyncio.sleep(0.05))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            # Not loop.close(): after a failure pytest still holds the traceback, whose frames hold
+            # subprocess transports; their __del__ would then call into a closed loop and print noise.
+        finally:
+            self.ns.close()  # the namespace goes whatever happened above
 
 
 @pytest.fixture(scope="module")
