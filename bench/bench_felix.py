@@ -247,17 +247,22 @@ async def inner(a: argparse.Namespace) -> int:
         print(f"felix peak RSS: {rss_kb / 1024:.1f} MiB")
         return 0 if not missing else 1
     finally:
-        if felix is not None and felix.poll() is None:
-            felix.terminate()
-            try:
-                felix.wait(10)
-            except subprocess.TimeoutExpired:
-                felix.kill()
-        await client.close()
-        etcd.close()
-        if os.environ.get("BENCH_KEEP_LOG"):
-            subprocess.run(["cp", log_path, os.environ["BENCH_KEEP_LOG"]])
-        subprocess.run(["rm", "-rf", tmp])
+        await stop_felix(felix, client, etcd, log_path, tmp)
+
+
+async def stop_felix(felix: subprocess.Popen | None, client, etcd, log_path: str, tmp: str) -> None:
+    """Tear down one benchmark run: Felix, the etcd client and server, the temp dir (log kept on request)."""
+    if felix is not None and felix.poll() is None:
+        felix.terminate()
+        try:
+            felix.wait(10)
+        except subprocess.TimeoutExpired:
+            felix.kill()
+    await client.close()
+    etcd.close()
+    if os.environ.get("BENCH_KEEP_LOG"):
+        subprocess.run(["cp", log_path, os.environ["BENCH_KEEP_LOG"]])
+    subprocess.run(["rm", "-rf", tmp])
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.bench_dataplane import endpoint_ip, ifname, make_interfaces, pct  # noqa: E402
-from bench.bench_felix import FELIX, HOST, _ns_cleanup, ep_key, kernel_routes  # noqa: E402
+from bench.bench_felix import FELIX, HOST, _ns_cleanup, ep_key, kernel_routes, stop_felix  # noqa: E402
 
 TIERS = (("security", 10), ("platform", 20), ("app", "default"))
 APPS, ENVS, TEAMS = 20, ("prod", "dev", "staging"), 7
@@ -208,17 +208,7 @@ async def inner(a: argparse.Namespace) -> int:
         print(f"felix peak RSS: {rss_kb / 1024:.1f} MiB")
         return 0
     finally:
-        if felix is not None and felix.poll() is None:
-            felix.terminate()
-            try:
-                felix.wait(10)
-            except subprocess.TimeoutExpired:
-                felix.kill()
-        await client.close()
-        etcd.close()
-        if os.environ.get("BENCH_KEEP_LOG"):
-            subprocess.run(["cp", log_path, os.environ["BENCH_KEEP_LOG"]])
-        subprocess.run(["rm", "-rf", tmp])
+        await stop_felix(felix, client, etcd, log_path, tmp)
 
 
 def main() -> int:
