@@ -9,6 +9,7 @@ deps:
 	@scripts/install-deps
 
 test: deps
+	@$(VENV)/bin/ruff check --quiet . || { echo 'ruff: lint errors (make lint)'; exit 1; }
 	@$(PY) -m pytest -q -ra tests; rc=$$?; if [ $$rc = 5 ]; then echo 'no tests were collected'; exit 1; fi; exit $$rc
 
 unit: deps
