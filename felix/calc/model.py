@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from libcalico.selectors import SelectorError
 from libcalico.validation import validate_cidr, validate_ifname, validate_mac, validate_name
 
 from .rules import RuleError, render_rule, rule_to_dict
@@ -97,9 +98,11 @@ class ProfileRules:
     outbound: tuple[dict, ...]
 
 
-def profile_rules_from_value(value: object) -> ProfileRules:
-    """Convert and dry-run render every rule for both families, so an invalid
-    rule makes the whole value invalid up front (named by the caller's key)."""
+def checked_rules(value: object, selector_ipset=None) -> dict[str, tuple[dict, ...]]:
+    """`{"inbound": rules, "outbound": rules}` from a profile or policy value, every rule converted
+    and dry-run rendered for both families, so an invalid rule makes the whole value invalid up
+    front (named by the caller's key). `selector_ipset` is given for policies only: profiles may
+    not use selectors."""
     out = {}
     for direction in ("inbound", "outbound"):
         raw = _get(value, f"{direction}_rules") or []
@@ -110,11 +113,16 @@ def profile_rules_from_value(value: object) -> ProfileRules:
             try:
                 d = rule_to_dict(r)
                 for v in (4, 6):
-                    render_rule(d, v)
-            except RuleError as e:
+                    render_rule(d, v, selector_ipset=selector_ipset)
+            except (RuleError, SelectorError) as e:
                 raise ValueError(f"{direction}_rules[{i}]: {e}") from None
             rules.append(d)
         out[direction] = tuple(rules)
+    return out
+
+
+def profile_rules_from_value(value: object) -> ProfileRules:
+    out = checked_rules(value)
     return ProfileRules(out["inbound"], out["outbound"])
 
 

@@ -55,8 +55,8 @@ from libcalico.selectors import SelectorError, parse_selector
 
 from . import names
 from .labels import IndexedEndpoint, LabelIndex
-from .model import Endpoint, _get
-from .rules import MARK_ACCEPT, RenderedRule, RuleError, render_rule, rule_lines, rule_to_dict
+from .model import Endpoint, _get, checked_rules
+from .rules import MARK_ACCEPT, RenderedRule, render_rule, rule_lines
 
 log = logging.getLogger(__name__)
 
@@ -128,26 +128,17 @@ def policy_from_value(tier: str, name: str, value: object) -> tuple[PolicyEntry,
         raise ValueError(f"order {order!r} is not a number")
     else:
         order_f = float(order)
-    out: dict[str, tuple[dict, ...]] = {}
+    out = checked_rules(value, selector_ipset=_selector_ipset)
     rule_sels = {}
     for direction in ("inbound", "outbound"):
-        raw = _get(value, f"{direction}_rules") or []
-        if not isinstance(raw, list | tuple):
-            raise ValueError(f"{direction}_rules must be a list")
-        rules = []
-        for i, r in enumerate(raw):
-            try:
-                d = rule_to_dict(r)
-                for v in (4, 6):
-                    render_rule(d, v, selector_ipset=_selector_ipset)
-                for f in _SELECTOR_FIELDS:
-                    if d.get(f) is not None:
+        for i, d in enumerate(out[direction]):
+            for f in _SELECTOR_FIELDS:
+                if d.get(f) is not None:
+                    try:
                         s = parse_selector(d[f])
-                        rule_sels[s.unique_id] = s
-            except (RuleError, SelectorError) as e:
-                raise ValueError(f"{direction}_rules[{i}]: {e}") from None
-            rules.append(d)
-        out[direction] = tuple(rules)
+                    except SelectorError as e:
+                        raise ValueError(f"{direction}_rules[{i}]: {e}") from None
+                    rule_sels[s.unique_id] = s
     entry = PolicyEntry(tier, name, order_f, sel.unique_id, out["inbound"], out["outbound"],
                         tuple(sorted(rule_sels)))
     return entry, sel, list(rule_sels.values())
