@@ -92,32 +92,27 @@ def validate_tags(value: object) -> list[str]:
     return [validate_name(t, "tag") for t in value]
 
 
-def _cidr_list(value: object, version: int | None) -> list[str]:
+def _validated_list(value: object, version: int | None, validate, what: str) -> list[str]:
+    """None -> []; else every item through `validate`, an error naming the item's index."""
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ValueError("must be a list of CIDRs")
+        raise ValueError(f"must be a list of {what}")
     out = []
     for i, item in enumerate(value):
         try:
-            out.append(validate_cidr(item, version))
+            out.append(validate(item, version))
         except ValueError as e:
             raise ValueError(f"[{i}]: {e}") from None
     return out
+
+
+def _cidr_list(value: object, version: int | None) -> list[str]:
+    return _validated_list(value, version, validate_cidr, "CIDRs")
 
 
 def _ip_list(value: object, version: int | None) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ValueError("must be a list of IP addresses")
-    out = []
-    for i, item in enumerate(value):
-        try:
-            out.append(validate_ip(item, version))
-        except ValueError as e:
-            raise ValueError(f"[{i}]: {e}") from None
-    return out
+    return _validated_list(value, version, validate_ip, "IP addresses")
 
 
 def _profile_ids(value: object) -> list[str]:

@@ -92,11 +92,7 @@ class LabelIndex:
         if sel is None:
             return
         for k in sel.label_keys:
-            s = self._by_key.get(k)
-            if s is not None:
-                s.discard(uid)
-                if not s:
-                    del self._by_key[k]
+            _discard(self._by_key, k, uid)
         self._keyless.discard(uid)
         for key in self._matches.pop(uid, ()):
             m = self._ep_matches.get(key)
@@ -118,11 +114,7 @@ class LabelIndex:
         self._eps[key] = ep
         if old is not None:
             for p in old.profile_ids:
-                s = self._prof_eps.get(p)
-                if s is not None:
-                    s.discard(key)
-                    if not s:
-                        del self._prof_eps[p]
+                _discard(self._prof_eps, p, key)
         for p in ep.profile_ids:
             self._prof_eps.setdefault(p, set()).add(key)
         if old is None:
@@ -138,11 +130,7 @@ class LabelIndex:
         if old is None:
             return
         for p in old.profile_ids:
-            s = self._prof_eps.get(p)
-            if s is not None:
-                s.discard(key)
-                if not s:
-                    del self._prof_eps[p]
+            _discard(self._prof_eps, p, key)
         del self._eff[key]
         uids = self._ep_matches.pop(key, set())
         for uid in uids:
@@ -234,3 +222,12 @@ class LabelIndex:
             self._changed.add(uid)
             self._members.pop((uid, 4), None)
             self._members.pop((uid, 6), None)
+
+
+def _discard(index: dict, k, v) -> None:
+    """Drop `v` from the set `index[k]`, and the key once its set is empty (no empty sets linger)."""
+    s = index.get(k)
+    if s is not None:
+        s.discard(v)
+        if not s:
+            del index[k]
