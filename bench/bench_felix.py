@@ -177,19 +177,7 @@ async def inner(a: argparse.Namespace) -> int:
             print(f"  felix spawned at {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}")
             cmd = os.environ.get("BENCH_FELIX_CMD", FELIX).split()
             felix = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while not want <= kernel_routes():
-            if felix.poll() is not None:
-                print(open(log_path).read()[-3000:])
-                raise SystemExit("felix exited during cold start")
-            if time.perf_counter() - t0 > 300:
-                raise SystemExit("cold start took more than 300 s")
-            await asyncio.sleep(0.005)
-        cold = time.perf_counter() - t0
-        # let Felix settle (stale cleanup, the interface monitor's first dump and
-        # its sysctls) so the incremental figures measure the steady state
-        while "dataplane programmed" not in open(log_path).read():
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(3)
+        cold = await wait_cold_start(felix, want, log_path, t0)
         for line in open(log_path).read().splitlines():
             if re.search(r"Felix starting|in sync|backend:|programmed|ERROR|Traceback", line):
                 print(f"  felix log: {line}")
@@ -248,6 +236,24 @@ async def inner(a: argparse.Namespace) -> int:
         return 0 if not missing else 1
     finally:
         await stop_felix(felix, client, etcd, log_path, tmp)
+
+
+async def wait_cold_start(felix: subprocess.Popen, want: set, log_path: str, t0: float) -> float:
+    """Seconds from `t0` until every wanted route is in the kernel; then let Felix settle (stale
+    cleanup, the interface monitor's first dump and its sysctls) so later figures measure the
+    steady state."""
+    while not want <= kernel_routes():
+        if felix.poll() is not None:
+            print(open(log_path).read()[-3000:])
+            raise SystemExit("felix exited during cold start")
+        if time.perf_counter() - t0 > 300:
+            raise SystemExit("cold start took more than 300 s")
+        await asyncio.sleep(0.005)
+    cold = time.perf_counter() - t0
+    while "dataplane programmed" not in open(log_path).read():
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(3)
+    return cold
 
 
 async def stop_felix(felix: subprocess.Popen | None, client, etcd, log_path: str, tmp: str) -> None:

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.bench_dataplane import endpoint_ip, ifname, make_interfaces, pct  # noqa: E402
-from bench.bench_felix import FELIX, HOST, _ns_cleanup, ep_key, kernel_routes, stop_felix  # noqa: E402
+from bench.bench_felix import FELIX, HOST, _ns_cleanup, ep_key, stop_felix, wait_cold_start  # noqa: E402
 
 TIERS = (("security", 10), ("platform", 20), ("app", "default"))
 APPS, ENVS, TEAMS = 20, ("prod", "dev", "staging"), 7
@@ -140,17 +140,7 @@ async def inner(a: argparse.Namespace) -> int:
         with open(log_path, "wb") as log:
             t0 = time.perf_counter()
             felix = subprocess.Popen([FELIX], env=env, stdout=log, stderr=subprocess.STDOUT)
-        while not want <= kernel_routes():
-            if felix.poll() is not None:
-                print(open(log_path).read()[-3000:])
-                raise SystemExit("felix exited during cold start")
-            if time.perf_counter() - t0 > 300:
-                raise SystemExit("cold start took more than 300 s")
-            await asyncio.sleep(0.005)
-        cold = time.perf_counter() - t0
-        while "dataplane programmed" not in open(log_path).read():
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(3)
+        cold = await wait_cold_start(felix, want, log_path, t0)
         tool = f"iptables-{a.backend}"
         save = subprocess.run([f"{tool}-save", "-t", "filter"], capture_output=True, text=True).stdout
         n_rules = sum(1 for ln in save.splitlines() if ln.startswith("-A felix-"))
