@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from libcalico import keys
-from libcalico.datastore import DatastoreClient, DatastoreError
+from libcalico.datastore import DatastoreClient, DatastoreError, op_delete, op_put, unchanged_since
 from libcalico.etcdconf import ConfigError
 from libcalico.validation import validate_cidr, validate_ip
 
@@ -145,9 +145,11 @@ def warn_if_not_local(result: StartupResult, read: Callable[[], list[autodetect.
             log.warning("%s=%s is not an address of any interface in this network namespace", var, value)
 
 
-async def check_ip_conflict(client: DatastoreClient, nodename: str, result: StartupResult) -> None:
-    """Refuse when another host already peers from our address: two BGP speakers on one IP break the mesh."""
-    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
+def check_ip_conflict(kvs: list, nodename: str, result: StartupResult) -> None:
+    """Refuse when another host already peers from our address: two BGP speakers on one IP break the mesh.
+
+    `kvs` is everything under the BGP host directory.
+    """
     mine = {4: result.ip, 6: result.ip6}
     for kv in kvs:
         parts = kv.key[len(keys.BGP_HOST_DIR):].split("/")
@@ -159,14 +161,34 @@ async def check_ip_conflict(client: DatastoreClient, nodename: str, result: Star
                                f"{parts[0]!r} ({kv.key}); refusing to start")
 
 
+CAS_ATTEMPTS = 10
+
+
 async def register_host(client: DatastoreClient, settings: NodeSettings, result: StartupResult) -> None:
+    """Check for an address conflict and write this host's keys in one guarded transaction.
+
+    Two nodes started at once with the same IP must not both pass the check:
+    the write only applies if no host's BGP keys changed since they were read.
+    """
     host = settings.nodename
-    await client.put(keys.host_bird_ip(host), result.ip)
-    await client.put(keys.bgp_host_ip(host, 4), result.ip)
-    await client.put(keys.bgp_host_ip(host, 6), result.ip6 or "")
-    if settings.as_num is not None:
-        await client.put(keys.bgp_host_as(host), str(settings.as_num))
-    elif await client.delete(keys.bgp_host_as(host)):
+    for _ in range(CAS_ATTEMPTS):
+        rev, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
+        check_ip_conflict(kvs, host, result)
+        ops = [op_put(keys.host_bird_ip(host), result.ip),
+               op_put(keys.bgp_host_ip(host, 4), result.ip),
+               op_put(keys.bgp_host_ip(host, 6), result.ip6 or "")]
+        if settings.as_num is not None:
+            ops.append(op_put(keys.bgp_host_as(host), str(settings.as_num)))
+        else:
+            ops.append(op_delete(keys.bgp_host_as(host)))
+        ok, resp = await client.txn([unchanged_since(keys.BGP_HOST_DIR, rev)], ops, [],
+                                    what=f"register host {host}")
+        if ok:
+            break
+    else:
+        raise StartupError(f"could not register host {host}: the keys under {keys.BGP_HOST_DIR} kept "
+                           f"changing during {CAS_ATTEMPTS} attempts")
+    if settings.as_num is None and resp[-1]:
         log.info("AS unset: removed %s (the global AS applies)", keys.bgp_host_as(host))
     log.info("Registered host %s: IPv4 %s, IPv6 %s, AS %s", host, result.ip, result.ip6 or "none",
              settings.as_num or "global")
@@ -198,9 +220,15 @@ async def ensure_default_pools(client: DatastoreClient, settings: NodeSettings) 
         (4, DEFAULT_POOL_V4, {"cidr": DEFAULT_POOL_V4, "masquerade": True, "ipam": True, "disabled": False}),
         (6, DEFAULT_POOL_V6, {"cidr": DEFAULT_POOL_V6, "masquerade": False, "ipam": True, "disabled": False}),
     ):
-        _, existing = await client.get_prefix(keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6)
-        if not existing and await client.put_if_absent(keys.pool(cidr), json.dumps(doc)):
-            log.info("Created default IPv%d pool %s", version, cidr)
+        prefix = keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6
+        rev, existing = await client.get_prefix(prefix)
+        # Only into an empty pool directory: an operator's pool written
+        # meanwhile makes the transaction fail and wins.
+        if not existing:
+            ok, _ = await client.txn([unchanged_since(prefix, rev)], [op_put(keys.pool(cidr), json.dumps(doc))],
+                                     [], what=f"create default pool {cidr}")
+            if ok:
+                log.info("Created default IPv%d pool %s", version, cidr)
 
 
 def _in_pools(ip: str, pools: list[PoolInfo]) -> bool:
@@ -313,7 +341,6 @@ async def run(settings: NodeSettings, client_factory: Callable[[], DatastoreClie
     client = await connect(settings, client_factory)
     try:
         await ensure_defaults(client)
-        await check_ip_conflict(client, settings.nodename, result)
         await register_host(client, settings, result)
         await ensure_default_pools(client, settings)
         await ensure_tunnel_addrs(client, settings.nodename)

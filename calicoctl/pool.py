@@ -15,7 +15,7 @@ from calicoctl.cli import (
     usage_error,
 )
 from libcalico import keys
-from libcalico.datastore import op_delete, op_put, version
+from libcalico.datastore import op_delete, op_put, unchanged_since, version
 from libcalico.models import InvalidValue, Pool, parse_key_value, to_json
 from libcalico.validation import validate_cidr
 
@@ -81,16 +81,21 @@ def _parse_add(words: list[str], opts: dict) -> Action:
 
     async def add(ctx: Context) -> int:
         client = await ctx.client()
-        existing = await read_pools(client)
-        for pool in pools:
-            new = ipaddress.ip_network(pool.cidr)
-            for old in existing:
-                if old.cidr != pool.cidr and new.overlaps(ipaddress.ip_network(old.cidr)):
-                    raise ArgError(f"invalid CIDR {pool.cidr!r}: overlaps existing pool {old.cidr}")
-        # One transaction: either every named pool is written or none is.
-        await client.txn([], [op_put(keys.pool(p.cidr), to_json(p)) for p in pools], [],
-                         what="pool add")
-        return 0
+        for _ in range(_CAS_ATTEMPTS):
+            guards: list = []
+            existing = await read_pools(client, guards=guards)
+            for pool in pools:
+                new = ipaddress.ip_network(pool.cidr)
+                for old in existing:
+                    if old.cidr != pool.cidr and new.overlaps(ipaddress.ip_network(old.cidr)):
+                        raise ArgError(f"invalid CIDR {pool.cidr!r}: overlaps existing pool {old.cidr}")
+            # One transaction: every named pool or none, and only if no pool
+            # appeared or changed since the overlap check read them.
+            ok, _ = await client.txn(guards, [op_put(keys.pool(p.cidr), to_json(p)) for p in pools], [],
+                                     what="pool add")
+            if ok:
+                return 0
+        raise CliError("pool add: the pools kept changing while checking for overlaps; nothing written, try again")
 
     return add
 
@@ -113,16 +118,26 @@ def _parse_remove(words: list[str]) -> Action:
     return remove
 
 
-async def read_pools(client, versions: tuple[int, ...] = (4, 6)) -> list[Pool]:
-    """Every valid pool; an invalid value is skipped (it is not a pool anyone can use)."""
-    return [p for p, _ in await read_pools_with_errors(client, versions) if p is not None]
+_CAS_ATTEMPTS = 10
 
 
-async def read_pools_with_errors(client, versions: tuple[int, ...] = (4, 6)) -> list[tuple[Pool | None, str]]:
+async def read_pools(client, versions: tuple[int, ...] = (4, 6), guards: list | None = None) -> list[Pool]:
+    """Every valid pool; an invalid value is skipped (it is not a pool anyone can use).
+
+    With `guards`, appends the transaction compares that fail if any pool
+    changes after this read.
+    """
+    return [p for p, _ in await read_pools_with_errors(client, versions, guards) if p is not None]
+
+
+async def read_pools_with_errors(client, versions: tuple[int, ...] = (4, 6),
+                                 guards: list | None = None) -> list[tuple[Pool | None, str]]:
     out: list[tuple[Pool | None, str]] = []
     for v in versions:
         prefix = keys.POOL_DIR_V4 if v == 4 else keys.POOL_DIR_V6
-        _, kvs = await client.get_prefix(prefix)
+        rev, kvs = await client.get_prefix(prefix)
+        if guards is not None:
+            guards.append(unchanged_since(prefix, rev))
         for kv in kvs:
             try:
                 key, pool = parse_key_value(kv.key, kv.value)

@@ -121,6 +121,17 @@ def create(key: str) -> transactions.Create:
     return transactions.Create(_b(key))
 
 
+def unchanged_since(prefix: str, revision: int) -> transactions.Mod:
+    """Holds when no key under `prefix` was created or changed after `revision`.
+
+    A check-then-write (no overlapping pool, no other node on this IP) made of
+    a read at `revision` and a transaction guarded by this compare is atomic:
+    a concurrent writer makes the transaction fail and the caller re-reads.
+    """
+    kb = _b(prefix)
+    return transactions.Mod(kb, range_end=prefix_range_end(kb)) < revision + 1
+
+
 def version(key: str) -> transactions.Version:
     return transactions.Version(_b(key))
 

@@ -305,3 +305,67 @@ def test_concurrent_tag_and_rule_edits_lose_nothing(etcd_env):
     ports = sorted(r["dst_ports"][0] for r in getj(etcd_env, "/calico/v1/policy/profile/web/rules")["inbound_rules"]
                    if "dst_ports" in r)
     assert ports == [1000 + i for i in range(6)]
+
+
+class _RacingClient:
+    """A real DatastoreClient whose first transaction is preceded by another writer's put
+    (a second operator adding a pool between our overlap check and our write)."""
+
+    def __init__(self, real, key: str, value: str):
+        self.real, self.key, self.value, self.raced = real, key, value, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def txn(self, *args, **kw):
+        if not self.raced:
+            self.raced = True
+            await self.real.put(self.key, self.value)
+        return await self.real.txn(*args, **kw)
+
+
+@pytest.mark.parametrize("racer,expect_rc", [
+    ("10.90.0.0/17", 2),   # overlapping pool sneaks in: our add must be refused on the re-check
+    ("10.91.0.0/16", 0),   # an unrelated pool sneaks in: our add retries and lands
+])
+def test_pool_add_overlap_check_is_atomic(etcd_env, racer, expect_rc):
+    import asyncio
+
+    from calicoctl import pool as pool_cmd
+    from calicoctl.cli import ArgError, Context
+    from libcalico import keys
+    from libcalico.datastore import DatastoreClient
+
+    async def go() -> int:
+        real = DatastoreClient.from_env()
+        ctx = Context(stdout=io.StringIO())
+        ctx._client = _RacingClient(real, keys.pool(racer), json.dumps({"cidr": racer}))
+        try:
+            return await pool_cmd.parse(["add", "10.90.0.0/16"])(ctx) or 0
+        except ArgError as e:
+            assert "overlaps existing pool 10.90.0.0/17" in str(e)
+            return 2
+        finally:
+            await real.close()
+
+    assert asyncio.run(go()) == expect_rc
+    pools = etcd_env.keys("/calico/v1/ipam/v4/pool/")
+    assert ("/calico/v1/ipam/v4/pool/10.90.0.0-16" in pools) == (expect_rc == 0), pools
+
+
+def test_parallel_overlapping_pool_adds_leave_no_overlap(etcd_env):
+    cidrs = ["10.92.0.0/16", "10.92.0.0/17", "10.92.128.0/17", "10.92.0.0/18", "10.92.64.0/18",
+             "10.92.128.0/18", "10.92.192.0/18", "10.92.0.0/15"]
+    env = dict(os.environ, ETCD_ENDPOINTS=etcd_env.endpoint)
+    exe = [CALICOCTL] if os.path.exists(CALICOCTL) else [sys.executable, "-m", "calicoctl"]
+    procs = [subprocess.Popen(exe + ["pool", "add", c], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for c in cidrs]
+    rcs = []
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0 or (p.returncode == 2 and "overlaps existing pool" in err), err
+        rcs.append(p.returncode)
+    import ipaddress
+    pools = [ipaddress.ip_network(json.loads(etcd_env.get(k))["cidr"]) for k in etcd_env.keys("/calico/v1/ipam/v4/pool/")]
+    assert len(pools) == rcs.count(0) >= 1
+    assert not [(a, b) for i, a in enumerate(pools) for b in pools[i + 1:] if a.overlaps(b)], pools

@@ -4,7 +4,6 @@ to the datamodel's JSON."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -199,7 +198,8 @@ def test_invalid_value_str_and_type() -> None:
     assert str(err) == "/calico/v1/Ready: bad" and isinstance(err, ValueError)
 
 
-def test_ten_thousand_endpoints_parse_fast() -> None:
+def test_ten_thousand_endpoints_parse() -> None:
+    """Bulk parse keeps every value; its speed is measured by `make bench-felix`, not asserted here."""
     items = []
     for i in range(10000):
         a, b = divmod(i, 250)
@@ -208,10 +208,6 @@ def test_ten_thousand_endpoints_parse_fast() -> None:
             "profile_ids": ["prof1", "p2"], "ipv4_nets": [f"10.{a}.{b}.1/32"],
             "ipv6_nets": [f"fd00::{i:x}/128"], "ipv4_gateway": "169.254.1.1",
             "labels": {"role": "db", "app": f"a{i % 7}"}})))
-    start = time.perf_counter()
-    for path, raw in items:
-        parse_key_value(path, raw)
-    elapsed = time.perf_counter() - start
-    print(f"10k workload endpoints parsed in {elapsed:.3f}s")
-    # Target well under 1 s; the bound leaves room for a loaded CI machine.
-    assert elapsed < 2.0
+    parsed = [parse_key_value(path, raw) for path, raw in items]
+    assert len({k for k, _ in parsed}) == 10000
+    assert all(v.ipv4_nets and v.profile_ids == ["prof1", "p2"] for _, v in parsed)

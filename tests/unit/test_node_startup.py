@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from aetcd import rpc, transactions
 
 from calico_node import autodetect, settings, startup
 from libcalico import keys
@@ -14,13 +15,15 @@ from libcalico.datastore import KV, DatastoreUnavailable
 
 
 class MemStore:
-    """Just the DatastoreClient calls startup makes, over a dict."""
+    """Just the DatastoreClient calls startup makes, over a dict (with etcd's mod revisions)."""
 
     def __init__(self, data: dict[str, str] | None = None, fail: int = 0):
         self.data = dict(data or {})
+        self.mods = dict.fromkeys(self.data, 1)
         self.fail = fail  # the first `fail` calls raise DatastoreUnavailable
         self.rev = 1
         self.closed = 0
+        self.before_txn = None  # a hook run just before a transaction applies (a concurrent writer)
 
     def _maybe_fail(self):
         if self.fail:
@@ -32,8 +35,9 @@ class MemStore:
         return self.data.get(key)
 
     async def put(self, key, value):
-        self.data[key] = value
         self.rev += 1
+        self.data[key] = value
+        self.mods[key] = self.rev
         return self.rev
 
     async def put_if_absent(self, key, value):
@@ -43,10 +47,36 @@ class MemStore:
         return True
 
     async def delete(self, key):
+        self.mods.pop(key, None)
         return self.data.pop(key, None) is not None
 
     async def get_prefix(self, prefix):
-        return self.rev, [KV(k, v, 1, 1) for k, v in sorted(self.data.items()) if k.startswith(prefix)]
+        return self.rev, [KV(k, v, 1, self.mods[k]) for k, v in sorted(self.data.items()) if k.startswith(prefix)]
+
+    def _holds(self, c) -> bool:
+        key = c.key.decode()
+        if c.range_end is None:
+            found = [key] if key in self.data else []
+        else:
+            end = c.range_end.decode()
+            found = [k for k in self.data if key <= k < end]
+        assert isinstance(c, transactions.Mod) and c.op == rpc.Compare.LESS, "only unchanged_since is modelled"
+        return all(self.mods[k] < c.value for k in found)
+
+    async def txn(self, compare, success, failure, what=""):
+        if self.before_txn:
+            hook, self.before_txn = self.before_txn, None
+            await hook(self)
+        if not all(self._holds(c) for c in compare):
+            return False, []
+        out = []
+        for op in success:
+            if isinstance(op, transactions.Put):
+                await self.put(op.key.decode(), op.value.decode())
+                out.append(None)
+            else:
+                out.append(int(await self.delete(op.key.decode())))
+        return True, out
 
     async def close(self):
         self.closed += 1
@@ -170,14 +200,37 @@ async def test_register_host_and_as_deleted_when_unset():
 
 
 async def test_ip_conflict_refused_but_own_old_registration_is_fine():
-    store = MemStore({keys.bgp_host_ip("other", 4): "10.0.0.1", keys.bgp_host_ip("node1", 4): "10.0.0.1"})
+    def kvs(data):
+        return [KV(k, v, 1, 1) for k, v in data.items()]
+    data = {keys.bgp_host_ip("other", 4): "10.0.0.1", keys.bgp_host_ip("node1", 4): "10.0.0.1"}
     with pytest.raises(startup.StartupError, match="already used by node 'other'"):
-        await startup.check_ip_conflict(store, "node1", startup.StartupResult("10.0.0.1", ""))
-    await startup.check_ip_conflict(MemStore({keys.bgp_host_ip("other", 4): "10.0.0.1"}), "other",
-                                    startup.StartupResult("10.0.0.1", ""))
-    store = MemStore({keys.bgp_host_ip("other", 6): "2001:db8::1", keys.bgp_host_ip("other", 4): "10.0.0.9"})
+        startup.check_ip_conflict(kvs(data), "node1", startup.StartupResult("10.0.0.1", ""))
+    startup.check_ip_conflict(kvs({keys.bgp_host_ip("other", 4): "10.0.0.1"}), "other",
+                              startup.StartupResult("10.0.0.1", ""))
+    data = {keys.bgp_host_ip("other", 6): "2001:db8::1", keys.bgp_host_ip("other", 4): "10.0.0.9"}
     with pytest.raises(startup.StartupError, match="IP6 2001:db8::1"):
-        await startup.check_ip_conflict(store, "node1", startup.StartupResult("10.0.0.1", "2001:db8::1"))
+        startup.check_ip_conflict(kvs(data), "node1", startup.StartupResult("10.0.0.1", "2001:db8::1"))
+
+
+async def test_register_rechecks_when_another_node_registers_concurrently():
+    """The conflict check and the write are one guarded transaction: a node that
+    registers our IP between them makes the write fail, and the re-check refuses."""
+    store = MemStore()
+
+    async def racer(s):
+        await s.put(keys.bgp_host_ip("other", 4), "10.0.0.1")
+    store.before_txn = racer
+    with pytest.raises(startup.StartupError, match="already used by node 'other'"):
+        await startup.register_host(store, cfg(), startup.StartupResult("10.0.0.1", ""))
+    assert keys.bgp_host_ip("node1", 4) not in store.data and keys.host_bird_ip("node1") not in store.data
+
+    store = MemStore()
+
+    async def unrelated(s):
+        await s.put(keys.bgp_host_ip("third", 4), "10.0.0.3")
+    store.before_txn = unrelated
+    await startup.register_host(store, cfg(), startup.StartupResult("10.0.0.1", ""))
+    assert store.data[keys.bgp_host_ip("node1", 4)] == "10.0.0.1"
 
 
 async def test_default_pools_unless_disabled_or_pools_exist():
@@ -190,6 +243,13 @@ async def test_default_pools_unless_disabled_or_pools_exist():
     store = MemStore({keys.pool("10.65.0.0/16"): json.dumps({"cidr": "10.65.0.0/16"})})
     await startup.ensure_default_pools(store, cfg())
     assert keys.pool("192.168.0.0/16") not in store.data
+    store = MemStore()
+
+    async def operator(s):  # an operator's pool lands between the read and the write
+        await s.put(keys.pool("10.66.0.0/16"), json.dumps({"cidr": "10.66.0.0/16"}))
+    store.before_txn = operator
+    await startup.ensure_default_pools(store, cfg())
+    assert keys.pool("192.168.0.0/16") not in store.data and keys.pool("10.66.0.0/16") in store.data
 
 
 async def test_tunnel_addresses_follow_pool_kinds():
