@@ -3,7 +3,9 @@
 Several nodes (and several CNI calls on one node) allocate at once with no
 coordinator, so every change is a compare-and-swap on the block's allocation
 record (and on the handle record, in the same transaction): a lost race is
-retried from a fresh read, and no address can be handed out twice.
+retried from a fresh read, and no address can be handed out twice.  A
+transaction whose reply is lost is settled by reading the block back, so a
+timeout neither leaks the address nor returns one that was never written.
 
 Records (ours; the datamodel leaves their shape to IPAM):
 - ``/calico/ipam/v2/assignment/ipv4/block/<cidr-key>``:
@@ -19,16 +21,17 @@ import ipaddress
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from libcalico import keys
-from libcalico.datastore import KV, DatastoreClient, create, mod, op_delete, op_put
+from libcalico.datastore import KV, DatastoreClient, DatastoreUnavailable, create, mod, op_delete, op_put
 
 log = logging.getLogger(__name__)
 
 BLOCK_PREFIX = {4: 26, 6: 122}
 MAX_ATTEMPTS = 200  # CAS retries per operation; each conflict means someone else progressed
+OUTCOME_READS = 5  # reads (each with the client's own retries) to learn a lost transaction's fate
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -179,6 +182,34 @@ class Ipam:
         ok, _ = await self.client.txn(compare, ops, [], what=f"ipam commit {block.cidr}")
         return ok
 
+    async def _commit_or_verify(self, block: Block, handle_changes: dict[str, dict[str, int]],
+                                handle_kvs: dict[str, KV | None], applied: Callable[[Block], bool]) -> bool:
+        """_commit, but when the reply is lost, read back whether it applied.
+
+        A transaction that timed out may or may not have committed; assuming
+        either way leaks the address (assume not) or hands out one never
+        written (assume yes).  `applied(block)` tells from the block as it is
+        now whether our change is in it; the block and handle records change in
+        one transaction, so the block alone decides.
+        """
+        try:
+            return await self._commit(block, handle_changes, handle_kvs)
+        except DatastoreUnavailable as e:
+            log.warning("ipam commit %s: reply lost (%s); reading back whether it applied", block.cidr, e)
+        last: Exception | None = None
+        for _ in range(OUTCOME_READS):
+            try:
+                now = await self._block(block.cidr)
+            except DatastoreUnavailable as e:
+                last = e
+                continue
+            done = now is not None and applied(now)
+            log.info("ipam commit %s: %s", block.cidr, "it had applied" if done else "it had not applied, retrying")
+            return done
+        raise DatastoreUnavailable(
+            f"ipam commit {block.cidr}: outcome unknown, etcd unreachable ({last}); handle(s) "
+            f"{', '.join(sorted(handle_changes))} may hold addresses: release them by handle once etcd is back")
+
     async def _allocate_in(self, cidr: str, handle: str, count: int, pools: list[Network],
                            owner: str | None = None) -> list[str]:
         """Take up to count free addresses of one block for handle; [] if it is full, gone or not owner's."""
@@ -195,7 +226,8 @@ class Ipam:
             for o in taken:
                 block.allocations[o] = handle
             hblocks[block.cidr] = hblocks.get(block.cidr, 0) + len(taken)
-            if await self._commit(block, {handle: hblocks}, {handle: hkv}):
+            if await self._commit_or_verify(block, {handle: hblocks}, {handle: hkv},
+                                            lambda b, t=taken: all(b.allocations.get(o) == handle for o in t)):
                 return [str(net.network_address + o) for o in taken]
             await asyncio.sleep(random.uniform(0, 0.01))
         raise IpamError(f"block {cidr}: too much contention, gave up after {MAX_ATTEMPTS} attempts")
@@ -300,7 +332,8 @@ class Ipam:
             hblocks = _handle_blocks(hkv)
             block.allocations[ordinal] = handle
             hblocks[cidr] = hblocks.get(cidr, 0) + 1
-            if await self._commit(block, {handle: hblocks}, {handle: hkv}):
+            if await self._commit_or_verify(block, {handle: hblocks}, {handle: hkv},
+                                            lambda b, o=ordinal: b.allocations.get(o) == handle):
                 return
             await asyncio.sleep(random.uniform(0, 0.01))
         raise IpamError(f"assign {ip}: too much contention")
@@ -314,13 +347,14 @@ class Ipam:
             ordinals = [o for o in pick(block) if o in block.allocations]
             if not ordinals:
                 return []
-            handles = {block.allocations[o] for o in ordinals}
-            hkvs = {h: await self.client.get_kv(keys.ipam_handle(h)) for h in handles}
+            before = {o: block.allocations[o] for o in ordinals}
+            hkvs = {h: await self.client.get_kv(keys.ipam_handle(h)) for h in set(before.values())}
             changes = {h: _handle_blocks(kv) for h, kv in hkvs.items()}
             for o in ordinals:
                 h = block.allocations.pop(o)
                 changes[h][cidr] = changes[h].get(cidr, 1) - 1
-            if await self._commit(block, changes, hkvs):
+            if await self._commit_or_verify(block, changes, hkvs, lambda b, was=before: all(
+                    b.allocations.get(o) != h for o, h in was.items())):
                 net = block.net
                 return [str(net.network_address + o) for o in ordinals]
             await asyncio.sleep(random.uniform(0, 0.01))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from libcalico import keys
-from libcalico.datastore import DatastoreClient
+from libcalico.datastore import DatastoreClient, DatastoreUnavailable
 from libcalico.ipam import Ipam, IpamError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -259,3 +259,62 @@ def test_four_processes_two_hosts_no_duplicates(etcd):
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     print(json.dumps(asyncio.run(_worker(sys.argv[1], sys.argv[2], int(sys.argv[3])))))
+
+
+class _LostReply:
+    """A real client whose next IPAM commit loses its reply: after the commit applied
+    (`applied=True`) or before it reached etcd (`applied=False`)."""
+
+    def __init__(self, real: DatastoreClient, applied: bool, reads_fail: int = 0):
+        self.real, self.applied, self.armed, self.reads_fail = real, applied, True, reads_fail
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def txn(self, compare, success=None, failure=None, what="txn"):
+        if self.armed and what.startswith("ipam commit"):
+            self.armed = False
+            if self.applied:
+                await self.real.txn(compare, success, failure, what=what)
+            raise DatastoreUnavailable(f"{what}: etcd unavailable (no answer within 5s)")
+        return await self.real.txn(compare, success, failure, what=what)
+
+    async def get_kv(self, key):
+        if not self.armed and self.reads_fail:
+            self.reads_fail -= 1
+            raise DatastoreUnavailable(f"get {key}: etcd unavailable (test)")
+        return await self.real.get_kv(key)
+
+
+def _allocations(etcd, cidr: str) -> dict[str, str]:
+    return json.loads(etcd.get(keys.block_allocation(cidr)))["allocations"]
+
+
+@pytest.mark.parametrize("applied", [True, False])
+async def test_lost_commit_reply_neither_leaks_nor_doubles(client, etcd, applied):
+    await add_pool(client, "10.65.0.0/16")
+    ipam = Ipam(_LostReply(client, applied))
+    v4, _ = await ipam.auto_assign("h1", "wl1", num4=2)
+    assert len(v4) == 2
+    held = sorted(_allocations(etcd, "10.65.0.0/26"))
+    assert [str(ipaddress.ip_network("10.65.0.0/26").network_address + int(o)) for o in held] == sorted(
+        v4, key=ipaddress.ip_address), "the block must hold exactly the addresses returned"
+    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["blocks"] == {"10.65.0.0/26": 2}
+
+    ipam = Ipam(_LostReply(client, applied))
+    await ipam.assign("10.65.0.40", "wl2", "h1")
+    assert _allocations(etcd, "10.65.0.0/26")["40"] == "wl2"
+
+    ipam = Ipam(_LostReply(client, applied))
+    assert await ipam.release_ips(v4 + ["10.65.0.40"]) == []
+    assert _allocations(etcd, "10.65.0.0/26") == {}
+    assert etcd.get(keys.ipam_handle("wl1")) is None and etcd.get(keys.ipam_handle("wl2")) is None
+
+
+async def test_lost_reply_with_etcd_still_gone_names_the_handle(client, etcd):
+    await add_pool(client, "10.65.0.0/16")
+    ipam = Ipam(_LostReply(client, True, reads_fail=100))
+    with pytest.raises(DatastoreUnavailable, match="outcome unknown.*wl1.*release them by handle"):
+        await ipam.auto_assign("h1", "wl1", num4=1)
+    released = await Ipam(client).release_handle("wl1")  # the operator's way back, once etcd answers
+    assert len(released) == 1 and _allocations(etcd, "10.65.0.0/26") == {}
