@@ -13,6 +13,7 @@ naming the key, and readiness reports it until the value is fixed or deleted.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,8 +183,15 @@ class BgpStore:
                     hip = h[f"ip{v}"]
                     if hname == me.name or not hip or hip == own_ip:
                         continue
+                    # One direction only: the node with the higher address connects, the
+                    # other listens. Both connecting at once makes BIRD resolve a
+                    # collision by closing the session it just established, and a
+                    # close during a peer's graceful restart flushes the routes the
+                    # restart was meant to keep (seen as multi-second drops on a
+                    # BIRD restart, and as slow mesh start-up).
+                    passive = ipaddress.ip_address(hip) > ipaddress.ip_address(own_ip)
                     mesh.append({"name": f"Mesh_{protocol_id(hip)}", "ip": hip, "as": h["as"] or default_as,
-                                 "host": hname})
+                                 "host": hname, "passive": passive})
             fam["mesh_peers"] = mesh
             fam["global_peers"] = _peers("Global", global_peers[v], own_ip)
             fam["node_peers"] = _peers("Node", mine.get(f"peers{v}", {}), own_ip)

@@ -196,7 +196,7 @@ class Addons:
 
         drv = self.felix.driver
         for v, table in drv.tables.items():
-            self.nat_tables[v] = IptablesTable(v, "nat", table.runner, table.backend)
+            self.nat_tables[v] = IptablesTable(v, "nat", table.runner, table.backend, lock_wait=table.lock_wait)
             self._nat_pushers[v] = NatPusher(self.nat_tables[v], drv.ipsets[v])
         drv.nat_tables = self.nat_tables  # lets Metrics.record_driver see them
         self.overlay_dp = OverlayDataplane.from_config(self.felix.cfg, self.felix.netns, drv.routes,

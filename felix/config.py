@@ -199,6 +199,8 @@ PARAMS: dict[str, Param] = {p.name.lower(): p for p in [
     Param("DefaultEndpointToHostAction", _enum("DROP", "RETURN", "ACCEPT", upper=True), "DROP"),
     Param("IptablesBackend", _enum("auto", "legacy", "nft"), "auto", live=False),
     Param("IptablesRefreshInterval", _secs, 90.0),
+    # how long one iptables-restore waits for the xtables lock before failing (and being retried)
+    Param("IptablesLockTimeoutSecs", _int_range(1, 3600), 10, live=False),
     Param("RouteRefreshInterval", _secs, 90.0),
     Param("IpsetsRefreshInterval", _secs, 90.0),
     # the reporters are set up once at start: a change restarts Felix rather than being ignored

@@ -406,7 +406,8 @@ class Felix:
         if failed:
             log.warning("global sysctls: %s", "; ".join(failed))
         routes = RouteWriter(self.netns, managed_prefixes=(self.cfg.InterfacePrefix,))
-        return DataplaneDriver(runner, be, routes, ipv6=self.cfg.Ipv6Support)
+        return DataplaneDriver(runner, be, routes, ipv6=self.cfg.Ipv6Support,
+                               lock_wait=self.cfg.IptablesLockTimeoutSecs)
 
     async def _start_interface_monitor(self) -> None:
         from felix.dataplane.interfaces import InterfaceMonitor

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 class DataplaneDriver:
     """Owns one filter IptablesTable and one IpsetWriter per IP family, and the RouteWriter."""
 
-    def __init__(self, runner, backend: Backend, routes: RouteWriter, ipv6: bool = True):
+    def __init__(self, runner, backend: Backend, routes: RouteWriter, ipv6: bool = True, lock_wait: int = 10):
         self.versions = (4, 6) if ipv6 else (4,)
-        self.tables = {v: IptablesTable(v, "filter", runner, backend) for v in self.versions}
+        self.tables = {v: IptablesTable(v, "filter", runner, backend, lock_wait=lock_wait) for v in self.versions}
         self.ipsets = {v: IpsetWriter(v, runner) for v in self.versions}
         self.routes = routes
         self._chains: dict[int, dict[str, list[str]]] = {v: {} for v in self.versions}

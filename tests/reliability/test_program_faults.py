@@ -162,8 +162,11 @@ def test_xtables_lock_held_10s_felix_retries_reports_and_applies_atomically(netn
         fh.put("/calico/v1/Ready", "true")
         fh.put_profile("open", ALLOW, ALLOW)
         fh.put_endpoint(a, ["open"])
+        # Each restore waits at most 1 s for the lock, well inside the 10 s it is held:
+        # a whole apply (4 restores) fails within ~5 s whatever the scheduling, and
+        # readiness stays down from then until the lock is released.
         fh.start_felix(FELIX_HEALTHENABLED="true", FELIX_PROMETHEUSMETRICSENABLED="true",
-                       FELIX_IPTABLESBACKEND="legacy")
+                       FELIX_IPTABLESBACKEND="legacy", FELIX_IPTABLESLOCKTIMEOUTSECS="1")
         fh.wait_programmed(a)
         wait_for(lambda: _get(fh.host, "http://127.0.0.1:9099/readiness")[0] == 200, 30, what="ready")
         before = faults.normalized_iptables(fh.host, 4, only_felix=True)
@@ -182,6 +185,7 @@ def test_xtables_lock_held_10s_felix_retries_reports_and_applies_atomically(netn
         after = faults.normalized_iptables(fh.host, 4, only_felix=True)
         tables = {s for s in seen_states if isinstance(s, str)}
         assert tables <= {before, after}, "a half-applied table was visible while the lock was held"
+        assert 503 in seen_states, "readiness never reported the failing apply"
         metrics = _get(fh.host, "http://127.0.0.1:9091/metrics")[1]
         m = re.search(r'felix_iptables_restore_failures_total\{family="4",table="filter"\} (\S+)', metrics)
         assert m and float(m.group(1)) >= 1, "the failed restore is counted in the metrics"

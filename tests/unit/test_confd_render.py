@@ -305,3 +305,26 @@ async def test_other_hosts_bad_peer_does_not_concern_this_node(tmp_path):
     assert check_ready(c.s.status_path)[0]
     text = (tmp_path / "conf" / "bird.cfg").read_text()
     assert "10.0.0.8" not in text and "10.65.2.0" not in text
+
+
+@pytest.mark.parametrize("v", [4, 6])
+def test_mesh_sessions_are_one_way(v):
+    """Of every mesh pair exactly one side listens (`passive on`): simultaneous opens
+    make BIRD close a just-established session, which aborts a peer's graceful restart."""
+    ips = {4: ["10.99.0.9", "10.99.0.10", "10.99.0.100"], 6: ["fd00::9", "fd00::a", "fd00::1:0"]}[v]
+    kv = {"/calico/bgp/v1/global/as_num": "64511", "/calico/bgp/v1/global/node_mesh": '{"enabled": true}'}
+    for i, ip in enumerate(ips):
+        kv[f"/calico/bgp/v1/host/n{i}/ip_addr_v4"] = f"10.99.0.{9 + i}" if v == 6 else ip
+        if v == 6:
+            kv[f"/calico/bgp/v1/host/n{i}/ip_addr_v6"] = ip
+    passive = {}
+    for i, ip in enumerate(ips):
+        node = Node(f"n{i}", f"10.99.0.{9 + i}" if v == 6 else ip, ip if v == 6 else None)
+        fam = BgpStore(node).load_raw(kv).context()[f"v{v}"]
+        for p in fam["mesh_peers"]:
+            passive[(ip, p["ip"])] = p["passive"]
+    assert len(passive) == 6
+    for (me, peer), listens in passive.items():
+        assert listens != passive[(peer, me)], f"{me} and {peer} must not both connect (or both listen)"
+    # numeric, not string, order: 10.99.0.10 > 10.99.0.9
+    assert passive[(ips[0], ips[1])] is True and passive[(ips[1], ips[0])] is False
