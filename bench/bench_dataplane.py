@@ -124,6 +124,34 @@ def floor_iptables(ns: str, s: State, backend: str = "nft") -> float:
     return _timed(["ip", "netns", "exec", ns, f"iptables-{backend}-restore", "--noflush"], iptables_text(s))
 
 
+def felix_iptables_text(s: State, backend: str = "nft") -> str:
+    """The restore input Felix itself writes for `s` on an empty table: the same rules as
+    iptables_text plus the per-rule `felix:<hash>` comments Felix keeps for drift detection."""
+    from felix.dataplane.iptables import parse_save
+
+    t = IptablesTable(4, "filter", None, Backend(backend))
+    for c, rules in s.chains.items():
+        t.set_chain(c, rules)
+    for b, rules in s.hooks.items():
+        t.set_hooks(b, rules)
+    t._kernel = parse_save("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+                           "filter")
+    return t.render(True)[0]
+
+
+def floor_iptables_identical(s: State, backend: str = "nft") -> float:
+    """One iptables-restore of exactly the rules Felix ends up with (comments included), in a
+    fresh namespace whose ipsets exist (created untimed)."""
+    ns = new_ns("ident")
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ipset", "restore"], input=ipset_text(s), text=True,
+                       check=True, capture_output=True)
+        return _timed(["ip", "netns", "exec", ns, f"iptables-{backend}-restore", "--noflush"],
+                      felix_iptables_text(s, backend))
+    finally:
+        del_ns(ns)  # its tables and sets go with it
+
+
 def floor_ipset(ns: str, s: State) -> float:
     return _timed(["ip", "netns", "exec", ns, "ipset", "restore"], ipset_text(s))
 

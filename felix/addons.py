@@ -23,13 +23,16 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from felix.calc.nat import NatCalculator, NatConfig
 from felix.calc.overlay import OverlayCalculator, OverlayConfig
 from felix.dataplane.errors import DataplaneError
 from felix.health import HealthServer, felix_readiness
-from felix.metrics import Metrics
 from libcalico import keys
+
+if TYPE_CHECKING:
+    from felix.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,7 @@ class Addons:
                 except OSError as e:
                     log.error("health endpoints: cannot listen on %s:%s: %s", health.host, health.port, e)
         if self.metrics is None:
+            from felix.metrics import Metrics  # prometheus_client: only paid for when enabled
             metrics = Metrics.from_config(cfg)
             if metrics is not None:
                 try:

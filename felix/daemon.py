@@ -78,6 +78,7 @@ class Felix:
         self.endpoint_status = None
         self._warned: set[str] = set()
         self.sysctl = None
+        self._prefetch: asyncio.Task | None = None  # read-ahead of the kernel during the snapshot
         self._pending: list[Update] = []
         self.addons = Addons(self)        # overlay, NAT, health, metrics (felix/addons.py)
 
@@ -134,6 +135,11 @@ class Felix:
             log.log(logging.INFO if e.code == EXIT_CONFIG_CHANGED else logging.ERROR, "exiting: %s", e)
             return e.code
         finally:
+            if self._prefetch is not None:
+                self._prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    _, pre = await self._prefetch
+                    pre.routes.close()
             for t in self.tasks:
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -173,6 +179,7 @@ class Felix:
         await self.addons.start_servers(b)
         log.info("Felix starting for host %s, etcd %s", self.hostname, ", ".join(b.etcd_endpoints()))
         self._spawn(self._pump(syncer), "syncer")
+        self._prefetch = asyncio.create_task(self._prefetch_driver(), name="dataplane-read-ahead")
         while True:
             items = [await self.queue.get()]
             while not self.queue.empty():
@@ -340,6 +347,8 @@ class Felix:
 
     async def _first_program(self) -> None:
         """First IN_SYNC: resolve config, build writers, program everything, then clean up."""
+        phases: dict[str, float] = {}
+        tp = time.monotonic()
         self.cfg = self._resolve_config()
         self.cfg.log_all(log, already_warned=set(self.boot.warnings))
         self._warned = set(self.boot.warnings) | set(self.cfg.warnings)
@@ -349,20 +358,26 @@ class Felix:
         for u in self._pending:
             self._feed(u)
         self._pending = []
+        phases["calc"] = time.monotonic() - tp
+        tp = time.monotonic()
         self.driver = await self._make_driver()
+        phases["driver"] = time.monotonic() - tp
         for attempt in range(MAX_APPLY_FAILURES):
             try:
                 t0 = time.monotonic()
                 self._push()
+                phases["push"] = time.monotonic() - t0
                 await self.driver.apply()
                 await self.addons.apply()
                 t1 = time.monotonic()
                 await self.driver.cleanup_stale()
                 await self.addons.cleanup_stale()
-                log.info("dataplane programmed: %d local endpoint(s) in %.2fs (%s; stale cleanup %.0f ms)",
+                log.info("dataplane programmed: %d local endpoint(s) in %.2fs (%s; stale cleanup %.0f ms; "
+                         "before it: %s)",
                          len(self.calc.local), time.monotonic() - t0,
                          ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.driver.last_timings.items()),
-                         (time.monotonic() - t1) * 1000)
+                         (time.monotonic() - t1) * 1000,
+                         ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in phases.items()))
                 self._applied_ok()
                 break
             except DataplaneError as e:
@@ -391,23 +406,62 @@ class Felix:
             self._spawn(self.endpoint_status.run(), "endpoint-status")
             self._push()
 
-    async def _make_driver(self):
+    @staticmethod
+    def _driver_settings(cfg: Config) -> tuple:
+        """The parameters a DataplaneDriver is built from (all restart-only)."""
+        return (cfg.IptablesBackend, cfg.Ipv6Support, cfg.InterfacePrefix, cfg.IptablesLockTimeoutSecs)
+
+    async def _build_driver(self, cfg: Config):
         from felix.dataplane import backend as backend_mod
         from felix.dataplane.cmd import CmdRunner
         from felix.dataplane.routes import RouteWriter
         from felix.driver import DataplaneDriver
 
         runner = CmdRunner(self.netns)
-        be = await backend_mod.detect(self.cfg.IptablesBackend, runner)
-        log.info("iptables backend: %s", be.mode)
+        be = await backend_mod.detect(cfg.IptablesBackend, runner)
+        routes = RouteWriter(self.netns, managed_prefixes=(cfg.InterfacePrefix,))
+        return DataplaneDriver(runner, be, routes, ipv6=cfg.Ipv6Support, lock_wait=cfg.IptablesLockTimeoutSecs)
+
+    async def _prefetch_driver(self) -> tuple[tuple, object]:
+        """Start-up work that only reads the kernel, run while the datastore snapshot loads.
+
+        Backend detection and the first `iptables-save`/`ipset save`/route
+        dump are subprocess and netlink waits; overlapping them with the
+        snapshot takes them off the cold-start path.  Built from the env/file
+        settings: if the datastore overrides one of them, the result is
+        discarded and the driver built again (see _make_driver).
+        """
+        driver = await self._build_driver(self.boot)
+        try:
+            await driver.prefetch()
+        except BaseException:
+            driver.routes.close()
+            raise
+        return self._driver_settings(self.boot), driver
+
+    async def _make_driver(self):
+        driver = None
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            try:
+                settings, pre = await task
+            except Exception as e:  # noqa: BLE001 - a failed read-ahead is only lost time
+                log.warning("dataplane read-ahead failed, reading the kernel now: %s", e)
+            else:
+                if settings == self._driver_settings(self.cfg):
+                    driver = pre
+                else:
+                    log.info("dataplane settings from the datastore differ from env/file: re-reading the kernel")
+                    pre.routes.close()
+        if driver is None:
+            driver = await self._build_driver(self.cfg)
+        log.info("iptables backend: %s", driver.tables[4].backend.mode)
         from felix.dataplane.sysctl import SysctlWriter
         self.sysctl = SysctlWriter(self.netns)
         failed = await self.sysctl.configure_global(v6=self.cfg.Ipv6Support)
         if failed:
             log.warning("global sysctls: %s", "; ".join(failed))
-        routes = RouteWriter(self.netns, managed_prefixes=(self.cfg.InterfacePrefix,))
-        return DataplaneDriver(runner, be, routes, ipv6=self.cfg.Ipv6Support,
-                               lock_wait=self.cfg.IptablesLockTimeoutSecs)
+        return driver
 
     async def _start_interface_monitor(self) -> None:
         from felix.dataplane.interfaces import InterfaceMonitor

@@ -121,6 +121,12 @@ class DataplaneDriver:
         t["total"] = time.perf_counter() - t0
         self.last_timings = t
 
+    async def prefetch(self) -> None:
+        """Read every writer's kernel state at once, before the first apply needs it."""
+        await asyncio.gather(*(self.tables[v].prefetch() for v in self.versions),
+                             *(self.ipsets[v].prefetch() for v in self.versions),
+                             self.routes.prefetch())
+
     async def cleanup_stale(self) -> None:
         """After the first in-sync apply: remove felix chains, ipsets and routes nobody desires."""
         await asyncio.gather(*(self.tables[v].cleanup_stale() for v in self.versions))

@@ -234,6 +234,12 @@ class IpsetWriter:
         finally:
             self.stats["last_apply_seconds"] = time.monotonic() - t0
 
+    async def prefetch(self) -> None:
+        """Read `ipset save` ahead of the first apply (read-only; see RouteWriter.prefetch)."""
+        async with self._lock:
+            if self._kernel is None:
+                await self.load()
+
     async def apply_updates(self) -> bool:
         """Create and fill sets; destroys nothing (run before iptables so new rules find their sets)."""
         return await self._apply(deletions=False)

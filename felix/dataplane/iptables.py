@@ -306,6 +306,12 @@ class IptablesTable:
         self.stats["chains_deleted"] += len(delete)
         self.stats["hooks_written"] += len(hooks)
 
+    async def prefetch(self) -> None:
+        """Read the table ahead of the first apply (read-only; see RouteWriter.prefetch)."""
+        async with self._lock:
+            if self._kernel is None:
+                await self.load()
+
     async def apply(self) -> bool:
         """Write every changed chain/hook in ONE restore; True if anything was written (see _apply)."""
         async with self._lock:

@@ -1,4 +1,4 @@
-"""Routes, static neighbours and fdb entries Felix owns, applied over netlink (pyroute2 AsyncIPRoute).
+"""Routes, static neighbours and fdb entries Felix owns, applied over netlink.
 
 Why this shape:
 - Our routes carry protocol FELIX_RT_PROTO (80), so Felix can find its own
@@ -26,9 +26,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from felix.dataplane import FELIX_RT_PROTO
 from felix.dataplane.errors import DataplaneError
@@ -60,6 +57,11 @@ class Route:
         return socket.AF_INET6 if ":" in self.dst else socket.AF_INET
 
 
+def _netlink_error() -> type[Exception]:
+    from pyroute2.netlink.exceptions import NetlinkError
+    return NetlinkError
+
+
 def _norm_cidr(cidr: str) -> str:
     return str(ipaddress.ip_network(cidr, strict=False))
 
@@ -80,7 +82,7 @@ class RouteWriter:
     def __init__(self, netns: str | None = None, managed_prefixes: tuple[str, ...] = ()):
         self.netns = netns
         self.managed_prefixes = tuple(managed_prefixes)
-        self._ipr: AsyncIPRoute | None = None
+        self._ipr = None  # pyroute2 AsyncIPRoute, opened on first neighbour/fdb use
         self._thread: NsThread | None = None  # in-namespace worker: raw route socket, ifindex lookups
         self._rsock: RouteSocket | None = None
         self._lock = asyncio.Lock()  # apply/refresh/cleanup may be scheduled concurrently by Felix
@@ -93,6 +95,7 @@ class RouteWriter:
         self._fdb: dict[tuple[str, str], str] = {}                      # (dev, mac) -> dst ip
         # kernel view (None until loaded)
         self._kroutes: dict[str, tuple[int, str | None, int]] | None = None  # dst -> (oif, gw, scope)
+        self._prefetched = False  # kernel read by prefetch(): the first apply must still mark all dirty
         self._kneigh: dict[tuple[str, str], str] = {}
         self._kfdb: dict[tuple[str, str], str] = {}
         self._ifindex: dict[str, int] = {}
@@ -193,8 +196,10 @@ class RouteWriter:
         return self._kroutes is None or bool(self._dirty_routes or self._dirty_neigh or self._dirty_fdb)
 
     # ---- kernel ----
-    async def _conn(self) -> AsyncIPRoute:
+    async def _conn(self):
+        """pyroute2 for neighbour/fdb writes and the fdb dump, imported on first use (see rtnl)."""
         if self._ipr is None:
+            from pyroute2 import AsyncIPRoute
             self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
         return self._ipr
 
@@ -220,27 +225,33 @@ class RouteWriter:
             self._thread.close()
             self._thread = None
 
+    def _dump_kernel(self) -> tuple[list[tuple[int, str]], list[dict], list[dict]]:
+        """Runs in the namespace thread: links (if_nameindex is C-speed), routes, neighbours."""
+        if self._rsock is None:
+            self._rsock = RouteSocket()
+        return socket.if_nameindex(), self._rsock.dump_routes(), self._rsock.dump_neighbours()
+
     async def load(self) -> None:
         """Read links, our proto-80 routes, permanent neighbours and fdb entries from the kernel."""
-        ipr = await self._conn()
-        # if_nameindex in the namespace thread: C-speed, where a pyroute2 link dump parses every attribute
-        names: dict[int, str] = dict(await self._ns().call(socket.if_nameindex))
+        links, routes, neighs = await self._ns().call(self._dump_kernel)
+        names: dict[int, str] = dict(links)
         self._ifindex = {name: idx for idx, name in names.items()}
         kroutes: dict[str, tuple[int, str | None, int]] = {}
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            async for r in await ipr.route("dump", family=fam):
-                if r["proto"] != FELIX_RT_PROTO or r.get("table", r["table"]) != MAIN_TABLE:
-                    continue
-                dst = r.get("dst") or ("0.0.0.0" if fam == socket.AF_INET else "::")
-                kroutes[f"{dst}/{r['dst_len']}"] = (r.get("oif"), r.get("gateway"), r["scope"])
+        for r in routes:
+            if r["proto"] != FELIX_RT_PROTO or r["table"] != MAIN_TABLE:
+                continue
+            fam = r["family"]
+            dst = r["dst"] or ("0.0.0.0" if fam == socket.AF_INET else "::")
+            kroutes[f"{dst}/{r['dst_len']}"] = (r["oif"], r["gateway"], r["scope"])
         self._kroutes = kroutes
         self._kneigh = {}
-        async for n in await ipr.neigh("dump"):
-            if n["state"] & NUD_PERMANENT and n.get("lladdr") and n["ifindex"] in names:
-                self._kneigh[(names[n["ifindex"]], n.get("dst"))] = n.get("lladdr")
+        for n in neighs:
+            if n["state"] & NUD_PERMANENT and n["lladdr"] and n["dst"] and n["ifindex"] in names:
+                self._kneigh[(names[n["ifindex"]], n["dst"])] = n["lladdr"]
         self._kfdb = {}
         fdb_devs = {dev for dev, _ in self._fdb}
         if fdb_devs:
+            ipr = await self._conn()
             async for f in await ipr.fdb("dump"):
                 name = names.get(f["ifindex"])
                 if name in fdb_devs and f.get("dst"):
@@ -343,7 +354,7 @@ class RouteWriter:
                 self._kneigh[key] = mac
                 self.stats["neigh_updates"] += 1
             return "done"
-        except NetlinkError as e:
+        except _netlink_error() as e:
             if e.code in (errno.ENOENT, errno.ESRCH) and mac is None:
                 self._kneigh.pop(key, None)
                 return "done"
@@ -373,11 +384,23 @@ class RouteWriter:
                 self._kfdb[key] = ip
                 self.stats["fdb_updates"] += 1
             return "done"
-        except NetlinkError as e:
+        except _netlink_error() as e:
             if e.code in (errno.ENOENT, errno.ESRCH) and ip is None:
                 self._kfdb.pop(key, None)
                 return "done"
             return f"fdb {mac} on {dev}: {e}"
+
+    async def prefetch(self) -> None:
+        """Read the kernel ahead of the first apply (start-up: overlaps the datastore snapshot).
+
+        Read-only; the first apply still compares every desired object with
+        what was read, and anything that moved meanwhile is caught by the
+        replace semantics and the periodic refresh.
+        """
+        async with self._lock:
+            if self._kroutes is None:
+                await self.load()
+                self._prefetched = True
 
     async def apply(self) -> bool:
         """See _apply; serialised with refresh/cleanup_stale."""
@@ -393,8 +416,10 @@ class RouteWriter:
         """
         t0 = time.monotonic()
         try:
-            if self._kroutes is None:
-                await self.load()
+            if self._kroutes is None or self._prefetched:
+                if self._kroutes is None:
+                    await self.load()
+                self._prefetched = False
                 self._dirty_routes |= set(self._routes)
                 self._dirty_neigh |= set(self._neigh)
                 self._dirty_fdb |= set(self._fdb)

@@ -1,10 +1,13 @@
-"""Bulk route replace/delete over a raw rtnetlink socket: many messages per sendmsg, acks read back.
+"""Bulk route replace/delete and the route/neighbour dumps over a raw rtnetlink socket.
 
-Why not pyroute2 for this one path: pyroute2 spends ~0.3-0.5 ms of Python per
-route message encoding it, so 1,000 endpoints cost ~10x `ip -batch`. Route
-messages are tiny fixed structs; packing them here makes a 1,000-route apply
-cheaper than the `ip -batch` floor. pyroute2 still does the dumps, neighbours,
-fdb and link events, where volume is low.
+Why not pyroute2 for these paths: pyroute2 spends ~0.3-0.5 ms of Python per
+route message encoding it, so 1,000 endpoints cost ~10x `ip -batch`; and
+importing it costs ~80 ms of CPU, which on Felix's cold start would sit
+between the datastore snapshot and the first route.  Route and neighbour
+messages are tiny fixed structs; packing and parsing them here keeps the
+whole first apply free of pyroute2.  pyroute2 still does neighbour and fdb
+writes, the fdb dump and link events, where volume is low and nothing waits
+on them at start-up.
 
 The socket is opened inside the target namespace by an NsThread and used only
 from that thread.
@@ -14,15 +17,19 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-NLMSG_ERROR = 2
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+NLM_F_DUMP = 0x300
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+NDA_DST, NDA_LLADDR = 1, 2
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
 SOL_NETLINK = 270
@@ -86,6 +93,78 @@ def parse_acks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    """rtattr type -> payload for the attributes in data[off:end] (first one wins)."""
+    out: dict[int, bytes] = {}
+    while off + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out.setdefault(kind & 0x3FFF, data[off + 4:off + length])
+        off += (length + 3) & ~3
+    return out
+
+
+def _addr(family: int, raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return socket.inet_ntop(family, raw)
+
+
+def parse_routes(data: bytes) -> list[dict]:
+    """RTM_NEWROUTE messages of one dump datagram as dicts (family, dst, dst_len, proto, scope,
+    table, oif, gateway); NLMSG_DONE ends the list with a None entry."""
+    out: list = []
+    off = 0
+    while off + 16 <= len(data):
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+        if length < 16:
+            break
+        if kind == NLMSG_DONE:
+            out.append(None)
+        elif kind == NLMSG_ERROR:
+            (err,) = struct.unpack_from("=i", data, off + 16)
+            raise OSError(-err, f"route dump: {os.strerror(-err)}")
+        elif kind == RTM_NEWROUTE and length >= 28:
+            fam, dst_len, _src_len, _tos, table, proto, scope, _rtype, _flags = struct.unpack_from(
+                "=BBBBBBBBI", data, off + 16)
+            a = _attrs(data, off + 28, off + length)
+            if RTA_TABLE in a:
+                (table,) = struct.unpack("=I", a[RTA_TABLE][:4])
+            oif = struct.unpack("=i", a[RTA_OIF][:4])[0] if RTA_OIF in a else None
+            out.append({"family": fam, "dst": _addr(fam, a.get(RTA_DST)), "dst_len": dst_len, "proto": proto,
+                        "scope": scope, "table": table, "oif": oif, "gateway": _addr(fam, a.get(RTA_GATEWAY))})
+        off += (length + 3) & ~3
+    return out
+
+
+def parse_neighbours(data: bytes) -> list:
+    """RTM_NEWNEIGH messages of one dump datagram as dicts (family, ifindex, state, dst, lladdr);
+    NLMSG_DONE ends the list with a None entry."""
+    out: list = []
+    off = 0
+    while off + 16 <= len(data):
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+        if length < 16:
+            break
+        if kind == NLMSG_DONE:
+            out.append(None)
+        elif kind == NLMSG_ERROR:
+            (err,) = struct.unpack_from("=i", data, off + 16)
+            raise OSError(-err, f"neighbour dump: {os.strerror(-err)}")
+        elif kind == RTM_NEWNEIGH and length >= 28:
+            fam, _p1, _p2, ifindex, state, _flags, _ntype = struct.unpack_from("=BBHiHBB", data, off + 16)
+            a = _attrs(data, off + 28, off + length)
+            ll = a.get(NDA_LLADDR)
+            dst = a.get(NDA_DST)
+            out.append({"family": fam, "ifindex": ifindex, "state": state,
+                        "dst": _addr(fam, dst) if dst is not None and fam in (socket.AF_INET, socket.AF_INET6)
+                        else None,
+                        "lladdr": ":".join(f"{b:02x}" for b in ll) if ll else None})
+        off += (length + 3) & ~3
+    return out
+
+
 class RouteSocket:
     """A raw NETLINK_ROUTE socket; create and use it from one NsThread (its namespace is fixed at open)."""
 
@@ -119,6 +198,26 @@ class RouteSocket:
                     if i is not None:
                         result[i] = err
         return result
+
+    def _dump(self, kind: int, body: bytes, parse) -> list[dict]:
+        self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
+        seq = self._seq
+        self.sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        out: list[dict] = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            for item in parse(data):
+                if item is None:
+                    return out
+                out.append(item)
+
+    def dump_routes(self, family: int = socket.AF_UNSPEC) -> list[dict]:
+        """Every route of every table (see parse_routes for the fields)."""
+        return self._dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0), parse_routes)
+
+    def dump_neighbours(self, family: int = socket.AF_UNSPEC) -> list[dict]:
+        """Every neighbour entry (see parse_neighbours for the fields)."""
+        return self._dump(RTM_GETNEIGH, struct.pack("=BBHiHBB", family, 0, 0, 0, 0, 0, 0), parse_neighbours)
 
     def close(self) -> None:
         self.sock.close()

@@ -136,3 +136,58 @@ async def test_big_batch_errors_do_not_stop_other_routes(host):
         assert routes(host) == {"10.67.0.0/26 via 192.168.50.2"}
     finally:
         w.close()
+
+
+async def test_raw_dumps_match_pyroute2(host):
+    """rtnl's own route/neighbour dump parser (used so the first apply needs no pyroute2)
+    reads the kernel exactly as pyroute2 does, for v4 and v6, our routes and others'."""
+    import socket
+
+    from pyroute2 import AsyncIPRoute
+
+    from felix.dataplane.nsthread import NsThread
+    from felix.dataplane.rtnl import RouteSocket
+
+    host.run("ip", "route", "add", "10.65.0.9/32", "dev", "caliA", "proto", "80")
+    host.run("ip", "route", "add", "10.201.0.0/16", "via", "192.168.50.2", "proto", "80")
+    host.run("ip", "-6", "route", "add", "fd00:65::9/128", "dev", "caliA", "proto", "80")
+    host.run("ip", "route", "add", "10.202.0.0/24", "via", "192.168.50.3", "dev", "uplink", "onlink", "table", "1000")
+    host.run("ip", "neigh", "replace", "10.65.0.9", "lladdr", "02:00:00:aa:bb:09", "dev", "caliA", "nud", "permanent")
+    host.run("ip", "-6", "neigh", "replace", "fd00:65::9", "lladdr", "02:00:00:aa:bb:0a", "dev", "caliA",
+             "nud", "permanent")
+
+    def key(r):
+        return (r["family"], r["dst"], r["dst_len"], r["proto"], r["scope"], r["table"], r["oif"], r["gateway"])
+
+    t = NsThread(host.name, "test")
+    try:
+        def dump():
+            s = RouteSocket()
+            try:
+                return s.dump_routes(), s.dump_neighbours()
+            finally:
+                s.close()
+        raw_routes, raw_neigh = await t.call(dump)
+    finally:
+        t.close()
+    ipr = AsyncIPRoute(netns=host.name, flags=0)
+    try:
+        ref_routes, ref_neigh = [], []
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            async for r in await ipr.route("dump", family=fam):
+                ref_routes.append({"family": fam, "dst": r.get("dst"), "dst_len": r["dst_len"], "proto": r["proto"],
+                                   "scope": r["scope"], "table": r.get("table", r["table"]), "oif": r.get("oif"),
+                                   "gateway": r.get("gateway")})
+        async for n in await ipr.neigh("dump"):
+            if n["family"] in (socket.AF_INET, socket.AF_INET6):
+                ref_neigh.append((n["ifindex"], n["state"], n.get("dst"), n.get("lladdr")))
+    finally:
+        ipr.close()
+    got = sorted(map(key, (r for r in raw_routes if r["family"] in (socket.AF_INET, socket.AF_INET6))), key=str)
+    assert got == sorted(map(key, ref_routes), key=str)
+    assert ("10.201.0.0" in {r["dst"] for r in raw_routes} and
+            any(r["table"] == 1000 and r["gateway"] == "192.168.50.3" for r in raw_routes))
+    got_n = sorted(((n["ifindex"], n["state"], n["dst"], n["lladdr"]) for n in raw_neigh
+                    if n["family"] in (socket.AF_INET, socket.AF_INET6)), key=str)
+    assert got_n == sorted(ref_neigh, key=str)
+    assert any(n["dst"] == "fd00:65::9" and n["lladdr"] == "02:00:00:aa:bb:0a" for n in raw_neigh)
