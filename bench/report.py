@@ -73,6 +73,7 @@ def _num(pattern: str, text: str, group: int = 1) -> float | None:
 def parse_felix(text: str) -> dict:
     return {
         "floor_ms": _num(r"floor \(one ipset restore.*?\): (\d+) ms", text),
+        "floor_exact_ms": _num(r"floor with Felix's exact rules.*?: (\d+) ms", text),
         "cold_ms": _num(r"cold start, felix process start -> dataplane complete: (\d+) ms", text),
         "apply_ms": _num(r"felix's own first apply.*?: (\d+) ms", text),
         "inc_p50_ms": _num(r"incremental add-one-endpoint.*?p50 ([\d.]+) ms", text),
@@ -149,6 +150,8 @@ def rows(felix: dict, felix_legacy: dict, confd: dict, cluster: dict | None, sca
     r.append(Row(f"Felix cold start (nft), {eps:,} endpoints / 100 profiles / 10 tags, process start -> "
                  "dataplane complete", felix.get("cold_ms"), "ms", felix.get("floor_ms"), "floor", 2.0,
                  "target <= 2x floor"))
+    r.append(Row("  the same, against a floor applying Felix's exact rules (per-rule hash comments included)",
+                 felix.get("cold_ms"), "ms", felix.get("floor_exact_ms"), "floor", 2.0, "target <= 2x floor"))
     r.append(Row("  of which Felix's own first apply (ipsets + iptables + routes, from its log)",
                  felix.get("apply_ms"), "ms", felix.get("floor_ms"), "floor", None))
     r.append(Row(f"Felix incremental, one endpoint added to {eps:,}, etcd put -> route present, p50",
@@ -156,6 +159,8 @@ def rows(felix: dict, felix_legacy: dict, confd: dict, cluster: dict | None, sca
     r.append(Row("Felix incremental, p99", felix.get("inc_p99_ms"), "ms", 100, "target"))
     r.append(Row(f"Felix cold start (legacy iptables), {eps:,} endpoints", felix_legacy.get("cold_ms"), "ms",
                  felix_legacy.get("floor_ms"), "floor", 2.0, "target <= 2x floor"))
+    r.append(Row("  the same, against the exact-rules floor (legacy)", felix_legacy.get("cold_ms"), "ms",
+                 felix_legacy.get("floor_exact_ms"), "floor", 2.0, "target <= 2x floor"))
     r.append(Row("Felix incremental (legacy iptables), p99", felix_legacy.get("inc_p99_ms"), "ms", 100, "target"))
     r.append(Row("confd: etcd change -> BIRD reconfigured, p50 of 200", confd.get("p50_ms"), "ms", 200, "target"))
     r.append(Row("confd: etcd change -> BIRD reconfigured, p99 of 200", confd.get("p99_ms"), "ms", 200, "target"))
