@@ -111,9 +111,9 @@ def _addr(family: int, raw: bytes | None) -> str | None:
     return socket.inet_ntop(family, raw)
 
 
-def parse_routes(data: bytes) -> list[dict]:
-    """RTM_NEWROUTE messages of one dump datagram as dicts (family, dst, dst_len, proto, scope,
-    table, oif, gateway); NLMSG_DONE ends the list with a None entry."""
+def _parse_dump(data: bytes, kind_wanted: int, what: str, decode) -> list:
+    """decode(data, off, end) for each `kind_wanted` message of one dump datagram; NLMSG_DONE
+    ends the list with a None entry; an NLMSG_ERROR raises OSError."""
     out: list = []
     off = 0
     while off + 16 <= len(data):
@@ -124,45 +124,43 @@ def parse_routes(data: bytes) -> list[dict]:
             out.append(None)
         elif kind == NLMSG_ERROR:
             (err,) = struct.unpack_from("=i", data, off + 16)
-            raise OSError(-err, f"route dump: {os.strerror(-err)}")
-        elif kind == RTM_NEWROUTE and length >= 28:
-            fam, dst_len, _src_len, _tos, table, proto, scope, _rtype, _flags = struct.unpack_from(
-                "=BBBBBBBBI", data, off + 16)
-            a = _attrs(data, off + 28, off + length)
-            if RTA_TABLE in a:
-                (table,) = struct.unpack("=I", a[RTA_TABLE][:4])
-            oif = struct.unpack("=i", a[RTA_OIF][:4])[0] if RTA_OIF in a else None
-            out.append({"family": fam, "dst": _addr(fam, a.get(RTA_DST)), "dst_len": dst_len, "proto": proto,
-                        "scope": scope, "table": table, "oif": oif, "gateway": _addr(fam, a.get(RTA_GATEWAY))})
+            raise OSError(-err, f"{what} dump: {os.strerror(-err)}")
+        elif kind == kind_wanted and length >= 28:
+            out.append(decode(data, off, off + length))
         off += (length + 3) & ~3
     return out
+
+
+def _route(data: bytes, off: int, end: int) -> dict:
+    fam, dst_len, _src_len, _tos, table, proto, scope, _rtype, _flags = struct.unpack_from(
+        "=BBBBBBBBI", data, off + 16)
+    a = _attrs(data, off + 28, end)
+    if RTA_TABLE in a:
+        (table,) = struct.unpack("=I", a[RTA_TABLE][:4])
+    oif = struct.unpack("=i", a[RTA_OIF][:4])[0] if RTA_OIF in a else None
+    return {"family": fam, "dst": _addr(fam, a.get(RTA_DST)), "dst_len": dst_len, "proto": proto,
+            "scope": scope, "table": table, "oif": oif, "gateway": _addr(fam, a.get(RTA_GATEWAY))}
+
+
+def _neighbour(data: bytes, off: int, end: int) -> dict:
+    fam, _p1, _p2, ifindex, state, _flags, _ntype = struct.unpack_from("=BBHiHBB", data, off + 16)
+    a = _attrs(data, off + 28, end)
+    ll, dst = a.get(NDA_LLADDR), a.get(NDA_DST)
+    ip = _addr(fam, dst) if dst is not None and fam in (socket.AF_INET, socket.AF_INET6) else None
+    return {"family": fam, "ifindex": ifindex, "state": state, "dst": ip,
+            "lladdr": ":".join(f"{b:02x}" for b in ll) if ll else None}
+
+
+def parse_routes(data: bytes) -> list:
+    """RTM_NEWROUTE messages of one dump datagram as dicts (family, dst, dst_len, proto, scope,
+    table, oif, gateway); NLMSG_DONE ends the list with a None entry."""
+    return _parse_dump(data, RTM_NEWROUTE, "route", _route)
 
 
 def parse_neighbours(data: bytes) -> list:
     """RTM_NEWNEIGH messages of one dump datagram as dicts (family, ifindex, state, dst, lladdr);
     NLMSG_DONE ends the list with a None entry."""
-    out: list = []
-    off = 0
-    while off + 16 <= len(data):
-        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
-        if length < 16:
-            break
-        if kind == NLMSG_DONE:
-            out.append(None)
-        elif kind == NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", data, off + 16)
-            raise OSError(-err, f"neighbour dump: {os.strerror(-err)}")
-        elif kind == RTM_NEWNEIGH and length >= 28:
-            fam, _p1, _p2, ifindex, state, _flags, _ntype = struct.unpack_from("=BBHiHBB", data, off + 16)
-            a = _attrs(data, off + 28, off + length)
-            ll = a.get(NDA_LLADDR)
-            dst = a.get(NDA_DST)
-            out.append({"family": fam, "ifindex": ifindex, "state": state,
-                        "dst": _addr(fam, dst) if dst is not None and fam in (socket.AF_INET, socket.AF_INET6)
-                        else None,
-                        "lladdr": ":".join(f"{b:02x}" for b in ll) if ll else None})
-        off += (length + 3) & ~3
-    return out
+    return _parse_dump(data, RTM_NEWNEIGH, "neighbour", _neighbour)
 
 
 class RouteSocket:
