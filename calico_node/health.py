@@ -87,10 +87,13 @@ def problems(state: NodeState, kind: str,
             if reason:
                 out.append(f"felix: {reason}")
             continue
-        if st != "RUNNING":
+        own_check = name in ("bird", "bird6", "confd") and state.networking
+        # STARTING is supervisord's first second after a (re)start: the process is
+        # alive, and a service that can answer for itself decides its readiness.
+        if st != "RUNNING" and not (st == "STARTING" and (kind == "live" or own_check)):
             out.append(f"{name}: {st}")
             continue
-        if name in ("bird", "bird6", "confd") and state.networking:
+        if own_check:
             reason = check(name, kind, state)
             if reason:
                 out.append(f"{name}: {reason}")

@@ -124,6 +124,26 @@ def test_health_aggregates_services():
     assert out == ["felix: returned 503"] and seen == ["/liveness"]
 
 
+def test_starting_is_alive_and_lets_a_service_answer_for_its_readiness():
+    starting = {"felix": "STARTING", "bird": "STARTING", "confd": "STARTING"}
+    asked = []
+
+    def check(name, kind, st):
+        asked.append((name, kind))
+        return "no BGP session established" if (name, kind) == ("bird", "ready") else None
+    assert health.problems(state(), "live", states=lambda s: starting, check=check) == []
+    assert asked == [("bird", "live"), ("confd", "live")]
+    asked.clear()
+    out = health.problems(state(), "ready", states=lambda s: starting, check=check)
+    # Felix (no health endpoint) cannot say whether it has programmed anything yet: not ready.
+    assert out == ["felix: STARTING", "bird: no BGP session established"]
+    assert asked == [("bird", "ready"), ("confd", "ready")]
+    # Still not alive or ready when supervisord has given up or is backing off.
+    out = health.problems(state(), "live", states=lambda s: dict(starting, confd="FATAL", bird="BACKOFF"),
+                          check=lambda n, k, r: None)
+    assert out == ["bird: BACKOFF", "confd: FATAL"]
+
+
 def test_health_without_supervisord_is_one_clear_reason():
     out = health.problems(state(), "live")
     assert len(out) == 1 and out[0].startswith("supervisord: not answering on /nonexistent.sock")
