@@ -307,23 +307,6 @@ def test_concurrent_tag_and_rule_edits_lose_nothing(etcd_env):
     assert ports == [1000 + i for i in range(6)]
 
 
-class _RacingClient:
-    """A real DatastoreClient whose first transaction is preceded by another writer's put
-    (a second operator adding a pool between our overlap check and our write)."""
-
-    def __init__(self, real, key: str, value: str):
-        self.real, self.key, self.value, self.raced = real, key, value, False
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    async def txn(self, *args, **kw):
-        if not self.raced:
-            self.raced = True
-            await self.real.put(self.key, self.value)
-        return await self.real.txn(*args, **kw)
-
-
 @pytest.mark.parametrize("racer,expect_rc", [
     ("10.90.0.0/17", 2),   # overlapping pool sneaks in: our add must be refused on the re-check
     ("10.91.0.0/16", 0),   # an unrelated pool sneaks in: our add retries and lands
@@ -335,11 +318,12 @@ def test_pool_add_overlap_check_is_atomic(etcd_env, racer, expect_rc):
     from calicoctl.cli import ArgError, Context
     from libcalico import keys
     from libcalico.datastore import DatastoreClient
+    from tests.lib.faults import WritesBeforeTxn
 
     async def go() -> int:
         real = DatastoreClient.from_env()
         ctx = Context(stdout=io.StringIO())
-        ctx._client = _RacingClient(real, keys.pool(racer), json.dumps({"cidr": racer}))
+        ctx._client = WritesBeforeTxn(real, {keys.pool(racer): json.dumps({"cidr": racer})})
         try:
             return await pool_cmd.parse(["add", "10.90.0.0/16"])(ctx) or 0
         except ArgError as e:

@@ -11,29 +11,14 @@ import pytest
 from calico_node import settings, startup
 from libcalico import keys
 from libcalico.datastore import DatastoreClient
-
-
-class _RacingClient:
-    """A real client whose first transaction is preceded by another node's write."""
-
-    def __init__(self, real: DatastoreClient, writes: dict[str, str]):
-        self.real, self.writes = real, writes
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    async def txn(self, *args, **kw):
-        writes, self.writes = self.writes, {}
-        for k, v in writes.items():
-            await self.real.put(k, v)
-        return await self.real.txn(*args, **kw)
+from tests.lib.faults import WritesBeforeTxn
 
 
 def _run(etcd, writes: dict[str, str], step):
     async def go():
         real = DatastoreClient([etcd.endpoint])
         try:
-            return await step(_RacingClient(real, writes))
+            return await step(WritesBeforeTxn(real, writes))
         finally:
             await real.close()
     return asyncio.run(go())

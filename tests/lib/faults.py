@@ -125,3 +125,20 @@ class SmallTmpfs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WritesBeforeTxn:
+    """A real datastore client whose next transaction is preceded by other writers' puts:
+    a concurrent change landing between a check and its guarded write, deterministically."""
+
+    def __init__(self, real, writes: dict[str, str]):
+        self.real, self.writes = real, dict(writes)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    async def txn(self, *args, **kw):
+        writes, self.writes = self.writes, {}
+        for k, v in writes.items():
+            await self.real.put(k, v)
+        return await self.real.txn(*args, **kw)
