@@ -95,7 +95,6 @@ class RouteWriter:
         self._fdb: dict[tuple[str, str], str] = {}                      # (dev, mac) -> dst ip
         # kernel view (None until loaded)
         self._kroutes: dict[str, tuple[int, str | None, int]] | None = None  # dst -> (oif, gw, scope)
-        self._prefetched = False  # kernel read by prefetch(): the first apply must still mark all dirty
         self._kneigh: dict[tuple[str, str], str] = {}
         self._kfdb: dict[tuple[str, str], str] = {}
         self._ifindex: dict[str, int] = {}
@@ -208,11 +207,15 @@ class RouteWriter:
             self._thread = NsThread(self.netns, "routes")
         return self._thread
 
-    def _route_batch(self, ops: list[RouteOp]) -> list[int]:
-        """Runs in the namespace thread."""
+    def _sock(self) -> RouteSocket:
+        """The raw route socket, opened on first use; call only in the namespace thread."""
         if self._rsock is None:
             self._rsock = RouteSocket()
-        return self._rsock.run(ops)
+        return self._rsock
+
+    def _route_batch(self, ops: list[RouteOp]) -> list[int]:
+        """Runs in the namespace thread."""
+        return self._sock().run(ops)
 
     def close(self) -> None:
         if self._ipr is not None:
@@ -227,9 +230,8 @@ class RouteWriter:
 
     def _dump_kernel(self) -> tuple[list[tuple[int, str]], list[dict], list[dict]]:
         """Runs in the namespace thread: links (if_nameindex is C-speed), routes, neighbours."""
-        if self._rsock is None:
-            self._rsock = RouteSocket()
-        return socket.if_nameindex(), self._rsock.dump_routes(), self._rsock.dump_neighbours()
+        sock = self._sock()
+        return socket.if_nameindex(), sock.dump_routes(), sock.dump_neighbours()
 
     async def load(self) -> None:
         """Read links, our proto-80 routes, permanent neighbours and fdb entries from the kernel."""
@@ -393,14 +395,14 @@ class RouteWriter:
     async def prefetch(self) -> None:
         """Read the kernel ahead of the first apply (start-up: overlaps the datastore snapshot).
 
-        Read-only; the first apply still compares every desired object with
-        what was read, and anything that moved meanwhile is caught by the
-        replace semantics and the periodic refresh.
+        Read-only.  Every object desired before the first apply is dirty from
+        being set, so that apply still compares each one with what was read;
+        anything that moved meanwhile is caught by the replace semantics and
+        the periodic refresh.
         """
         async with self._lock:
             if self._kroutes is None:
                 await self.load()
-                self._prefetched = True
 
     async def apply(self) -> bool:
         """See _apply; serialised with refresh/cleanup_stale."""
@@ -416,10 +418,8 @@ class RouteWriter:
         """
         t0 = time.monotonic()
         try:
-            if self._kroutes is None or self._prefetched:
-                if self._kroutes is None:
-                    await self.load()
-                self._prefetched = False
+            if self._kroutes is None:
+                await self.load()
                 self._dirty_routes |= set(self._routes)
                 self._dirty_neigh |= set(self._neigh)
                 self._dirty_fdb |= set(self._fdb)

@@ -1,4 +1,5 @@
-"""Fault injection helpers for reliability tests: dataplane snapshots, the xtables lock, a full disk.
+"""Fault injection helpers for reliability tests: dataplane snapshots, the xtables lock, a full disk,
+a writer racing a transaction.
 
 Everything acts only inside namespaces (or mount namespaces) the test owns,
 except the xtables lock: /run/xtables.lock is one file for every network
