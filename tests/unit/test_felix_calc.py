@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from felix.calc import CalcConfig, Calculator
 from felix.calc import names as N
 from felix.calc.rules import MULTIPORT_MAX, RuleError, render_rule, rule_lines, rule_to_dict
 from libcalico import keys, models
+from tests.lib.calcfeed import CalcFeed
 
 ACCEPT = "-j MARK --set-xmark 0x1000000/0x1000000"
 
@@ -109,22 +109,7 @@ def test_names_fit_and_do_not_collide():
 
 # ---- calculator ---------------------------------------------------------------------
 
-class Feed:
-    def __init__(self, host="h1", **cfg):
-        self.c = Calculator(CalcConfig(host, **cfg))
-
-    def put(self, path, value):
-        raw = value if isinstance(value, str) else json.dumps(value)
-        try:
-            k, v = models.parse_key_value(path, raw)
-        except models.InvalidValue as e:
-            self.c.on_update("invalid", keys.parse(path), str(e))
-            return
-        self.c.on_update("put", k, v)
-
-    def delete(self, path):
-        self.c.on_update("delete", keys.parse(path))
-
+class Feed(CalcFeed):
     def ep(self, host, wl, iface, ip, profiles, **kw):
         doc = {"state": "active", "name": iface, "profile_ids": profiles, "ipv4_nets": [f"{ip}/32"]}
         doc.update(kw)

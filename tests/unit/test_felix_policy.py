@@ -8,35 +8,21 @@ real packets.
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
-from felix.calc import CalcConfig, Calculator
 from felix.calc import names as N
 from felix.calc.policy import MARK_NEXT_TIER, policy_chain, tier_layout
-from libcalico import keys, models
 from libcalico.selectors import parse_selector
+from tests.lib.calcfeed import CalcFeed
 
 H = "h1"
 
 
-class Feed:
+class Feed(CalcFeed):
     def __init__(self):
-        self.c = Calculator(CalcConfig(hostname=H, ipv6=False))
-
-    def put(self, path, value):
-        raw = value if isinstance(value, str) else json.dumps(value)
-        try:
-            k, v = models.parse_key_value(path, raw)
-        except models.InvalidValue as e:
-            self.c.on_update("invalid", keys.parse(path), str(e))
-            return
-        self.c.on_update("put", k, v)
-
-    def delete(self, path):
-        self.c.on_update("delete", keys.parse(path))
+        super().__init__(H, ipv6=False)
 
     def ep(self, n, labels, profiles=("open",), host=H):
         self.put(f"/calico/v1/host/{host}/workload/o/w{n}/endpoint/e{n}",
