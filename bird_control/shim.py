@@ -19,6 +19,7 @@ import signal
 import sys
 
 from bird_control.protocol import BirdClient, BirdError, BirdUnavailable
+from libcalico.logsafe import escape
 
 WAIT_LOG_INTERVAL = 30.0
 
@@ -37,7 +38,7 @@ def _now() -> str:
 
 
 def say(prog: str, msg: str) -> None:
-    sys.stdout.write(f"{_now()} {prog}: {msg}\n")
+    sys.stdout.write(f"{_now()} {prog}: {escape(msg)}\n")
     sys.stdout.flush()
 
 
@@ -46,7 +47,7 @@ async def _relay(stream: asyncio.StreamReader, prog: str) -> None:
         line = await stream.readline()
         if not line:
             return
-        sys.stdout.write(f"{_now()} {prog}: {line.decode('utf-8', 'replace').rstrip()}\n")
+        say(prog, line.decode("utf-8", "replace").rstrip("\r\n"))
         sys.stdout.flush()
 
 

@@ -13,15 +13,17 @@ import logging
 import signal
 import sys
 
+from libcalico import logsafe
+
 from . import health, settings, startup, supervisor
 
 log = logging.getLogger("calico-node")
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s.%(msecs)03d [%(levelname)s] calico-node: %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
+    logsafe.basic_config(level=logging.INFO, stream=sys.stderr,
+                         format="%(asctime)s.%(msecs)03d [%(levelname)s] calico-node: %(message)s",
+                         datefmt="%Y-%m-%d %H:%M:%S")
 
 
 def _stop_during_startup(signum: int, frame: object) -> None:

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from confd.daemon import Confd, Settings, check_ready
+from libcalico import logsafe
 from libcalico.validation import validate_ip, validate_name
 
 log = logging.getLogger("confd")
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--check-ready", action="store_true",
                     help="exit 0 when the running confd is in sync and its last render/check/reload succeeded")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("CONFD_LOGLEVEL", "INFO").upper(),
-                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s", stream=sys.stdout)
+    logsafe.basic_config(level=os.environ.get("CONFD_LOGLEVEL", "INFO").upper(),
+                         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s", stream=sys.stdout)
     try:
         settings = settings_from_env()
     except ValueError as e:

@@ -484,8 +484,9 @@ def set_log_level(level: str) -> None:
 
 
 def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(format="%(asctime)s.%(msecs)03d [%(levelname)s] %(name)s: %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S", force=True)
+    from libcalico import logsafe
+    logsafe.basic_config(format="%(asctime)s.%(msecs)03d [%(levelname)s] %(name)s: %(message)s",
+                         datefmt="%Y-%m-%dT%H:%M:%S", force=True)
     set_log_level(level)
     for noisy in ("aetcd", "grpc", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
