@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 # Interfaces whose addresses are never the host's own: bridges and tunnels of
 # container runtimes, workload veths and Calico's own devices.
-EXCLUDED_IFACES = re.compile(r"^(docker|cbr|virbr|lxcbr|veth|cali|tunl|flannel|vxlan\.calico|lo$)")
+EXCLUDED_IFACES = re.compile(r"^(docker|cbr|virbr|lxcbr|veth|cali|tunl|flannel|vxlan\.calico|lo\Z)")
 
 
 @dataclass(frozen=True)

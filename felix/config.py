@@ -157,7 +157,7 @@ def _ports(v: str) -> tuple[tuple[str, int], ...]:
         proto = proto.lower() if sep else "tcp"
         if proto not in ("tcp", "udp", "sctp"):
             raise ValueError(f"{item!r}: protocol must be tcp, udp or sctp")
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"{item!r}: port must be 1..65535")
         out.append((proto, int(port)))
     return tuple(out)

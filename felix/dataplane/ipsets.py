@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_SET_NAME = 31  # IPSET_MAXNAMELEN 32 incl. NUL
 MAXELEM = 1048576
 SET_TYPE = "hash:net"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 SWAP_MIN_SIZE = 16  # below this, deltas are always cheap enough
 
 
@@ -43,7 +43,7 @@ def ipset_name(family: int, ident: str) -> str:
     """`felix-v4-<id>` if it fits 31 chars, else `felix-v4-_<base32 sha256>`; `_`-ids are always hashed."""
     prefix = set_prefix(family)
     room = MAX_SET_NAME - len(prefix)
-    if len(ident) <= room and _NAME_RE.match(ident) and not ident.startswith("_"):
+    if len(ident) <= room and _NAME_RE.fullmatch(ident) and not ident.startswith("_"):
         return prefix + ident
     digest = base64.b32encode(hashlib.sha256(ident.encode()).digest()).decode().rstrip("=")
     return prefix + "_" + digest[: room - 1]
@@ -111,7 +111,7 @@ class IpsetWriter:
 
     # ---- model ----
     def _check_name(self, name: str) -> None:
-        if not name.startswith(self.prefix) or len(name) > MAX_SET_NAME or not _NAME_RE.match(name) \
+        if not name.startswith(self.prefix) or len(name) > MAX_SET_NAME or not _NAME_RE.fullmatch(name) \
                 or name == self.tmp_name:
             raise ValueError(f"invalid ipset name {name!r} for IPv{self.family} (want {self.prefix}<id>, <= 31 chars)")
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CHAIN_PREFIX = "felix-"
 MAX_CHAIN_LEN = 28  # iptables' limit (XT_EXTENSION_MAXNAMELEN 29 incl. NUL)
-_CHAIN_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_CHAIN_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _HASH_LEN = 16
 _COMMENT_RE = re.compile(r'--comment "?felix:([A-Za-z0-9_-]{16})"?')
 
@@ -54,7 +54,7 @@ def chain_name(prefix: str, ident: str) -> str:
     room = MAX_CHAIN_LEN - len(prefix)
     if room < 9:
         raise ValueError(f"chain prefix {prefix!r} leaves no room for an id")
-    if len(ident) <= room and _CHAIN_RE.match(ident) and not ident.startswith("_"):
+    if len(ident) <= room and _CHAIN_RE.fullmatch(ident) and not ident.startswith("_"):
         return prefix + ident
     digest = base64.b32encode(hashlib.sha256(ident.encode()).digest()).decode().rstrip("=")
     return prefix + "_" + digest[: room - 1]
@@ -68,7 +68,7 @@ def rule_hash(chain: str, rule: str) -> str:
 
 def check_chain(name: str, ours: bool = True) -> None:
     """Defense in depth: names come from the calculator, but a bad one would corrupt the restore text."""
-    if not _CHAIN_RE.match(name) or len(name) > MAX_CHAIN_LEN:
+    if not _CHAIN_RE.fullmatch(name) or len(name) > MAX_CHAIN_LEN:
         raise ValueError(f"invalid iptables chain name {name!r}")
     if ours and not name.startswith(CHAIN_PREFIX):
         raise ValueError(f"chain {name!r} is not a felix chain (prefix {CHAIN_PREFIX!r})")

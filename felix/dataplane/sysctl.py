@@ -16,12 +16,12 @@ from felix.dataplane.nsthread import NsThread
 
 log = logging.getLogger(__name__)
 
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 def interface_sysctls(ifname: str, v4: bool = True, v6: bool = True) -> dict[str, str]:
     """What a workload interface needs: proxy ARP/NDP answer for the gateway, strict rp_filter, no RA."""
-    if not _IFNAME_RE.match(ifname) or ifname in (".", ".."):
+    if not _IFNAME_RE.fullmatch(ifname) or ifname in (".", ".."):
         raise ValueError(f"invalid interface name {ifname!r}")
     out = {}
     if v4:
