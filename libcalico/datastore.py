@@ -25,6 +25,7 @@ from aetcd.utils import prefix_range_end
 
 from libcalico import etcdconf
 from libcalico.etcdconf import ConfigError, EtcdConfig
+from libcalico.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class WatchEvent:
     key: str
     value: str | None
     mod_revision: int
+    create_revision: int = 0  # 0 for deletes
 
 
 class Lease:
@@ -158,9 +160,40 @@ def op_get(key: str, prefix: bool = False) -> transactions.Get:
 _BUILDER = aetcd.Client()  # only its request builders are used, it never connects
 
 
-def _kv(kv: Any) -> KV:
-    return KV(kv.key.decode(), kv.value.decode(errors="replace"), kv.mod_revision, kv.create_revision,
-              kv.lease)
+# Keys that are not UTF-8 are skipped where they are read, in every program: one such key
+# must not end a snapshot or a watch (a crash loop on every node), nor flood the log.
+_bad_key_log = RateLimitedLog(log)
+
+
+def _decode_key(raw: bytes) -> str | None:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        _bad_key_log.log("undecodable key", logging.WARNING,
+                         "skipping etcd key that is not valid UTF-8: %s", ascii(raw)[1:])
+        _bad_key_log.flush()
+        return None
+
+
+def _kv(kv: Any) -> KV | None:
+    key = _decode_key(kv.key)
+    if key is None:
+        return None
+    return KV(key, kv.value.decode(errors="replace"), kv.mod_revision, kv.create_revision, kv.lease)
+
+
+def _kvs(raw: Any) -> list[KV]:
+    return [kv for kv in map(_kv, raw) if kv is not None]
+
+
+def _watch_event(ev: Any) -> WatchEvent | None:
+    key = _decode_key(ev.kv.key)
+    if key is None:
+        return None
+    if ev.type == rpc.Event.DELETE:
+        return WatchEvent("delete", key, None, ev.kv.mod_revision)
+    return WatchEvent("put", key, ev.kv.value.decode(errors="replace"), ev.kv.mod_revision,
+                      ev.kv.create_revision)
 
 
 class _Conn(aetcd.Client):
@@ -330,7 +363,7 @@ class DatastoreClient:
 
     async def get_kv(self, key: str) -> KV | None:
         resp = await self._range(f"get {key}", key, False)
-        return _kv(resp.kvs[0]) if resp.kvs else None
+        return _kv(resp.kvs[0]) if resp.kvs else None  # None too when the key is not UTF-8
 
     async def get(self, key: str) -> str | None:
         kv = await self.get_kv(key)
@@ -343,7 +376,7 @@ class DatastoreClient:
         which lets a syncer read several prefixes as one consistent snapshot.
         """
         resp = await self._range(f"get prefix {prefix}", prefix, True, revision)
-        kvs = sorted((_kv(kv) for kv in resp.kvs), key=lambda kv: kv.key)
+        kvs = sorted(_kvs(resp.kvs), key=lambda kv: kv.key)
         return (revision or resp.header.revision), kvs
 
     async def current_revision(self) -> int:
@@ -397,7 +430,7 @@ class DatastoreClient:
         for r in resp.responses:
             kind = r.WhichOneof("response")
             if kind == "response_range":
-                out.append([_kv(kv) for kv in r.response_range.kvs])
+                out.append(_kvs(r.response_range.kvs))
             elif kind == "response_delete_range":
                 out.append(r.response_delete_range.deleted)
             else:
@@ -493,12 +526,10 @@ class DatastoreClient:
                                          resp.compact_revision)
                 if resp.canceled:
                     raise DatastoreUnavailable(f"{what}: watch canceled by etcd: {resp.cancel_reason}")
-                if resp.events:
-                    yield [WatchEvent("delete" if ev.type == rpc.Event.DELETE else "put",
-                                      ev.kv.key.decode(),
-                                      None if ev.type == rpc.Event.DELETE
-                                      else ev.kv.value.decode(errors="replace"),
-                                      ev.kv.mod_revision) for ev in resp.events]
+                events = [_watch_event(ev) for ev in resp.events]
+                events = [ev for ev in events if ev is not None]
+                if events:
+                    yield events
                 resp = await it.__anext__()
         except StopAsyncIteration:
             raise DatastoreUnavailable(f"{what}: stream closed by {conn.endpoint}") from None

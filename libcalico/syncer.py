@@ -8,7 +8,10 @@ revision), watches from the next revision, and after any loss of the watch
 emits only what differs from what it already emitted.
 
 Per-key contract for consumers:
-- ``put``: ``value`` is the parsed model, ``parsed_key`` the parsed key.
+- ``put``: ``value`` is the parsed model, ``parsed_key`` the parsed key,
+  ``create_revision`` the etcd revision that created the key (stable across
+  rewrites and restarts: who claimed something first, whatever order updates
+  arrive in).
 - ``invalid``: the raw value failed validation (``error`` = "<key>: <reason>");
   the consumer must treat the key as absent, i.e. drop whatever it held for it
   (a previously valid key becoming invalid is, for the consumer, a delete).
@@ -56,6 +59,7 @@ class Update:
     value: object = None
     error: str | None = None
     parsed_key: Any = None
+    create_revision: int = 0
 
 
 @dataclass
@@ -63,6 +67,7 @@ class _Seen:
     raw: str
     state: str  # "put" | "invalid" | "unknown"
     parsed_key: Any
+    created: int = 0
 
 
 def _default_parser(path: str, raw: str | None) -> tuple[Any, object]:
@@ -78,6 +83,11 @@ def _kind_of(path: str) -> str:
     except Exception:  # noqa: BLE001 - only a label for the log
         parsed = None
     return f"invalid {parsed.kind}" if parsed is not None else "invalid key"
+
+
+def _recreated(seen: _Seen, created: int) -> bool:
+    """The key was deleted and written again since it was seen (0 = revision not known)."""
+    return bool(created and seen.created and created != seen.created)
 
 
 def _normalise_prefixes(prefixes: list[str]) -> list[str]:
@@ -120,30 +130,30 @@ class Syncer:
 
     # ---- per-key bookkeeping ---------------------------------------------
 
-    def _on_put(self, key: str, raw: str) -> Update:
+    def _on_put(self, key: str, raw: str, created: int = 0) -> Update:
         try:
             parsed_key, value = self.parser(key, raw)
         except ValueError as e:
             reason = str(e)
             error = reason if reason.startswith(key) else f"{key}: {reason}"
-            self._seen[key] = _Seen(raw, "invalid", None)
+            self._seen[key] = _Seen(raw, "invalid", None, created)
             if self._logged_invalid.get(key) != raw:
                 self._logged_invalid[key] = raw
                 self._invalid_log.log(_kind_of(key), logging.WARNING, "ignoring invalid value: %s", error)
             return Update("invalid", key, error=error)
         except Exception as e:  # a parser bug must not stop the node: treat as invalid
             error = f"{key}: cannot parse ({type(e).__name__}: {e})"
-            self._seen[key] = _Seen(raw, "invalid", None)
+            self._seen[key] = _Seen(raw, "invalid", None, created)
             if self._logged_invalid.get(key) != raw:
                 self._logged_invalid[key] = raw
                 self._invalid_log.log(_kind_of(key), logging.ERROR, "parser failed: %s", error, exc_info=True)
             return Update("invalid", key, error=error)
         self._logged_invalid.pop(key, None)
         if parsed_key is None:
-            self._seen[key] = _Seen(raw, "unknown", None)
+            self._seen[key] = _Seen(raw, "unknown", None, created)
             return Update("unknown", key)
-        self._seen[key] = _Seen(raw, "put", parsed_key)
-        return Update("put", key, value=value, parsed_key=parsed_key)
+        self._seen[key] = _Seen(raw, "put", parsed_key, created)
+        return Update("put", key, value=value, parsed_key=parsed_key, create_revision=created)
 
     def _on_delete(self, key: str) -> Update | None:
         seen = self._seen.pop(key, None)
@@ -156,17 +166,23 @@ class Syncer:
         if ev.type == "delete":
             return self._on_delete(ev.key)
         seen = self._seen.get(ev.key)
-        if seen is not None and seen.raw == ev.value:
+        if seen is not None and seen.raw == ev.value and not _recreated(seen, ev.create_revision):
             return None  # rewritten with the same bytes: nothing changed for consumers
-        return self._on_put(ev.key, ev.value or "")
+        return self._on_put(ev.key, ev.value or "", ev.create_revision)
 
-    def diff(self, snapshot: dict[str, str]) -> list[Update]:
-        """Updates that turn what was emitted so far into ``snapshot`` (and record it)."""
+    def diff(self, snapshot: dict[str, str], created: dict[str, int] | None = None) -> list[Update]:
+        """Updates that turn what was emitted so far into ``snapshot`` (and record it).
+
+        ``created`` holds each key's create revision: a key deleted and written
+        again with the same bytes while the watch was down is a new claim.
+        """
+        created = created or {}
         updates: list[Update] = []
         for key, raw in sorted(snapshot.items()):
             seen = self._seen.get(key)
-            if seen is None or seen.raw != raw:
-                updates.append(self._on_put(key, raw))
+            rev = created.get(key, 0)
+            if seen is None or seen.raw != raw or _recreated(seen, rev):
+                updates.append(self._on_put(key, raw, rev))
         for key in sorted(k for k in self._seen if k not in snapshot):
             u = self._on_delete(key)
             if u is not None:
@@ -185,14 +201,17 @@ class Syncer:
         if logged:
             log.info("%s is true", READY_KEY)
 
-    async def _snapshot(self) -> tuple[int, dict[str, str]]:
+    async def _snapshot(self) -> tuple[int, dict[str, str], dict[str, int]]:
         """Every prefix at one revision, so the view is consistent across prefixes."""
         rev = 0
         data: dict[str, str] = {}
+        created: dict[str, int] = {}
         for prefix in self.prefixes:
             rev, kvs = await self.client.get_prefix(prefix, revision=rev)
-            data.update((kv.key, kv.value) for kv in kvs)
-        return rev, data
+            for kv in kvs:
+                data[kv.key] = kv.value
+                created[kv.key] = kv.create_revision
+        return rev, data, created
 
     async def _pump(self, prefix: str, start: int, queue: asyncio.Queue) -> None:
         try:
@@ -271,8 +290,8 @@ class Syncer:
                     self.status = "wait-for-ready"
                     await self._wait_ready()
                 self.status = "resyncing"
-                rev, snapshot = await self._snapshot()
-                updates = self.diff(snapshot)
+                rev, snapshot, created = await self._snapshot()
+                updates = self.diff(snapshot, created)
                 self._flush_invalid_log()
                 first = not self._synced_once
                 self.revision = rev

@@ -239,3 +239,44 @@ async def test_many_writes_arrive_batched_in_order(client, etcd):
     assert [u.key for u in watched] == [tags_key(f"n{i:03d}") for i in range(200)]
     assert all(len(b) <= 50 for b in c.batches)
     await c.close()
+
+
+async def test_undecodable_keys_are_skipped_in_snapshot_and_watch(client, etcd, caplog):
+    """A key that is not UTF-8 is one writer's garbage: it is reported escaped and skipped,
+    and every other key still arrives, in the snapshot and in the watch."""
+    bad = f"{P}\udcff\udcfe/tags"            # bytes 0xff 0xfe on the wire (argv is fs-encoded)
+    etcd.put(bad, '["x"]')
+    etcd.put(tags_key("a"), '["t1"]')
+    s = Syncer(client, [P])
+    c = Consumer(s)
+    await c.wait(lambda: c.in_syncs == 1, what="first in_sync")
+    assert list(c.state) == [tags_key("a")]
+    etcd.put(f"{P}bad\udcc3\n/tags", '["y"]')  # a lone continuation byte, and a newline
+    etcd.put(tags_key("b"), '["t2"]')
+    await c.wait(lambda: tags_key("b") in c.state, what="watch after an undecodable key")
+    assert sorted(c.state) == [tags_key("a"), tags_key("b")]
+    assert s.status == "in-sync"
+    lines = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert lines and all("\n" not in m for m in lines)
+    assert any("\\xff\\xfe" in m for m in lines)
+    await c.close()
+
+
+async def test_create_revision_is_stable_across_rewrites_and_resnapshots(client, etcd):
+    """Ownership rules order claimants by when their key was created: a rewrite keeps that
+    revision, a delete and re-create takes a new one."""
+    etcd.put(tags_key("a"), '["t1"]')
+    s = Syncer(client, [P])
+    c = Consumer(s)
+    await c.wait(lambda: c.in_syncs == 1, what="first in_sync")
+    first = [u for u in c.batches[0] if u.kind == "put"][0].create_revision
+    assert first > 0
+    etcd.put(tags_key("a"), '["t2"]')
+    await c.wait(lambda: c.state.get(tags_key("a")) == ["t2"], what="rewrite")
+    assert c.batches[-1][-1].create_revision == first
+    etcd.delete(tags_key("a"))
+    etcd.put(tags_key("a"), '["t2"]')
+    await c.wait(lambda: c.deletes, what="re-create")  # the delete and the put may share a batch
+    await c.wait(lambda: c.batches[-1][-1].kind == "put", what="re-create")
+    assert c.batches[-1][-1].create_revision > first
+    await c.close()
