@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from libcalico import logsafe
+from libcalico import etcdconf, logsafe
 
 from . import health, settings, startup, supervisor
 
@@ -37,7 +37,8 @@ def run_node(init_only: bool = False) -> int:
     signal.signal(signal.SIGTERM, _stop_during_startup)
     try:
         cfg = settings.from_env()
-    except settings.SettingsError as e:
+        etcdconf.from_env(cfg.env)  # before autodetection or any host change: fail on settings alone
+    except (settings.SettingsError, etcdconf.ConfigError) as e:
         log.error("Invalid environment: %s", e)
         return 1
     try:

@@ -11,7 +11,7 @@ import socket
 import sys
 
 from confd.daemon import Confd, Settings, check_ready
-from libcalico import logsafe
+from libcalico import etcdconf, logsafe
 from libcalico.validation import validate_ip, validate_name
 
 log = logging.getLogger("confd")
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         ok, msg = check_ready(settings.status_path)
         print(msg)
         sys.exit(0 if ok else 1)
+    try:
+        etcdconf.from_env()  # a bad ETCD_* setting is one clear line, not a traceback from the loop
+    except etcdconf.ConfigError as e:
+        print(f"calico-confd: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(asyncio.run(amain(settings)))
 
 

@@ -172,6 +172,9 @@ def _endpoints(v: str) -> tuple[str, ...]:
         if not re.match(r"https?://[A-Za-z0-9_.:\[\]-]+/?\Z", item):
             raise ValueError(f"{item!r} is not an etcd endpoint URL (http[s]://host:port)")
         out.append(item.rstrip("/"))
+    if len({e.split("://", 1)[0] for e in out}) > 1:
+        raise ValueError("mixes https:// and http:// endpoints; list endpoints of one scheme only "
+                         "(no fallback to plaintext)")
     return tuple(out)
 
 

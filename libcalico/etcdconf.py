@@ -39,12 +39,31 @@ class Endpoint:
         return f"{self.scheme}://{self.target}"
 
 
+def check_one_scheme(endpoints: tuple[Endpoint, ...] | list[Endpoint], var: str = "ETCD_ENDPOINTS") -> None:
+    """Refuse a list that mixes http and https.
+
+    The client fails over from one endpoint to the next; with a mixed list an
+    unreachable (or blocked) TLS member would quietly move the program onto a
+    plaintext connection, sending keys and policy in the clear.  Such a list
+    is a mistake either way, so it is a configuration error, not a fallback.
+    """
+    schemes = {e.scheme for e in endpoints}
+    if len(schemes) > 1:
+        plain = ", ".join(str(e) for e in endpoints if not e.tls)
+        raise ConfigError(f"{var}: mixes https:// and http:// endpoints ({plain} would be plaintext); "
+                          "list endpoints of one scheme only (no fallback to plaintext)")
+
+
 @dataclass(frozen=True)
 class EtcdConfig:
     endpoints: tuple[Endpoint, ...]
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+
+    def __post_init__(self) -> None:
+        # Every client is built from an EtcdConfig, however its endpoints were given.
+        check_one_scheme(self.endpoints)
 
 
 def _port(text: str, var: str) -> int:
@@ -112,6 +131,7 @@ def from_env(env: Mapping[str, str] | None = None) -> EtcdConfig:
         if not parts:
             raise ConfigError("ETCD_ENDPOINTS: no endpoint given")
         endpoints = tuple(parse_endpoint(p) for p in parts)
+        check_one_scheme(endpoints)
     else:
         scheme = env.get("ETCD_SCHEME", "").strip().lower() or "http"
         if scheme not in SCHEMES:

@@ -228,5 +228,5 @@ def test_env_defaults_and_forms():
     assert c.endpoints == ["https://etcd.example:4001"]
     c = DatastoreClient.from_env({"ETCD_AUTHORITY": "[fd00::1]:2379"})
     assert c.endpoints == ["http://[fd00::1]:2379"]
-    c = DatastoreClient.from_env({"ETCD_ENDPOINTS": "http://a:1, https://b:2", "ETCD_AUTHORITY": "ignored:3"})
-    assert c.endpoints == ["http://a:1", "https://b:2"]
+    c = DatastoreClient.from_env({"ETCD_ENDPOINTS": "https://a:1, https://b:2", "ETCD_AUTHORITY": "ignored:3"})
+    assert c.endpoints == ["https://a:1", "https://b:2"]
