@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps test unit integration system lint bench bench-felix bench-confd bench-dataplane demo demo-down clean
+.PHONY: deps test unit integration system fuzz lint bench bench-felix bench-confd bench-dataplane demo demo-down clean
 
 deps:
 	@scripts/install-deps
@@ -20,6 +20,11 @@ integration: deps
 
 system: deps
 	$(PY) -m pytest -q tests/system
+
+FUZZ_TESTS := tests/unit/test_hostile_models.py tests/reliability/test_fuzz_felix.py tests/reliability/test_fuzz_confd.py
+# the hostile/fuzz property tests with random seeds and 10x the examples (tests/reliability/profiles.py)
+fuzz: deps
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -ra --durations=10 $(FUZZ_TESTS)
 
 lint: deps
 	$(VENV)/bin/ruff check .

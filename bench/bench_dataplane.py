@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from felix.calc.names import chain_name, tag_ipset  # noqa: E402
 from felix.dataplane.backend import Backend  # noqa: E402
 from felix.dataplane.cmd import CmdRunner  # noqa: E402
-from felix.dataplane.ipsets import IpsetWriter, ipset_name  # noqa: E402
-from felix.dataplane.iptables import IptablesTable, chain_name  # noqa: E402
+from felix.dataplane.ipsets import IpsetWriter  # noqa: E402
+from felix.dataplane.iptables import IptablesTable  # noqa: E402
 from felix.dataplane.routes import RouteWriter  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def endpoint_ip(i: int) -> str:
 def build_state(endpoints: int = 1000, profiles: int = 100, tags: int = 10) -> State:
     s = State()
     for p in range(profiles):
-        tag = ipset_name(4, f"tag{p % tags}")
+        tag = tag_ipset(f"tag{p % tags}", 4)
         s.chains[chain_name("felix-pi-", f"profile{p}")] = [
             f"-m set --match-set {tag} src -j MARK --set-mark 0x1000000/0x1000000",
             "-m mark --mark 0x1000000/0x1000000 -j RETURN",
@@ -57,11 +58,11 @@ def build_state(endpoints: int = 1000, profiles: int = 100, tags: int = 10) -> S
         ]
         s.chains[chain_name("felix-po-", f"profile{p}")] = ["-j MARK --set-mark 0x1000000/0x1000000", "-j RETURN"]
     for t in range(tags):
-        s.ipsets[ipset_name(4, f"tag{t}")] = set()
+        s.ipsets[tag_ipset(f"tag{t}", 4)] = set()
     to_dispatch, from_dispatch = [], []
     for i in range(endpoints):
         ifn, ip, prof = ifname(i), endpoint_ip(i), f"profile{i % profiles}"
-        s.ipsets[ipset_name(4, f"tag{(i % profiles) % tags}")].add(ip)
+        s.ipsets[tag_ipset(f"tag{(i % profiles) % tags}", 4)].add(ip)
         to_c, from_c = chain_name("felix-tw-", ifn), chain_name("felix-fw-", ifn)
         s.chains[to_c] = [
             "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -222,7 +223,7 @@ async def writers_incremental(ns: str, s: State, writers: tuple, n: int, samples
         s.chains["felix-from-wl-dispatch"].insert(-1, f"-i {ifn} -g {from_c}")
         ipt.set_chain("felix-to-wl-dispatch", s.chains["felix-to-wl-dispatch"])
         ipt.set_chain("felix-from-wl-dispatch", s.chains["felix-from-wl-dispatch"])
-        tag = ipset_name(4, "tag0")
+        tag = tag_ipset("tag0", 4)
         s.ipsets[tag].add(ip)
         ips.set_members(tag, s.ipsets[tag])
         rw.set_routes(ifn, {f"{ip}/32"})

@@ -11,6 +11,12 @@ Why each step exists:
   reliable way to know BIRD took the new config.
 A failure keeps the last good file, is logged with the inputs that changed
 since it was good, and makes readiness fail until fixed.
+
+But a failure that one key causes must not hold back every other key: when
+the full render fails its check while the config without the independent
+keys passes, confd searches (confd.isolate) for the keys BIRD rejects, leaves
+them out, logs each with BIRD's complaint, and installs the rest.  A later
+render without those keys brings everything back.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from typing import Any
 from bird_control.protocol import BirdClient, BirdConfigError, BirdError, BirdUnavailable
 from confd import render as _render
 from confd import resources as _res
-from confd.state import BgpStore, Node
+from confd.isolate import isolate
+from confd.state import BgpStore, Finding, Node
 from libcalico import keys
 
 log = logging.getLogger("confd")
@@ -58,7 +65,9 @@ class Settings:
         return {"conf_dir": self.conf_dir, "run_dir": self.run_dir, "host": self.host}
 
     def prefixes(self) -> list[str]:
-        return ["/calico/bgp/v1/", "/calico/v1/ipam/", f"/calico/ipam/v2/host/{self.host}/"]
+        # Every host's block affinities, not only ours: a block another host claimed first is not ours
+        # to announce.
+        return ["/calico/bgp/v1/", "/calico/v1/ipam/", "/calico/ipam/v2/host/"]
 
 
 @dataclass
@@ -72,6 +81,9 @@ class ResourceState:
     renders: int = 0
     writes: int = 0
     reloads: int = 0
+    isolated: dict[tuple[str, ...], str] = field(default_factory=dict)  # key group -> BIRD's complaint
+    failed_full: bytes | None = None       # the full render those groups were isolated from
+    checks: int = 0                        # check commands run (isolation included)
 
 
 class Confd:
@@ -90,6 +102,7 @@ class Confd:
         self._status_written: Any = None
         self.reloaded = asyncio.Condition()    # notified after every reload attempt (benchmarks, tests)
         self._unknown_logged: set[str] = set()
+        self.findings: list[Finding] = []      # keys the store's rules left out at the last render
 
     # ---- resources and templates ---------------------------------------------
 
@@ -133,12 +146,21 @@ class Confd:
                     self.store.reject_log.log("unknown key", logging.ERROR,
                                    "rejected %s: not a key of the datamodel (bad address or name in the key?)", key)
                 continue
+            rev = u.create_revision or 0
             if u.kind == "put":
+                if self.store.is_claim(u.parsed_key):
+                    if self.store.put_claim(u.parsed_key, u.value, rev) and self.store.claim_matters(u.parsed_key):
+                        self._dirty.update(r.name for r in self.resources)
+                    continue
                 if not self.store.relevant(u.parsed_key):
                     continue
-                changed = self.store.put(u.parsed_key, u.value)
+                changed = self.store.put(u.parsed_key, u.value, rev)
             elif u.kind == "invalid":
                 parsed = keys.parse(key)
+                if parsed is not None and self.store.is_claim(parsed):
+                    if self.store.delete(key) and self.store.claim_matters(parsed):
+                        self._dirty.update(r.name for r in self.resources)
+                    continue
                 if parsed is not None and not self.store.relevant(parsed):
                     continue  # another host's business (the syncer logged it)
                 reason = u.error or "invalid"
@@ -146,6 +168,11 @@ class Confd:
                     reason = reason[len(key) + 2:]
                 changed = self.store.reject(key, reason)
             elif u.kind == "delete":
+                parsed = keys.parse(key)
+                if parsed is not None and self.store.is_claim(parsed):
+                    if self.store.delete(key) and self.store.claim_matters(parsed):
+                        self._dirty.update(r.name for r in self.resources)
+                    continue
                 changed = self.store.delete(key)
             else:
                 continue
@@ -203,7 +230,9 @@ class Confd:
             blocked = self.store.blocking_rejections()
             if blocked:
                 raise _render.RenderError("required value rejected: " + "; ".join(blocked))
-            text = _render.render(self.env, r.src, self.store.context())
+            ctx, self.findings = self.store.resolve()
+            self.store.note(self.findings)
+            text = _render.render(self.env, r.src, ctx)
         except _render.RenderError as e:
             self._fail(r, f"{r.src}: {e}")
             return
@@ -211,31 +240,61 @@ class Confd:
             if st.error:
                 log.info("%s: nothing to render for this node now", r.name)
             st.error = None
+            self._set_isolated(r, {})
             return  # e.g. bird6.cfg on a node without IPv6: not written
         data = text.encode()
+        if st.isolated and data == st.failed_full:
+            # Same inputs as when the culprits were found: leave them out again without re-checking.
+            text = self._render_without(r, st.isolated)
+            data = text.encode()
+        elif data == st.last_good:
+            self._set_isolated(r, {})
         if data == st.last_good and os.path.exists(r.dest):
             if st.error:
                 log.info("%s: back to the last good config", r.name)
             st.error = None
             st.changed_keys.clear()
             return
-        stage = os.path.join(os.path.dirname(r.dest), f".{os.path.basename(r.dest)}.stage")
+        stage = self._stage_path(r)
         try:
-            os.makedirs(os.path.dirname(r.dest), exist_ok=True)
-            with open(stage, "wb") as f:
-                f.write(data)
-            os.chmod(stage, r.mode)
+            self._write_stage(r, stage, data)
         except OSError as e:
             self._fail(r, f"cannot write {stage}: {e}")
             return
         argv = r.check_argv(stage)
         if argv:
-            ok, out = await _run(argv)
+            ok, out = await self._check(r, stage, text)
             if not ok:
-                self._fail(r, f"check `{' '.join(argv)}` failed: {out}{_offending_line(out, stage, text)}")
-                with contextlib.suppress(OSError):
-                    os.unlink(stage)
-                return
+                isolated = await self._isolate(r, stage, out)
+                if isolated is None:
+                    self._set_isolated(r, {})
+                    with contextlib.suppress(OSError):
+                        os.unlink(stage)
+                    return
+                st.failed_full = data
+                self._set_isolated(r, isolated)
+                text = self._render_without(r, isolated)
+                data = text.encode()
+                if data == st.last_good and os.path.exists(r.dest):
+                    with contextlib.suppress(OSError):
+                        os.unlink(stage)
+                    st.error = None
+                    st.changed_keys.clear()
+                    return
+                try:
+                    self._write_stage(r, stage, data)
+                except OSError as e:
+                    self._fail(r, f"cannot write {stage}: {e}")
+                    return
+                ok, out = await self._check(r, stage, text)
+                if not ok:  # the search's own result failed: never install an unchecked file
+                    self._fail(r, f"check `{' '.join(argv)}` failed: {out}")
+                    with contextlib.suppress(OSError):
+                        os.unlink(stage)
+                    return
+            elif st.isolated:
+                log.info("%s: the full config passes its check again; nothing left out", r.name)
+                self._set_isolated(r, {})
         try:
             with open(stage, "rb+") as f:
                 os.fsync(f.fileno())
@@ -252,6 +311,77 @@ class Confd:
         st.changed_keys.clear()
         st.reload_pending = True
         await self.reload(r)
+
+    # ---- leaving out what BIRD rejects -------------------------------------------
+
+    @staticmethod
+    def _stage_path(r: _res.Resource) -> str:
+        return os.path.join(os.path.dirname(r.dest), f".{os.path.basename(r.dest)}.stage")
+
+    @staticmethod
+    def _write_stage(r: _res.Resource, stage: str, data: bytes) -> None:
+        os.makedirs(os.path.dirname(r.dest), exist_ok=True)
+        with open(stage, "wb") as f:
+            f.write(data)
+        os.chmod(stage, r.mode)
+
+    async def _check(self, r: _res.Resource, stage: str, text: str) -> tuple[bool, str]:
+        """Run the resource's check on the staged file; the complaint quotes the offending line."""
+        argv = r.check_argv(stage) or []
+        self.states[r.name].checks += 1
+        ok, out = await _run(argv)
+        return ok, ("" if ok else f"{out}{_offending_line(out, stage, text)}")
+
+    def _render_without(self, r: _res.Resource, isolated: dict[tuple[str, ...], str]) -> str:
+        exclude = frozenset(p for g in isolated for p in g)
+        return _render.render(self.env, r.src, self.store.context(exclude))
+
+    async def _isolate(self, r: _res.Resource, stage: str, full_error: str) -> dict[tuple[str, ...], str] | None:
+        """The key groups to leave out so the rest passes the check; None (after failing the resource)
+        when the fault is not in any of them or the search ran over its budget."""
+        st = self.states[r.name]
+        argv = r.check_argv(stage) or []
+        groups = [g for g in self.store.groups() if any(r.watches(p) for p in g)]
+
+        async def check(exclude: frozenset[str]) -> tuple[bool, str]:
+            try:
+                text = _render.render(self.env, r.src, self.store.context(exclude))
+            except _render.RenderError as e:
+                return False, str(e)
+            self._write_stage(r, stage, text.encode())
+            return await self._check(r, stage, text)
+
+        res = None
+        before = {p for g in st.isolated for p in g}
+        suspects = [g for g in groups if before.intersection(g)]
+        if suspects and len(suspects) < len(groups):
+            # Usually the culprits are the ones found last time: one check confirms that the rest
+            # passes, and the search then runs among them only.
+            res = await isolate(suspects, check, full_error)
+            if not res.ok:
+                res = None
+        if res is None:
+            res = await isolate(groups, check, full_error)
+        if not res.ok:
+            self._fail(r, f"check `{' '.join(argv)}` failed: {full_error}; could not single out the keys "
+                          f"responsible: {res.error}")
+            return None
+        log.warning("%s: `%s` rejects the full config; leaving out %d key group(s) found in %d checks",
+                    r.name, " ".join(argv), len(res.bad), res.checks)
+        return dict(res.bad)
+
+    def _set_isolated(self, r: _res.Resource, isolated: dict[tuple[str, ...], str]) -> None:
+        st = self.states[r.name]
+        for g, why in sorted(isolated.items()):
+            if st.isolated.get(g) != why:
+                self.store.finding_log.log(
+                    "bird rejects", logging.ERROR if any(self.store.mine(p) for p in g) else logging.WARNING,
+                    "%s: left out %s: the check rejects the config with it: %s", r.name, ", ".join(g), why)
+        for g in st.isolated.keys() - isolated.keys():
+            log.info("%s: %s no longer left out", r.name, ", ".join(g))
+        st.isolated = isolated
+        if not isolated:
+            st.failed_full = None
 
     async def reload(self, r: _res.Resource) -> None:
         st = self.states[r.name]
@@ -298,11 +428,26 @@ class Confd:
         out += [f"resource: {e}" for e in self.load_errors]
         out += [f"{n}: {st.error}" for n, st in sorted(self.states.items()) if st.error]
         out += [f"rejected {k}: {v}" for k, v in sorted(self.store.rejected.items())]
+        out += [f"left out {e}" for e in self.left_out(mine=True)]
         return out
+
+    def left_out(self, mine: bool | None = None) -> list[str]:
+        """Keys missing from the configs and why; `mine`: only those this node answers for (True), only
+        other hosts' (False).  Another host's bad key never makes this node unready."""
+        out = set()
+        for f in self.findings:
+            if mine is None or f.mine == mine:
+                out.add(f"{f.path}: {f.reason}")
+        for n, st in self.states.items():
+            for g, why in st.isolated.items():
+                if mine is None or any(self.store.mine(p) for p in g) == mine:
+                    out.add(f"{', '.join(g)} ({n}): rejected by the check: {why}")
+        return sorted(out)
 
     def write_status(self) -> None:
         problems = self.problems()
-        status = {"pid": os.getpid(), "ready": not problems, "problems": problems}
+        status = {"pid": os.getpid(), "ready": not problems, "problems": problems,
+                  "left_out": self.left_out()}
         if status == self._status_written:
             return
         path = self.s.status_path

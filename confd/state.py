@@ -9,6 +9,14 @@ BIRD syntax.
 A key whose new value is invalid keeps its last valid value ("sticky"): BIRD
 keeps the last good configuration for that item, the rejection is logged once
 naming the key, and readiness reports it until the value is fixed or deleted.
+
+Values that are valid one by one can still contradict each other (two hosts
+registering one address, two hosts claiming one block, a block outside every
+pool).  Those are resolved here, when the context is built, by rules that do
+not depend on arrival order or restarts, and each losing key becomes a
+`Finding`: left out of the config, logged once, and counted against this
+node's readiness only when the key is this node's (or global) business, so a
+hostile host cannot make its neighbours unready.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libcalico import keys
+from libcalico.ipam import BLOCK_PREFIX
 from libcalico.models import BgpPeer, BlockAffinity, InvalidValue, NodeMesh, Pool, parse_key_value
 from libcalico.ratelimit import RateLimitedLog
 from libcalico.validation import validate_asn, validate_cidr, validate_ip, validate_loglevel, validate_name
@@ -35,6 +44,31 @@ BGP_KINDS = frozenset({
 def protocol_id(ip: str) -> str:
     """`10.99.0.2` -> `10_99_0_2`, `fd00::1` -> `fd00__1` (BIRD protocol names)."""
     return validate_ip(ip).replace(".", "_").replace(":", "_")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A key left out of the rendered config, and why (the reason names the key that won)."""
+
+    path: str
+    reason: str
+    mine: bool  # this node's or a global key: readiness reports it (another host's key: logged only)
+
+
+def _owner_order(rev: int, host: str) -> tuple[int, str]:
+    """Who keeps a contested address or block: the key created first in etcd.
+
+    etcd's create revision survives restarts, resnapshots and rewrites of the
+    value, and a squatter that registers after the rightful owner always loses.
+    Without revisions (values loaded from plain text), or on a tie, the
+    lexically smallest host name decides, which is still independent of
+    arrival order.
+    """
+    return (rev if rev > 0 else 1 << 62, host)
+
+
+def _won_by(rev: int, host: str) -> str:
+    return f"created first (etcd revision {rev})" if rev > 0 else "smallest host name (no create revision known)"
 
 
 @dataclass(frozen=True)
@@ -60,6 +94,14 @@ class BgpStore:
     node: Node
     values: dict[str, tuple[keys.Key, Any]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    # etcd create revision per stored path (0 = unknown): the tie-breaker for contested resources.
+    revisions: dict[str, int] = field(default_factory=dict)
+    # Other hosts' confirmed block affinities: never rendered, only compared with ours.
+    claims: dict[str, tuple[keys.Key, int]] = field(default_factory=dict)
+    # The findings last reported, so each one is logged once while it lasts.
+    reported: dict[tuple[str, str], Finding] = field(default_factory=dict, repr=False, compare=False)
+    finding_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, burst=10), repr=False,
+                                        compare=False)
     # One line per rejected key is right for a typo and wrong for a flood of 10,000 bad keys:
     # the first few per second name their key, the rest are counted in one summary line.
     reject_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, burst=10), repr=False,
@@ -72,20 +114,49 @@ class BgpStore:
             return key.host == self.node.name  # other hosts' peers and blocks are theirs alone
         return True
 
-    def put(self, key: keys.Key, value: Any) -> bool:
+    def is_claim(self, key: keys.Key) -> bool:
+        """Another host's block affinity: needed to detect two hosts announcing one block."""
+        return key.kind == "block_affinity" and key.host != self.node.name
+
+    def claim_matters(self, key: keys.Key) -> bool:
+        """Whether another host's claim can change this node's config (we claim the same block)."""
+        return any(k.kind == "block_affinity" and k.version == key.version and k.cidr == key.cidr
+                   for k, _ in self.values.values()) if self.is_claim(key) else False
+
+    def put_claim(self, key: keys.Key, value: Any, create_revision: int = 0) -> bool:
+        """Track (or, when not a confirmed valid affinity, forget) another host's claim; never rejected here:
+        another host's bad key is its own business (its confd reports it)."""
+        try:
+            confirmed = _recheck(key, value) == "confirmed"
+        except (ValueError, TypeError):
+            confirmed = False
+        if not confirmed:
+            return self.claims.pop(key.path, None) is not None
+        new = (key, create_revision)
+        changed = self.claims.get(key.path) != new
+        self.claims[key.path] = new
+        return changed
+
+    def put(self, key: keys.Key, value: Any, create_revision: int = 0) -> bool:
         """Store a valid value; returns True when the view changed."""
+        if self.is_claim(key):
+            return self.put_claim(key, value, create_revision)
         try:
             value = _recheck(key, value)
         except (ValueError, TypeError) as e:
             return self.reject(key.path, str(e), key)
         self.rejected.pop(key.path, None)
         old = self.values.get(key.path)
+        old_rev = self.revisions.get(key.path, 0)
         self.values[key.path] = (key, value)
-        return old is None or old[1] != value
+        self.revisions[key.path] = create_revision
+        return old is None or old[1] != value or old_rev != create_revision
 
     def delete(self, path: str) -> bool:
         self.rejected.pop(path, None)
-        return self.values.pop(path, None) is not None
+        self.revisions.pop(path, None)
+        claim = self.claims.pop(path, None) is not None
+        return self.values.pop(path, None) is not None or claim
 
     def reject(self, path: str, reason: str, key: keys.Key | None = None) -> bool:
         """Record an invalid value; the last valid one (if any) stays in force."""
@@ -114,29 +185,83 @@ class BgpStore:
                 out.append(f"{path}: {reason}")
         return out
 
-    def load_raw(self, kv: dict[str, str]) -> BgpStore:
+    def load_raw(self, kv: dict[str, str], revisions: dict[str, int] | None = None) -> BgpStore:
         """Fill from raw etcd text (tests, benchmarks): the same validation the syncer applies."""
         for path, raw in kv.items():
             try:
                 key, value = parse_key_value(path, raw)
             except InvalidValue as e:
-                self.reject(path, e.reason if hasattr(e, "reason") else str(e))
+                parsed = keys.parse(path)
+                if parsed is not None and self.is_claim(parsed):
+                    self.delete(path)
+                elif parsed is None or self.relevant(parsed):
+                    self.reject(path, e.reason if hasattr(e, "reason") else str(e))
                 continue
-            if key is not None and self.relevant(key):
-                self.put(key, value)
+            if key is not None and (self.relevant(key) or self.is_claim(key)):
+                self.put(key, value, (revisions or {}).get(path, 0))
         return self
+
+    def mine(self, path: str) -> bool:
+        """A key this node answers for (its own or a global one), as opposed to another host's."""
+        key = keys.parse(path)
+        return key is None or "host" not in key.fields or key.host == self.node.name
+
+    def groups(self) -> list[tuple[str, ...]]:
+        """The keys that can be left out of a config independently, earliest created first.
+
+        Global settings and this node's own identity (address, AS, log level)
+        are not among them: without them there is no config to speak of.
+        Another host's keys form one group (its mesh session needs all of them).
+        """
+        me = self.node.name
+        by_host: dict[str, list[str]] = {}
+        out: list[tuple[str, ...]] = []
+        for path, (key, _) in self.values.items():
+            if key.kind in ("bgp_global_as", "bgp_node_mesh", "bgp_global_loglevel"):
+                continue
+            if key.kind in ("bgp_host_ip", "bgp_host_as", "bgp_host_loglevel"):
+                if key.host != me:
+                    by_host.setdefault(key.host, []).append(path)
+                continue
+            out.append((path,))
+        out += [tuple(sorted(ps)) for ps in by_host.values()]
+
+        def order(g: tuple[str, ...]) -> tuple[int, str]:
+            revs = [self.revisions.get(p, 0) for p in g]
+            known = [r for r in revs if r > 0]
+            return (min(known) if known else 1 << 62, g[0])
+        return sorted(out, key=order)
+
+    def note(self, findings: list[Finding]) -> None:
+        """Log each finding once while it lasts (rate-limited); a finding that went away and comes
+        back is logged again."""
+        current = {(f.path, f.reason): f for f in findings}
+        for k, f in sorted(current.items()):
+            if k not in self.reported:
+                self.finding_log.log("conflict", logging.ERROR if f.mine else logging.WARNING,
+                                     "left out %s: %s", f.path, f.reason)
+        for k in self.reported.keys() - current.keys():
+            log.info("no longer left out for that reason: %s", k[0])
+        self.reported = current
 
     # ---- the template context ------------------------------------------------
 
-    def context(self) -> dict[str, Any]:
+    def context(self, exclude: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
         """Everything the templates may use, per address family, sorted so output is stable."""
+        return self.resolve(exclude)[0]
+
+    def resolve(self, exclude: frozenset[str] | set[str] = frozenset()) -> tuple[dict[str, Any], list[Finding]]:
+        """The template context without the keys in `exclude`, and the keys the rules left out."""
         me = self.node
+        findings: list[Finding] = []
         g: dict[str, Any] = {"as": None, "mesh": False, "loglevel": None}
         hosts: dict[str, dict[str, Any]] = {}
-        global_peers: dict[int, dict[str, int]] = {4: {}, 6: {}}
+        global_peers: dict[int, dict[str, tuple[int, str]]] = {4: {}, 6: {}}
         pools: dict[int, list[PoolView]] = {4: [], 6: []}
-        blocks: dict[int, list[str]] = {4: [], 6: []}
-        for key, value in self.values.values():
+        blocks: dict[int, list[tuple[str, str]]] = {4: [], 6: []}
+        for path, (key, value) in self.values.items():
+            if path in exclude:
+                continue
             k = key.kind
             if k == "bgp_global_as":
                 g["as"] = value
@@ -145,23 +270,24 @@ class BgpStore:
             elif k == "bgp_global_loglevel":
                 g["loglevel"] = value
             elif k == "bgp_global_peer":
-                global_peers[key.version][value[0]] = value[1]
+                global_peers[key.version][value[0]] = (value[1], path)
             elif k == "pool":
                 pools[key.version].append(value)
             elif k == "block_affinity":
                 if value == "confirmed":
-                    blocks[key.version].append(key.cidr)
+                    blocks[key.version].append((key.cidr, path))
             else:
                 h = hosts.setdefault(key.host, {"ip4": None, "ip6": None, "as": None, "loglevel": None,
-                                                "peers4": {}, "peers6": {}})
+                                                "peers4": {}, "peers6": {}, "path4": None, "path6": None})
                 if k == "bgp_host_ip":
                     h[f"ip{key.version}"] = value
+                    h[f"path{key.version}"] = path
                 elif k == "bgp_host_as":
                     h["as"] = value
                 elif k == "bgp_host_loglevel":
                     h["loglevel"] = value
                 elif k == "bgp_host_peer":
-                    h[f"peers{key.version}"][value[0]] = value[1]
+                    h[f"peers{key.version}"][value[0]] = (value[1], path)
         mine = hosts.get(me.name, {})
         default_as = g["as"] or DEFAULT_AS
         local_as = mine.get("as") or default_as
@@ -176,13 +302,14 @@ class BgpStore:
         }
         for v, own_ip in ((4, ip4), (6, ip6)):
             fam: dict[str, Any] = {"version": v, "ip": own_ip, "enabled": own_ip is not None and ip4 is not None}
+            holders = self._address_holders(hosts, v, findings)
             mesh = []
             if g["mesh"] and own_ip:
-                for hname in sorted(hosts):
+                for hip in sorted(holders, key=lambda i: int(ipaddress.ip_address(i))):
+                    hname = holders[hip]
                     h = hosts[hname]
-                    hip = h[f"ip{v}"]
-                    if hname == me.name or not hip or hip == own_ip:
-                        continue
+                    if hname == me.name or hip == own_ip:
+                        continue  # never a session to this node's own address
                     # One direction only: the node with the higher address connects, the
                     # other listens. Both connecting at once makes BIRD resolve a
                     # collision by closing the session it just established, and a
@@ -191,16 +318,95 @@ class BgpStore:
                     # BIRD restart, and as slow mesh start-up).
                     passive = ipaddress.ip_address(hip) > ipaddress.ip_address(own_ip)
                     mesh.append({"name": f"Mesh_{protocol_id(hip)}", "ip": hip, "as": h["as"] or default_as,
-                                 "host": hname, "passive": passive})
-            fam["mesh_peers"] = mesh
-            fam["global_peers"] = _peers("Global", global_peers[v], own_ip)
-            fam["node_peers"] = _peers("Node", mine.get(f"peers{v}", {}), own_ip)
+                                 "host": hname, "passive": passive, "path": h[f"path{v}"]})
+            node_peers = _peers("Node", mine.get(f"peers{v}", {}), own_ip)
+            glob = _peers("Global", global_peers[v], own_ip)
+            # One session per neighbour: an explicit node peer beats a global one, and either
+            # beats the mesh (its AS was written for that neighbour on purpose). Two BIRD
+            # protocols to one neighbour both come up half-working, or not at all.
+            taken: dict[str, str] = {}
+            names: set[str] = set()
+            kept: dict[str, list[dict[str, Any]]] = {"node": [], "global": [], "mesh": []}
+            for kind, plist in (("node", node_peers), ("global", glob), ("mesh", mesh)):
+                for p in plist:
+                    other = taken.get(p["ip"])
+                    if other is None and p["name"] in names:
+                        other = "a protocol of the same name"
+                    if other is not None:
+                        findings.append(Finding(p["path"], f"neighbour {p['ip']} is already peered by {other}",
+                                                mine=False))
+                        continue
+                    taken[p["ip"]] = p["path"]
+                    names.add(p["name"])
+                    kept[kind].append(p)
+            fam["mesh_peers"] = kept["mesh"]
+            fam["global_peers"] = kept["global"]
+            fam["node_peers"] = kept["node"]
             fam["pools"] = [{"cidr": p.cidr, "ipip": p.ipip, "vxlan": p.vxlan, "overlay": p.ipip or p.vxlan,
                              "masquerade": p.masquerade, "disabled": p.disabled}
                             for p in sorted(pools[v], key=lambda p: _net_sort(p.cidr))]
-            fam["blocks"] = sorted(set(blocks[v]), key=_net_sort)
+            fam["blocks"] = self._valid_blocks(v, blocks[v], pools[v], findings)
             ctx[f"v{v}"] = fam
-        return ctx
+        return ctx, findings
+
+    def _address_holders(self, hosts: dict[str, dict[str, Any]], v: int,
+                         findings: list[Finding]) -> dict[str, str]:
+        """Address -> the one host that keeps it; every other host registering it is a finding."""
+        by_ip: dict[str, list[str]] = {}
+        for hname, h in hosts.items():
+            if h[f"ip{v}"]:
+                by_ip.setdefault(h[f"ip{v}"], []).append(hname)
+        out = {}
+        for ip, names in by_ip.items():
+            order = sorted(names, key=lambda n: _owner_order(self.revisions.get(hosts[n][f"path{v}"], 0), n))
+            winner = order[0]
+            out[ip] = winner
+            wpath = hosts[winner][f"path{v}"]
+            wrev = self.revisions.get(wpath, 0)
+            for loser in order[1:]:
+                findings.append(Finding(
+                    hosts[loser][f"path{v}"],
+                    f"address {ip} is also registered by {wpath}, which keeps it ({_won_by(wrev, winner)})",
+                    mine=loser == self.node.name))
+        return out
+
+    def _valid_blocks(self, v: int, blocks: list[tuple[str, str]], pools: list[PoolView],
+                      findings: list[Finding]) -> list[str]:
+        """This host's blocks that may be announced: inside a pool of the family, of that pool's block
+        size (as IPAM allocates them), and not claimed first by another host."""
+        nets = [(ipaddress.ip_network(p.cidr), p.cidr) for p in pools]
+        out = []
+        for cidr, path in blocks:
+            net = ipaddress.ip_network(cidr)
+            inside = [(pn, pc) for pn, pc in nets if pn.version == net.version and net.subnet_of(pn)]
+            if not inside:
+                findings.append(Finding(path, f"block {cidr} is inside no IPv{v} pool", mine=True))
+                continue
+            sizes = {max(BLOCK_PREFIX[v], pn.prefixlen) for pn, _ in inside}
+            if net.prefixlen not in sizes:
+                want = " or ".join(f"/{n}" for n in sorted(sizes))
+                findings.append(Finding(path, f"block {cidr} is not a block of pool {inside[0][1]} "
+                                              f"(blocks are {want})", mine=True))
+                continue
+            rival = self._first_claim(v, cidr, path)
+            if rival is not None:
+                findings.append(Finding(path, rival, mine=True))
+                continue
+            out.append(cidr)
+        return sorted(set(out), key=_net_sort)
+
+    def _first_claim(self, v: int, cidr: str, path: str) -> str | None:
+        """Why another host keeps this block, or None when this host does."""
+        mine = _owner_order(self.revisions.get(path, 0), self.node.name)
+        best = None
+        for cpath, (key, rev) in self.claims.items():
+            if key.version == v and key.cidr == cidr:
+                o = _owner_order(rev, key.host)
+                if o < mine and (best is None or o < best[0]):
+                    best = (o, cpath, rev, key.host)
+        if best is None:
+            return None
+        return f"block {cidr} is also claimed by {best[1]}, which keeps it ({_won_by(best[2], best[3])})"
 
 
 @dataclass(frozen=True)
@@ -215,18 +421,17 @@ class PoolView:
 
 
 def _net_sort(cidr: str) -> tuple:
-    import ipaddress
     n = ipaddress.ip_network(cidr)
     return (n.version, int(n.network_address), n.prefixlen)
 
 
-def _peers(prefix: str, peers: dict[str, int], own_ip: str | None) -> list[dict[str, Any]]:
-    import ipaddress
+def _peers(prefix: str, peers: dict[str, tuple[int, str]], own_ip: str | None) -> list[dict[str, Any]]:
     out = []
     for ip in sorted(peers, key=lambda i: int(ipaddress.ip_address(i))):
         if ip == own_ip:
-            continue
-        out.append({"name": f"{prefix}_{protocol_id(ip)}", "ip": ip, "as": peers[ip]})
+            continue  # a node never peers with its own address
+        asn, path = peers[ip]
+        out.append({"name": f"{prefix}_{protocol_id(ip)}", "ip": ip, "as": asn, "path": path})
     return out
 
 

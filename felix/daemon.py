@@ -31,7 +31,8 @@ from libcalico.syncer import Syncer, Update
 
 log = logging.getLogger(__name__)
 
-WATCH_PREFIXES = ["/calico/v1/", "/calico/ipam/v2/host/"]  # + block affinities for the overlay (issue 5)
+# + block affinities for the overlay, and every node's BGP addresses (felix.addons.WATCH_PREFIXES)
+WATCH_PREFIXES = ["/calico/v1/", "/calico/ipam/v2/host/", "/calico/bgp/v1/host/"]
 MAX_APPLY_FAILURES = 8          # consecutive failed applies before Felix gives up (exit 1)
 RETRY_BACKOFF = (0.2, 0.5, 1, 2, 4, 8, 15, 30)
 

@@ -10,11 +10,15 @@ import pytest
 
 from tests.lib import netns as _netns
 from tests.lib.etcd import EtcdServer
+from tests.reliability import profiles as _hypothesis_profiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 if os.path.isdir(VENV_BIN) and VENV_BIN not in os.environ.get("PATH", ""):
     os.environ["PATH"] = VENV_BIN + os.pathsep + os.environ.get("PATH", "")
+
+# Hypothesis: fixed-seed `ci` profile by default, `HYPOTHESIS_PROFILE=fuzz` explores (make fuzz).
+_hypothesis_profiles.register()
 
 
 def _require(binary: str) -> None:

@@ -36,7 +36,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from felix.dataplane.iptables import chain_name
 from libcalico.validation import validate_ifname, validate_ip, validate_name
 
 from . import names
@@ -54,7 +53,7 @@ _ICMPV6_ND = (130, 131, 132, 133, 134, 135, 136)
 def host_chain(direction: str, ifname: str) -> str:
     """`felix-hi-<if>` (arriving through the interface) / `felix-ho-<if>` (leaving)."""
     assert direction in ("i", "o")
-    return chain_name(f"{names.PREFIX}h{direction}-", ifname)
+    return names.host_endpoint_chain(direction, ifname)
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,20 @@ def _get(obj: object, name: str, default: object = None) -> object:
 
 
 def _workload_net(text: str, version: int) -> str:
-    """A CIDR a workload may own: Felix routes it to the workload's interface, so a
-    default route, loopback, multicast, link-local (the gateway lives there) or
-    unspecified net would hijack or break the host's own routing."""
+    """A CIDR a workload may own: Felix routes it to the workload's interface.
+
+    Only single addresses (/32, /128, as upstream Calico requires): a wider
+    prefix would pull traffic for other hosts or the internet onto one veth.
+    Loopback, multicast, link-local (the gateway lives there) and unspecified
+    addresses would hijack or break the host's own routing.  Whether the
+    address belongs to a node is a cluster fact, checked by the caller with
+    felix.calc.nodes.NodeAddresses.
+    """
     cidr = validate_cidr(text, version)
     net = ipaddress.ip_network(cidr)
-    if net.prefixlen == 0 or net.is_loopback or net.is_multicast or net.is_link_local \
-            or net.network_address.is_unspecified:
+    if net.prefixlen != net.max_prefixlen:
+        raise ValueError(f"ipv{version}_nets: {cidr} is not a single address (/{net.max_prefixlen})")
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.network_address.is_unspecified:
         raise ValueError(f"ipv{version}_nets: {cidr} cannot belong to a workload")
     return cidr
 

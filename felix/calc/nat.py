@@ -1,8 +1,9 @@
 """Pure calculation of Felix's `nat` table: NAT outgoing, 1:1 `ipv4_nat`, metadata DNAT.
 
 Why these shapes:
-- NAT outgoing matches pools through two ipsets (`felix-v<N>-masq-ipam-pools`,
-  `felix-v<N>-all-ipam-pools`) rather than one rule per pool, so adding a pool
+- NAT outgoing matches pools through two ipsets (`felix-v<N>-i:masq-ipam-pools`,
+  `felix-v<N>-i:all-ipam-pools`, named in felix.calc.names' internal namespace
+  so no tag can spell them) rather than one rule per pool, so adding a pool
   changes set members, not chains, and the rule stays O(1) per packet.
   Traffic whose destination is in any pool is never NATed (pod-to-pod keeps
   its source); everything else from a masquerade pool is MASQUERADEd (or
@@ -10,7 +11,11 @@ Why these shapes:
 - 1:1 NAT (`ipv4_nat` of this host's endpoints): DNAT ext->int in PREROUTING
   and OUTPUT, and SNAT int->ext for traffic leaving the pools plus the
   hairpin case (an endpoint reaching its own external address).  These come
-  before NAT outgoing so a floating IP wins over masquerade.
+  before NAT outgoing so a floating IP wins over masquerade.  Because the
+  DNAT also catches the host's own traffic, an entry is only honoured when
+  `int_ip` is the endpoint's own address and `ext_ip` is nobody else's: not a
+  node's, not in a pool, not this host's or a server it depends on (etcd,
+  DNS), and not claimed by an endpoint created earlier.
 - Metadata: TCP to 169.254.169.254:80 arriving from a workload interface is
   DNATed to MetadataAddr:MetadataPort.
 
@@ -25,23 +30,26 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-METADATA_IP = "169.254.169.254"
-MASQ_SET_ID = "masq-ipam-pools"
-ALL_SET_ID = "all-ipam-pools"
+from . import names
+from .model import _workload_net
+from .nodes import NodeAddresses
 
-CH_PREROUTING = "felix-PREROUTING"
-CH_OUTPUT = "felix-OUTPUT"
-CH_POSTROUTING = "felix-POSTROUTING"
-CH_FIP_DNAT = "felix-FIP-DNAT"
-CH_FIP_SNAT = "felix-FIP-SNAT"
-CH_NAT_OUTGOING = "felix-nat-outgoing"
+METADATA_IP = "169.254.169.254"
+MASQ_SET_ID = names.MASQ_POOLS
+ALL_SET_ID = names.ALL_POOLS
+
+CH_PREROUTING = names.NAT_PREROUTING
+CH_OUTPUT = names.NAT_OUTPUT
+CH_POSTROUTING = names.NAT_POSTROUTING
+CH_FIP_DNAT = names.NAT_FIP_DNAT
+CH_FIP_SNAT = names.NAT_FIP_SNAT
+CH_NAT_OUTGOING = names.NAT_OUTGOING
 ALL_CHAINS = (CH_PREROUTING, CH_OUTPUT, CH_POSTROUTING, CH_FIP_DNAT, CH_FIP_SNAT, CH_NAT_OUTGOING)
 _IFPREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,14}\Z")
 
 
 def set_name(version: int, ident: str) -> str:
-    """Same spelling as felix.dataplane.ipsets.ipset_name for these short ids (kept pure: no import)."""
-    return f"felix-v{version}-{ident}"
+    return names.internal_ipset(ident, version)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class NatConfig:
     metadata_addr: str | None = None      # IPv4 (resolve hostnames first); None = no metadata DNAT
     metadata_port: int = 8775
     nat_outgoing_address: str | None = None
+    # Addresses this host depends on that no endpoint may take over (etcd servers, DNS servers).
+    protected: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -62,24 +72,88 @@ class NatState:
     ipsets: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """One endpoint's `ipv4_nat`, already checked against the endpoint's own value."""
+
+    order: tuple[int, str]                 # (create revision, key): who claimed first
+    host: str
+    pairs: tuple[tuple[str, str], ...]     # ((int_ip, ext_ip), ...)
+
+
 def _field(value: object, name: str, default: object = None) -> object:
     if isinstance(value, Mapping):
         return value.get(name, default)
-    return getattr(value, name, default)
+    v = getattr(value, name, default)
+    extra = getattr(value, "model_extra", None)
+    if v is default and extra:
+        v = extra.get(name, default)
+    return v
+
+
+def _claim_pairs(value: object) -> tuple[tuple[str, str], ...]:
+    """The endpoint's (int_ip, ext_ip) pairs, or ValueError naming why the whole list is refused.
+
+    `int_ip` must be one of the endpoint's own addresses (else an endpoint could
+    pull any address to any other), and `ext_ip` must be a unicast address
+    that is not special to the host (loopback, link-local holds the metadata
+    service and the workload gateway).
+    """
+    raw = _field(value, "ipv4_nat", None) or []
+    if isinstance(raw, str) or not isinstance(raw, list | tuple):
+        raise ValueError("ipv4_nat must be a list")
+    own: set[str] = set()
+    for v in (4, 6):
+        nets = _field(value, f"ipv{v}_nets", None) or []
+        if isinstance(nets, str) or not isinstance(nets, list | tuple):
+            raise ValueError(f"ipv{v}_nets must be a list")
+        for n in nets:
+            own.add(str(ipaddress.ip_network(_workload_net(str(n), v)).network_address))
+    pairs: dict[str, str] = {}
+    for i, n in enumerate(raw):
+        try:
+            int_ip = str(ipaddress.IPv4Address(str(_field(n, "int_ip"))))
+            ext = ipaddress.IPv4Address(str(_field(n, "ext_ip")))
+        except ValueError as e:
+            raise ValueError(f"ipv4_nat[{i}]: {e}") from None
+        ext_ip = str(ext)
+        if int_ip not in own:
+            raise ValueError(f"ipv4_nat[{i}]: int_ip {int_ip} is not one of this endpoint's addresses")
+        if ext.is_loopback or ext.is_multicast or ext.is_unspecified or ext.is_link_local \
+                or ext.is_reserved or ext == ipaddress.IPv4Address("255.255.255.255"):
+            raise ValueError(f"ipv4_nat[{i}]: ext_ip {ext_ip} cannot be an endpoint's external address")
+        if ext_ip in own:
+            raise ValueError(f"ipv4_nat[{i}]: ext_ip {ext_ip} is the endpoint's own address")
+        if pairs.get(ext_ip, int_ip) != int_ip:
+            raise ValueError(f"ipv4_nat[{i}]: ext_ip {ext_ip} is mapped twice")
+        pairs[ext_ip] = int_ip
+    return tuple(sorted((i, e) for e, i in pairs.items()))
 
 
 class NatCalculator:
-    """Feed syncer updates with `on_update(kind, key, value) -> changed`; read `desired(version)`."""
+    """Feed syncer updates with `on_update(kind, key, value, create_revision) -> changed`; read `desired(version)`.
 
-    KINDS = frozenset({"pool", "workload_endpoint"})
+    1:1 NAT entries of every host's endpoints are tracked, not only this
+    host's: an `ext_ip` belongs to the endpoint whose key etcd created first
+    (then the lower key), and every Felix must reach the same verdict whatever
+    order updates arrive in and across restarts.  Entries that lose, or whose
+    `ext_ip` is a node's address (`nodes`, fed from the same updates), lies in
+    a pool, or is one of this host's own or protected addresses, are refused for
+    that endpoint as a whole and reported once in `take_errors()`.
+    """
+
+    KINDS = frozenset({"pool", "workload_endpoint"}) | NodeAddresses.KINDS
 
     def __init__(self, cfg: NatConfig):
         self._check_cfg(cfg)
         self.cfg = cfg
+        self.nodes = NodeAddresses()
         self._pools: dict[str, tuple[int, str, bool]] = {}            # key -> (version, cidr, masquerade)
-        self._nats: dict[str, tuple[tuple[str, str], ...]] = {}        # local endpoint key -> ((int, ext), ...)
+        self._claims: dict[str, _Claim] = {}                           # endpoint key (any host) -> claim
+        self._host_addrs: frozenset[str] = frozenset()
         self._errors: list[tuple[str, str]] = []
-        self._conflicts: set[tuple[str, str]] = set()
+        self._refused: dict[str, str] = {}                             # local key -> reason, while it lasts
+        self._pairs: list[tuple[str, str]] | None = None               # cache of nat_pairs()
 
     @staticmethod
     def _check_cfg(cfg: NatConfig) -> None:
@@ -91,32 +165,52 @@ class NatCalculator:
             raise ValueError(f"metadata port {cfg.metadata_port} out of range")
         if cfg.nat_outgoing_address is not None:
             ipaddress.ip_address(cfg.nat_outgoing_address)
+        for ip in cfg.protected:
+            ipaddress.ip_address(ip)
 
     def set_config(self, cfg: NatConfig) -> bool:
         if cfg == self.cfg:
             return False
         self._check_cfg(cfg)
         self.cfg = cfg
+        self._pairs = None
         return True
 
+    def set_host_addrs(self, addrs: object) -> bool:
+        """This host's own interface addresses: an endpoint must never DNAT the host to itself."""
+        new = frozenset(str(ipaddress.ip_address(a)) for a in addrs)
+        if new == self._host_addrs:
+            return False
+        self._host_addrs = new
+        self._pairs = None
+        return bool(self._claims)
+
     def take_errors(self) -> list[tuple[str, str]]:
-        out, self._errors = self._errors, []
+        out, self._errors = self._errors + self.nodes.take_errors(), []
         return out
 
-    def on_update(self, kind: str, key: object, value: object = None) -> bool:
+    def on_update(self, kind: str, key: object, value: object = None, create_revision: int = 0) -> bool:
         k = getattr(key, "kind", None)
         if k not in self.KINDS:
             return False
         path = getattr(key, "path", str(key))
         if kind != "put":
             value = None
+        if k in NodeAddresses.KINDS:
+            changed = self.nodes.on_update(kind, key, value)
+            if changed:
+                self._pairs = None
+            return changed and bool(self._claims)
         try:
-            return self._apply(k, key, path, value)
+            changed = self._apply(k, key, path, value, create_revision)
         except (ValueError, TypeError) as e:
             self._errors.append((path, str(e)))
-            return self._apply(k, key, path, None)
+            changed = self._apply(k, key, path, None, create_revision)
+        if changed:
+            self._pairs = None
+        return changed
 
-    def _apply(self, k: str, key: object, path: str, value: object) -> bool:
+    def _apply(self, k: str, key: object, path: str, value: object, create_revision: int) -> bool:
         if k == "pool":
             old = self._pools.get(path)
             new = None
@@ -130,25 +224,38 @@ class NatCalculator:
             else:
                 self._pools[path] = new
             return old != new
-        # workload endpoint: only this host's 1:1 NAT entries matter here
-        if key.host != self.cfg.hostname:
-            return False
-        old_n = self._nats.get(path, ())
-        new_n: tuple[tuple[str, str], ...] = ()
-        if value is not None:
-            pairs = []
-            for i, n in enumerate(_field(value, "ipv4_nat", None) or []):
-                try:
-                    pairs.append((str(ipaddress.IPv4Address(str(_field(n, "int_ip")))),
-                                  str(ipaddress.IPv4Address(str(_field(n, "ext_ip"))))))
-                except ValueError as e:
-                    raise ValueError(f"ipv4_nat[{i}]: {e}") from None
-            new_n = tuple(sorted(set(pairs)))
-        if new_n:
-            self._nats[path] = new_n
+        # workload endpoint of any host: its claims decide who owns an ext_ip
+        old_c = self._claims.get(path)
+        new_c = None
+        if value is not None and _field(value, "ipv4_nat", None):
+            pairs = _claim_pairs(value)
+            if pairs:
+                new_c = _Claim((int(create_revision or 0), path), key.host, pairs)
+        if new_c is None:
+            self._claims.pop(path, None)
         else:
-            self._nats.pop(path, None)
-        return old_n != new_n
+            self._claims[path] = new_c
+        return old_c != new_c
+
+    def _cluster_reason(self, int_ip: str, ext_ip: str, taken: Mapping[str, str]) -> str | None:
+        """Why an entry is refused on every host alike (same datastore, same verdict)."""
+        if ext_ip in taken:
+            return f"ipv4_nat ext_ip {ext_ip} is already claimed by {taken[ext_ip]}"
+        owner = self.nodes.owner(ext_ip)
+        if owner is not None:
+            return f"ipv4_nat ext_ip {ext_ip} is the address of node {owner}"
+        addr = ipaddress.IPv4Address(ext_ip)
+        for v, cidr, _ in self._pools.values():
+            if v == 4 and addr in ipaddress.ip_network(cidr):
+                return f"ipv4_nat ext_ip {ext_ip} lies in IP pool {cidr}"
+        return None
+
+    def _local_reason(self, ext_ip: str) -> str | None:
+        if ext_ip in self._host_addrs:
+            return f"ipv4_nat ext_ip {ext_ip} is an address of this host"
+        if ext_ip in self.cfg.protected or ext_ip in (self.cfg.metadata_addr, self.cfg.nat_outgoing_address):
+            return f"ipv4_nat ext_ip {ext_ip} is a server this host depends on"
+        return None
 
     # ---- output ----
     def pool_sets(self, version: int) -> dict[str, frozenset[str]]:
@@ -157,22 +264,31 @@ class NatCalculator:
         return {set_name(version, MASQ_SET_ID): frozenset(masq), set_name(version, ALL_SET_ID): frozenset(all_nets)}
 
     def nat_pairs(self) -> list[tuple[str, str]]:
-        """All (int_ip, ext_ip) of local endpoints; an ext_ip claimed twice keeps the first key's pair."""
-        seen: dict[str, str] = {}
-        out = []
-        conflicts = set()
-        for path in sorted(self._nats):
-            for int_ip, ext_ip in self._nats[path]:
-                if ext_ip in seen and seen[ext_ip] != int_ip:
-                    item = (path, f"ipv4_nat ext_ip {ext_ip} already maps to {seen[ext_ip]}; ignored")
-                    if item not in self._conflicts:  # once while it lasts, not on every recompute
-                        self._errors.append(item)
-                    conflicts.add(item)
-                    continue
-                seen[ext_ip] = int_ip
-                out.append((int_ip, ext_ip))
-        self._conflicts = conflicts
-        return sorted(set(out))
+        """(int_ip, ext_ip) of this host's endpoints whose entries all stand (see the class doc)."""
+        if self._pairs is not None:
+            return self._pairs
+        taken: dict[str, str] = {}
+        out: list[tuple[str, str]] = []
+        refused: dict[str, str] = {}
+        for claim in sorted(self._claims.values(), key=lambda c: c.order):
+            path = claim.order[1]
+            reason = next((r for i, e in claim.pairs if (r := self._cluster_reason(i, e, taken))), None)
+            if reason is None:
+                for _, ext_ip in claim.pairs:
+                    taken[ext_ip] = path
+                if claim.host == self.cfg.hostname:
+                    reason = next((r for _, e in claim.pairs if (r := self._local_reason(e))), None)
+            if claim.host != self.cfg.hostname:
+                continue
+            if reason is not None:
+                refused[path] = reason
+                if self._refused.get(path) != reason:  # once while it lasts, not on every recompute
+                    self._errors.append((path, f"{reason}: this endpoint's 1:1 NAT is refused"))
+                continue
+            out.extend(claim.pairs)
+        self._refused = refused
+        self._pairs = sorted(set(out))
+        return self._pairs
 
     def desired(self, version: int = 4) -> NatState:
         """Chains/hooks/ipsets of the nat table for IPv`version`.

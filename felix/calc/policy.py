@@ -50,7 +50,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from felix.dataplane.iptables import chain_name
 from libcalico.selectors import SelectorError, parse_selector
 
 from . import names
@@ -70,7 +69,7 @@ _INF = float("inf")
 def policy_chain(tier: str, policy: str, direction: str) -> str:
     """`felix-pi-<hash>` (inbound) / `felix-po-<hash>` (outbound); the `/` makes the id always hashed."""
     assert direction in ("i", "o")
-    return chain_name(f"{names.PREFIX}p{direction}-", f"{tier}/{policy}")
+    return names.policy_chain(tier, policy, direction)
 
 
 @lru_cache(maxsize=65536)

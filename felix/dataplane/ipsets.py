@@ -16,8 +16,6 @@ Why this shape:
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import ipaddress
 import logging
 import re
@@ -36,17 +34,8 @@ SWAP_MIN_SIZE = 16  # below this, deltas are always cheap enough
 
 
 def set_prefix(family: int) -> str:
+    """The names this writer owns; felix.calc.names makes every name under it."""
     return f"felix-v{family}-"
-
-
-def ipset_name(family: int, ident: str) -> str:
-    """`felix-v4-<id>` if it fits 31 chars, else `felix-v4-_<base32 sha256>`; `_`-ids are always hashed."""
-    prefix = set_prefix(family)
-    room = MAX_SET_NAME - len(prefix)
-    if len(ident) <= room and _NAME_RE.fullmatch(ident) and not ident.startswith("_"):
-        return prefix + ident
-    digest = base64.b32encode(hashlib.sha256(ident.encode()).digest()).decode().rstrip("=")
-    return prefix + "_" + digest[: room - 1]
 
 
 def normalize_members(family: int, members: Iterable[str]) -> frozenset[str]:

@@ -43,23 +43,6 @@ BUILTINS: dict[str, tuple[str, ...]] = {
 }
 
 
-def chain_name(prefix: str, ident: str) -> str:
-    """`prefix + ident` when it fits 28 chars, else `prefix + "_" + base32(sha256(ident))` cut to fit.
-
-    Ids that start with `_` (or hold characters iptables rejects) are always
-    hashed, so a short id can never equal the hashed form of a long one.
-    """
-    if not prefix.startswith(CHAIN_PREFIX) and prefix != CHAIN_PREFIX:
-        raise ValueError(f"chain prefix {prefix!r} must start with {CHAIN_PREFIX!r}")
-    room = MAX_CHAIN_LEN - len(prefix)
-    if room < 9:
-        raise ValueError(f"chain prefix {prefix!r} leaves no room for an id")
-    if len(ident) <= room and _CHAIN_RE.fullmatch(ident) and not ident.startswith("_"):
-        return prefix + ident
-    digest = base64.b32encode(hashlib.sha256(ident.encode()).digest()).decode().rstrip("=")
-    return prefix + "_" + digest[: room - 1]
-
-
 def rule_hash(chain: str, rule: str) -> str:
     """Stable id of one rule in one chain (position-independent; lists are compared in order)."""
     d = hashlib.sha256(f"{chain}\0{rule}".encode()).digest()

@@ -20,7 +20,13 @@ _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 def interface_sysctls(ifname: str, v4: bool = True, v6: bool = True) -> dict[str, str]:
-    """What a workload interface needs: proxy ARP/NDP answer for the gateway, strict rp_filter, no RA."""
+    """What a workload interface needs: proxy ARP/NDP answer for the gateway, strict rp_filter, no RA.
+
+    Without `v6` Felix programs no ip6tables policy at all, yet the veth would
+    still carry a link-local address the workload can reach host services on
+    (`fe80::`), past DefaultEndpointToHostAction: IPv6 is switched off on the
+    interface instead, so the kernel drops every IPv6 packet it receives.
+    """
     if not _IFNAME_RE.fullmatch(ifname) or ifname in (".", ".."):
         raise ValueError(f"invalid interface name {ifname!r}")
     out = {}
@@ -37,6 +43,8 @@ def interface_sysctls(ifname: str, v4: bool = True, v6: bool = True) -> dict[str
             f"net/ipv6/conf/{ifname}/forwarding": "1",
             f"net/ipv6/conf/{ifname}/accept_ra": "0",
         })
+    else:
+        out[f"net/ipv6/conf/{ifname}/disable_ipv6"] = "1"
     return out
 
 
@@ -59,6 +67,8 @@ class SysctlWriter:
                 with open(os.path.join(self.root, key), "w") as f:
                     f.write(value)
             except OSError as e:
+                if key.endswith("/disable_ipv6") and not os.path.isdir(os.path.join(self.root, "net/ipv6")):
+                    continue  # a kernel without IPv6: there is nothing to switch off
                 failed.append(f"{key}: {e.strerror}")
         return failed
 

@@ -82,8 +82,8 @@ def test_vxlan_and_nat_programmed_from_etcd(fh):
     eventually(lambda: fh.etcd.get(keys.host_vxlan_mac(HOST)) == mac, 10, "vxlan_tunnel_mac published")
     # NAT outgoing for the masquerade pool
     save = fh.iptables_save(4)
-    assert "felix-nat-outgoing" in save and "MASQUERADE" in save
-    assert {"felix-v4-masq-ipam-pools", "felix-v4-all-ipam-pools"} <= fh.felix_ipsets()
+    assert "felix-NAT-OUTGOING" in save and "MASQUERADE" in save
+    assert {"felix-v4-i:masq-ipam-pools", "felix-v4-i:all-ipam-pools"} <= fh.felix_ipsets()
     # the other host goes away: its route, neighbour and fdb entry go too
     fh.delete(keys.block_affinity(other, "10.65.0.64/26"))
     fh.delete(keys.host_vxlan_mac(other))
@@ -95,6 +95,6 @@ def test_vxlan_and_nat_programmed_from_etcd(fh):
     fh.delete(keys.pool("10.65.0.0/16"))
     eventually(lambda: h.run("ip", "link", "show", "vxlan.calico", check=False).returncode != 0, 10,
                "vxlan.calico removed")
-    eventually(lambda: "felix-nat-outgoing" not in fh.iptables_save(4), 10, "nat chains removed")
-    eventually(lambda: not {"felix-v4-masq-ipam-pools"} & fh.felix_ipsets(), 10, "pool ipsets removed")
+    eventually(lambda: "felix-NAT-OUTGOING" not in fh.iptables_save(4), 10, "nat chains removed")
+    eventually(lambda: not {"felix-v4-i:masq-ipam-pools"} & fh.felix_ipsets(), 10, "pool ipsets removed")
     assert fh.felix_alive()

@@ -131,7 +131,7 @@ async def test_nat_outgoing_one_to_one_and_metadata(topo, mode):
     assert table.stats["restores"] == restores  # no chain changed
     assert peer_seen(w["10.65.0.2"], "192.168.50.2", 8080) == "10.65.0.2"
     save = h.run(f"iptables-{mode}-save", "-t", "nat").stdout
-    assert "felix-nat-outgoing" in save and "-A POSTROUTING" in save
+    assert "felix-NAT-OUTGOING" in save and "-A POSTROUTING" in save
 
     # nothing left to NAT (pools and the 1:1 entry gone, no metadata): the nat table and ipsets are ours no more
     for path in (keys.pool("10.65.0.0/16"), keys.pool("10.70.0.0/16"), keys.workload_endpoint(ME, "k8s", "w3", "eth0")):

@@ -15,7 +15,7 @@ import os
 import subprocess
 import tempfile
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from confd.daemon import Confd, Settings
@@ -30,6 +30,7 @@ from tests.reliability.hostile import (
     scalar_or_hostile,
     segment,
 )
+from tests.reliability.profiles import examples
 
 G = "/calico/bgp/v1/global/"
 H = "/calico/bgp/v1/host/"
@@ -106,8 +107,7 @@ def _bird_ok(binary: str, text: str, tmpdir: str) -> None:
     assert r.returncode == 0, f"{binary} -p rejected the rendered config: {r.stderr}\n---\n{text}"
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.data_too_large])
+@examples(400)
 @given(entries=st.lists(entry(), min_size=1, max_size=12), keep_base=st.booleans())
 # Found by this test: BIRD refuses these neighbours, so one such key used to fail every render.
 @example(entries=[(f"{G}peer_v4/0.0.0.0", '{"ip": "0.0.0.0", "as_num": 1}')], keep_base=False)

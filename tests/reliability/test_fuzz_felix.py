@@ -16,7 +16,7 @@ import asyncio
 import json
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import strategies as st
 
 from felix.calc.calculator import CalcConfig, Calculator
@@ -37,6 +37,7 @@ from tests.reliability.hostile import (
     scalar_or_hostile,
     segment,
 )
+from tests.reliability.profiles import examples
 
 HOST = "fuzzhost"
 IFACES = ["cali0", "cali1", "cali2"]
@@ -209,8 +210,7 @@ def kernel():
 
 # No shrink phase: a failing example costs Felix's restore retries (about 1 s), and shrinking would
 # repeat that hundreds of times; the explicit examples below are the minimal cases found so far.
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck),
-          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@examples(250, suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(kv=datastore(), with_sane=st.booleans())
 @example(kv={}, with_sane=True)
 # Found by this test: a tag used only in a tiered policy's rule gets no ipset, so the restore naming

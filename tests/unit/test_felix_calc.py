@@ -146,10 +146,10 @@ def test_local_endpoint_chains_routes_and_dispatch():
 
 def test_multiple_nets_antispoof_and_no_nets_in_family():
     f = Feed()
-    f.ep("h1", "w1", "cali1", "10.0.0.1", [], ipv4_nets=["10.0.0.1/32", "10.0.1.0/24"])
+    f.ep("h1", "w1", "cali1", "10.0.0.1", [], ipv4_nets=["10.0.0.1/32", "10.0.1.7/32"])
     d = f.c.desired()
     frm = d.v4.chains["felix-from-cali1"]
-    assert "-s 10.0.1.0/24 -j MARK --set-xmark 0x2000000/0x2000000" in frm
+    assert "-s 10.0.1.7/32 -j MARK --set-xmark 0x2000000/0x2000000" in frm
     assert "-m mark ! --mark 0x2000000/0x2000000 -j DROP" in frm
     assert "-j DROP" in d.v6.chains["felix-from-cali1"][:3], "no v6 nets: all v6 from it dropped"
 

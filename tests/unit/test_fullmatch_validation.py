@@ -6,12 +6,13 @@ import pytest
 
 from calico_node.autodetect import EXCLUDED_IFACES
 from felix import config as felix_config
+from felix.calc import names
 from felix.dataplane import ipsets, iptables, sysctl
 
 
 def test_chain_id_with_trailing_newline_is_hashed_not_used_verbatim():
-    assert iptables.chain_name("felix-to-", "abc") == "felix-to-abc"
-    name = iptables.chain_name("felix-to-", "abc\n")
+    assert names.chain_name("felix-to-", "abc") == "felix-to-abc"
+    name = names.chain_name("felix-to-", "abc\n")
     assert "\n" not in name and name.startswith("felix-to-_")
     iptables.check_chain(name)
 
@@ -23,8 +24,8 @@ def test_check_chain_rejects_newline(bad):
 
 
 def test_ipset_id_with_trailing_newline_is_hashed():
-    assert ipsets.ipset_name(4, "tag1") == "felix-v4-tag1"
-    name = ipsets.ipset_name(4, "tag1\n")
+    assert names.tag_ipset("tag1", 4) == "felix-v4-tag1"
+    name = names.tag_ipset("tag1\n", 4)
     assert "\n" not in name and name.startswith("felix-v4-_")
 
 

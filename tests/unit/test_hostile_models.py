@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -20,6 +20,7 @@ from libcalico import keys
 from libcalico.models import InvalidValue, Rule, parse_key_value
 from libcalico.selectors import parse_selector, valid_label_key, valid_label_value
 from libcalico.validation import IFNAME_RE, LOG_PREFIX_RE, SAFE_ID_RE
+from tests.reliability.profiles import examples
 
 INJECTIONS = [
     "; rm -rf /", "$(reboot)", "`id`", "' OR '1'='1", '" -j ACCEPT', "\n-A INPUT -j ACCEPT\n",
@@ -191,7 +192,7 @@ def _check_result(path: str, raw: str) -> None:
         assert isinstance(value, dict), (key.kind, value)
 
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = examples(400)  # 400 under the ci profile, scaled under fuzz (tests/reliability/profiles.py)
 
 
 @FUZZ

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from felix.calc.names import tag_ipset
 from felix.dataplane.cmd import ScriptedRunner
 from felix.dataplane.errors import DataplaneError
-from felix.dataplane.ipsets import MAX_SET_NAME, IpsetWriter, ipset_name, normalize_members, parse_save
+from felix.dataplane.ipsets import MAX_SET_NAME, IpsetWriter, normalize_members, parse_save
 
 
 class FakeIpset:
@@ -31,10 +32,10 @@ class FakeIpset:
 
 
 def test_names_fit_and_do_not_collide():
-    assert ipset_name(4, "tag1") == "felix-v4-tag1"
-    a, b = ipset_name(6, "t" * 40), ipset_name(6, "t" * 39 + "u")
+    assert tag_ipset("tag1", 4) == "felix-v4-tag1"
+    a, b = tag_ipset("t" * 40, 6), tag_ipset("t" * 39 + "u", 6)
     assert a != b and len(a) <= MAX_SET_NAME and a.startswith("felix-v6-_")
-    assert ipset_name(4, a[len("felix-v4-"):]) != a
+    assert tag_ipset(a[len("felix-v6-"):], 6) != a
 
 
 def test_members_normalised_like_ipset_save():

@@ -36,15 +36,15 @@ def test_pool_sets_follow_masquerade_flag():
     assert put(calc, keys.pool("10.70.0.0/16"), {"cidr": "10.70.0.0/16"})
     put(calc, keys.pool("fd00:1::/64"), {"cidr": "fd00:1::/64", "masquerade": True})
     s4 = calc.desired(4).ipsets
-    assert s4 == {"felix-v4-masq-ipam-pools": frozenset({"10.65.0.0/16"}),
-                  "felix-v4-all-ipam-pools": frozenset({"10.65.0.0/16", "10.70.0.0/16"})}
-    assert calc.desired(6).ipsets["felix-v6-masq-ipam-pools"] == frozenset({"fd00:1::/64"})
+    assert s4 == {"felix-v4-i:masq-ipam-pools": frozenset({"10.65.0.0/16"}),
+                  "felix-v4-i:all-ipam-pools": frozenset({"10.65.0.0/16", "10.70.0.0/16"})}
+    assert calc.desired(6).ipsets["felix-v6-i:masq-ipam-pools"] == frozenset({"fd00:1::/64"})
     # turning masquerade off moves the pool out of the masq set only
     assert put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16", "masquerade": False})
-    assert calc.desired(4).ipsets["felix-v4-masq-ipam-pools"] == frozenset()
+    assert calc.desired(4).ipsets["felix-v4-i:masq-ipam-pools"] == frozenset()
     assert not put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16", "masquerade": False})
     assert delete(calc, keys.pool("10.70.0.0/16"))
-    assert calc.desired(4).ipsets["felix-v4-all-ipam-pools"] == frozenset({"10.65.0.0/16"})
+    assert calc.desired(4).ipsets["felix-v4-i:all-ipam-pools"] == frozenset({"10.65.0.0/16"})
 
 
 def test_nothing_to_nat_leaves_the_nat_table_alone():
@@ -62,7 +62,7 @@ def test_nat_outgoing_rule_excludes_pool_destinations():
     put(calc, keys.pool("fd00:1::/64"), {"cidr": "fd00:1::/64"})
     st = calc.desired(4)
     assert st.chains[nat.CH_NAT_OUTGOING] == [
-        "-m set --match-set felix-v4-masq-ipam-pools src -m set ! --match-set felix-v4-all-ipam-pools dst "
+        "-m set --match-set felix-v4-i:masq-ipam-pools src -m set ! --match-set felix-v4-i:all-ipam-pools dst "
         "-j MASQUERADE"]
     assert st.hooks == {"PREROUTING": ["-j felix-PREROUTING"], "OUTPUT": ["-j felix-OUTPUT"],
                         "POSTROUTING": ["-j felix-POSTROUTING"]}
@@ -82,9 +82,9 @@ def test_one_to_one_nat_for_local_endpoints_only():
     assert st.chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
     assert st.chains[nat.CH_FIP_SNAT] == [
         "-s 10.65.0.5/32 -d 10.65.0.5/32 -j SNAT --to-source 172.31.0.9",
-        "-s 10.65.0.5/32 -m set ! --match-set felix-v4-all-ipam-pools dst -j SNAT --to-source 172.31.0.9"]
+        "-s 10.65.0.5/32 -m set ! --match-set felix-v4-i:all-ipam-pools dst -j SNAT --to-source 172.31.0.9"]
     # FIP SNAT is consulted before NAT outgoing
-    assert st.chains[nat.CH_POSTROUTING] == ["-j felix-FIP-SNAT", "-j felix-nat-outgoing"]
+    assert st.chains[nat.CH_POSTROUTING] == ["-j felix-FIP-SNAT", "-j felix-NAT-OUTGOING"]
     assert calc.desired(6).chains == {}
     assert delete(calc, path)
     assert calc.desired(4).chains == {}
@@ -130,11 +130,80 @@ def test_bad_values_never_reach_rules():
         NatCalculator(NatConfig(ME, iface_prefix="cali -j ACCEPT"))
 
 
-def test_chain_names_fit_iptables_and_set_names_match_writer():
-    from felix.dataplane.ipsets import ipset_name
+def test_chain_names_fit_iptables_and_set_names_pass_the_writer():
+    from felix.dataplane.ipsets import IpsetWriter
     from felix.dataplane.iptables import check_chain
     for c in nat.ALL_CHAINS:
         check_chain(c)
     for v in (4, 6):
         for ident in (nat.MASQ_SET_ID, nat.ALL_SET_ID):
-            assert nat.set_name(v, ident) == ipset_name(v, ident)
+            IpsetWriter(v, runner=None).set_members(nat.set_name(v, ident), [])
+
+
+def _errors(calc: NatCalculator) -> dict[str, str]:
+    return dict(calc.take_errors())
+
+
+def test_int_ip_must_be_the_endpoints_own_address():
+    calc = NatCalculator(NatConfig(ME))
+    path, val = ep(ME, "w1", [{"int_ip": "10.65.0.99", "ext_ip": "172.31.0.9"}])
+    put(calc, path, val)
+    assert calc.desired(4).chains == {}
+    assert "not one of this endpoint's addresses" in _errors(calc)[path]
+
+
+@pytest.mark.parametrize("source", ["bird_ip", "bgp_v4"])
+def test_ext_ip_may_not_be_a_nodes_address(source):
+    calc = NatCalculator(NatConfig(ME))
+    node_key = keys.host_bird_ip("node-b") if source == "bird_ip" else keys.bgp_host_ip("node-b", 4)
+    calc.on_update("put", keys.parse(node_key), "192.168.50.2")
+    path, val = ep(ME, "w1", [{"int_ip": "10.65.0.5", "ext_ip": "192.168.50.2"},
+                              {"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    put(calc, path, val)
+    assert calc.desired(4).chains == {}, "the whole endpoint's NAT is refused"
+    assert "address of node node-b" in _errors(calc)[path]
+    # the node goes away: the entry stands again
+    assert calc.on_update("delete", keys.parse(node_key), None)
+    assert calc.desired(4).chains[nat.CH_FIP_DNAT] == [
+        "-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5",
+        "-d 192.168.50.2/32 -j DNAT --to-destination 10.65.0.5"]
+
+
+def test_ext_ip_may_not_be_in_a_pool_or_a_protected_or_host_address():
+    calc = NatCalculator(NatConfig(ME, protected=frozenset({"10.9.9.9"})))
+    put(calc, keys.pool("10.65.0.0/16"), {"cidr": "10.65.0.0/16"})
+    calc.set_host_addrs({"192.168.50.1", "fe80::1"})
+    for i, (ext, why) in enumerate([("10.65.0.6", "lies in IP pool"), ("10.9.9.9", "server this host depends on"),
+                                    ("192.168.50.1", "address of this host"), ("169.254.169.254", "cannot be"),
+                                    ("127.0.0.1", "cannot be")]):
+        path, val = ep(ME, f"w{i}", [{"int_ip": "10.65.0.5", "ext_ip": ext}])
+        put(calc, path, val)
+        assert calc.desired(4).chains.get(nat.CH_FIP_DNAT, []) == [], ext
+        assert why in _errors(calc)[path], ext
+        delete(calc, path)
+
+
+def test_claimed_twice_first_created_key_wins_whatever_the_order():
+    p_old, v_old = ep("node-b", "old", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    p_new, v_new = ep(ME, "new", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    # the remote endpoint was created first (revision 3), the local one later (7)
+    for order in ((p_old, v_old, 3), (p_new, v_new, 7)), ((p_new, v_new, 7), (p_old, v_old, 3)):
+        calc = NatCalculator(NatConfig(ME))
+        for path, val, rev in order:
+            key, v = parse_key_value(path, json.dumps(val))
+            calc.on_update("put", key, v, create_revision=rev)
+        assert calc.desired(4).chains.get(nat.CH_FIP_DNAT, []) == []
+        assert "already claimed by " + p_old in _errors(calc)[p_new]
+    # the first claimant gives it up: the local endpoint gets it
+    assert delete(calc, p_old)
+    assert calc.desired(4).chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
+
+
+def test_without_revisions_the_lower_key_wins():
+    p1, v1 = ep(ME, "a", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    p2, v2 = ep(ME, "b", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    calc = NatCalculator(NatConfig(ME))
+    put(calc, p2, v2)
+    put(calc, p1, v1)
+    assert calc.desired(4).chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
+    assert list(_errors(calc)) == [p2]
