@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from libcalico import subproc
+
 log = logging.getLogger(__name__)
 
 
@@ -46,15 +48,9 @@ class CmdRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(input.encode() if input is not None else None),
-                timeout or self.timeout,
-            )
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
+        # Killed and reaped on timeout and on cancellation alike (a stop, a superseded apply).
+        out, err = await subproc.communicate(proc, input.encode() if input is not None else None,
+                                             timeout or self.timeout)
         return CmdResult(full, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
