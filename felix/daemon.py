@@ -312,7 +312,8 @@ class Felix:
         key = u.parsed_key or keys.parse(u.key or "")
         if key is None:
             return
-        self.calc.on_update(u.kind, key, u.value if u.kind == "put" else u.error)
+        self.calc.on_update(u.kind, key, u.value if u.kind == "put" else u.error,
+                            create_revision=getattr(u, "create_revision", 0))
         for k, reason in self.calc.take_errors():
             self._bad_data_log.log("invalid data", logging.WARNING, "ignoring invalid data at %s: %s", k, reason)
 
@@ -341,10 +342,13 @@ class Felix:
         desired = self.calc.desired()
         self.driver.push(desired)
         if self.endpoint_status is not None:
-            self.endpoint_status.update({
+            statuses = {
                 (ep.orchestrator, ep.workload, ep.endpoint_id):
                     "up" if ep.active and ep.iface in self.ifaces_up else "down"
-                for ep in desired.endpoints.values()})
+                for ep in desired.endpoints.values()}
+            for ep, reason in desired.conflicts.values():
+                statuses[(ep.orchestrator, ep.workload, ep.endpoint_id)] = ("error", reason)
+            self.endpoint_status.update(statuses)
 
     async def _first_program(self) -> None:
         """First IN_SYNC: resolve config, build writers, program everything, then clean up."""

@@ -24,6 +24,12 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _doc(status: str | tuple[str, str]) -> dict[str, str]:
+    if isinstance(status, tuple):
+        return {"status": status[0], "reason": status[1]}
+    return {"status": status}
+
+
 class StatusReporter:
     def __init__(self, client, hostname: str, interval: float, ttl: float):
         self.client = client
@@ -65,7 +71,11 @@ class StatusReporter:
 
 
 class EndpointStatusReporter:
-    """Per-endpoint `{"status": "up"|"down"}`, written only when it changes, stale keys removed."""
+    """Per-endpoint `{"status": "up"|"down"|"error"}`, written only when it changes, stale keys removed.
+
+    An endpoint in error carries a `reason` too: the operator who finds a workload
+    without traffic learns from its own status key which claim it lost, and to whom.
+    """
 
     def __init__(self, client, hostname: str, delay: float = 1.0):
         self.client = client
@@ -76,10 +86,11 @@ class EndpointStatusReporter:
         self._event = asyncio.Event()
         self._cleaned = False
 
-    def update(self, statuses: dict[tuple[str, str, str], str]) -> None:
-        """statuses: (orchestrator, workload, endpoint) -> 'up' | 'down' | 'error'."""
-        if statuses != self._want:
-            self._want = dict(statuses)
+    def update(self, statuses: dict[tuple[str, str, str], str | tuple[str, str]]) -> None:
+        """statuses: (orchestrator, workload, endpoint) -> 'up' | 'down' | ('error', reason)."""
+        want = {ident: _doc(st) for ident, st in statuses.items()}
+        if want != self._want:
+            self._want = want
             self._event.set()
 
     async def _sync(self) -> None:
@@ -89,13 +100,16 @@ class EndpointStatusReporter:
             for kv in kvs:
                 k = keys.parse(kv.key)
                 if k is not None and k.kind == "felix_endpoint_status":
-                    self._written[(k.orchestrator, k.workload, k.endpoint)] = json.loads(kv.value).get("status")
+                    try:
+                        doc = json.loads(kv.value)
+                    except ValueError:
+                        doc = None      # not ours to trust: rewritten below
+                    self._written[(k.orchestrator, k.workload, k.endpoint)] = doc
             self._cleaned = True
-        for ident, st in list(self._want.items()):
-            if self._written.get(ident) != st:
-                await self.client.put(keys.felix_endpoint_status(self.hostname, *ident),
-                                      json.dumps({"status": st}))
-                self._written[ident] = st
+        for ident, doc in list(self._want.items()):
+            if self._written.get(ident) != doc:
+                await self.client.put(keys.felix_endpoint_status(self.hostname, *ident), json.dumps(doc))
+                self._written[ident] = doc
         for ident in [i for i in self._written if i not in self._want]:
             await self.client.delete(keys.felix_endpoint_status(self.hostname, *ident))
             self._written.pop(ident, None)

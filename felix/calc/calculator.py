@@ -9,6 +9,20 @@ back as the very same list objects (writers can skip them by identity).
 
 Invalid data for one key is reported once through `errors` (key -> reason)
 and that key is treated as absent; everything else proceeds.
+
+Ownership: an IP (exact CIDR) or an interface name belongs to one endpoint per
+host.  Conflicts are settled here, from the data alone, so every arrival
+order and every restart gives the same answer: candidates are ranked by their
+key's etcd create revision (the first to claim keeps it; an established
+workload is never displaced by a newcomer, and a delete + re-create is a
+newcomer), then by key for equal or unknown (0) revisions, unknown ranking
+after every known one.  In rank order an endpoint takes its interface if no
+earlier endpoint holds it, else it is in error and programs nothing at all
+(the holder's chains stay); holding its interface it takes its IPs if no
+earlier endpoint holds any of them, else it is in error with its chains
+dropping everything and no route or neighbour.  Endpoints in error hold no
+IPs, are in no tag or selector ipset, and their reason names the winner.
+Only endpoints sharing a claim are re-ranked when one changes.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from .model import (
 )
 from .policy import KINDS as POLICY_KINDS
 from .policy import PolicyCalculator
-from .rules import MARK_ACCEPT, MARK_SRC_OK, RuleError, render_rule, rule_lines
+from .rules import MARK_ACCEPT, MARK_SRC_OK, RuleError, render_chains
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +65,7 @@ class DesiredState:
     routes: dict[str, frozenset[str]]          # ifname -> CIDRs (both families)
     neighbours: dict[str, dict[str, str]]      # ifname -> {ip: mac}
     endpoints: dict[str, Endpoint]             # local endpoints by key
+    conflicts: dict[str, tuple[Endpoint, str]] = field(default_factory=dict)  # local losers: key -> (ep, reason)
 
     def family(self, version: int) -> FamilyState:
         return self.v4 if version == 4 else self.v6
@@ -80,7 +95,12 @@ class Calculator:
         self._ep_cache: dict[tuple[str, int], tuple[tuple, dict[str, list[str]]]] = {}
         self._prof_cache: dict[tuple[str, int], tuple[ProfileRules, dict[str, list[str]]]] = {}
         self._dispatch_cache: dict[tuple, list[str]] = {}
-        self._iface_owner: dict[str, str] = {}
+        self._created: dict[str, int] = {}              # endpoint key -> etcd create revision (0 unknown)
+        self._claimants: dict[tuple[str, str], set[str]] = {}   # (host, iface or net) -> endpoint keys
+        self._unresolved: set[str] = set()              # endpoint keys whose claims must be re-ranked
+        self._state: dict[str, tuple[str, Endpoint, str]] = {}  # key -> ("ok"|"drop"|"none", ep, reason)
+        self.conflicts: dict[str, str] = {}             # endpoint key -> reason, while it loses a claim
+        self.dropped: dict[str, Endpoint] = {}          # local losers holding their own interface
         self.policy = PolicyCalculator(cfg.hostname)    # tiers, label index, host endpoints
 
     # ---- input ----------------------------------------------------------------------
@@ -95,28 +115,37 @@ class Calculator:
             self.errors[key] = reason
             self._new_errors.append((key, reason))
 
-    def on_update(self, kind: str, key: object, value: object = None) -> None:
+    def on_update(self, kind: str, key: object, value: object = None, create_revision: int = 0) -> None:
         """One syncer update: kind 'put' (value = parsed model), 'delete' or 'invalid'.
 
         `key` is a libcalico.keys.Key; keys of kinds Felix core does not use are ignored.
+        `create_revision` is the key's etcd create revision (Update.create_revision): it ranks
+        endpoints claiming the same IP or interface (0 = unknown, see the module docstring).
         """
         k = getattr(key, "kind", None)
         path = getattr(key, "path", "")
         if k not in ("workload_endpoint", "profile_rules", "profile_tags", "profile_labels") \
                 and k not in POLICY_KINDS:
             return
-        if kind == "put":
-            try:
-                self._put(k, key, value)
+        try:
+            if kind == "put":
+                try:
+                    if k == "workload_endpoint":
+                        self._created[path] = create_revision if isinstance(create_revision, int) and create_revision > 0 else 0
+                    self._put(k, key, value)
+                    if path not in self.conflicts:
+                        self.errors.pop(path, None)
+                    return
+                except (ValueError, TypeError, RuleError) as e:
+                    self._error(path, str(e))
+            elif kind == "invalid":
+                self.errors[path] = str(value) if value else "invalid"
+            else:
                 self.errors.pop(path, None)
-                return
-            except (ValueError, TypeError, RuleError) as e:
-                self._error(path, str(e))
-        elif kind == "invalid":
-            self.errors[path] = str(value) if value else "invalid"
-        else:
-            self.errors.pop(path, None)
-        self._remove(k, key)
+            self._remove(k, key)
+        finally:
+            if self._unresolved:
+                self._resolve()
 
     def _put(self, k: str, key: object, value: object) -> None:
         if k == "workload_endpoint":
@@ -125,7 +154,6 @@ class Calculator:
                 raise ValueError(f"interface {ep.iface!r} does not start with InterfacePrefix "
                                  f"{self.cfg.iface_prefix!r}")
             self._set_endpoint(ep)
-            self.policy.set_endpoint(ep)
         elif k in POLICY_KINDS:
             self.policy.put(k, key, value)
         elif k == "profile_rules":
@@ -141,7 +169,6 @@ class Calculator:
     def _remove(self, k: str, key: object) -> None:
         if k == "workload_endpoint":
             self._del_endpoint(key.path)
-            self.policy.remove_endpoint(key.path)
         elif k in POLICY_KINDS:
             self.policy.remove(k, key)
         elif k == "profile_rules":
@@ -152,33 +179,112 @@ class Calculator:
             self.labels.pop(key.profile, None)
             self.policy.set_profile_labels(key.profile, None)
 
+    def _claims(self, ep: Endpoint) -> list[tuple[str, str]]:
+        return [(ep.host, "if:" + ep.iface)] + [(ep.host, n) for n in ep.ipv4_nets + ep.ipv6_nets]
+
     def _set_endpoint(self, ep: Endpoint) -> None:
-        self._del_endpoint(ep.key)
+        old = self.endpoints.get(ep.key)
+        if old is not None:
+            self._drop_claims(old)
         self.endpoints[ep.key] = ep
-        for p in ep.profile_ids:
-            self._prof_eps.setdefault(p, set()).add(ep.key)
-        if ep.host == self.cfg.hostname:
-            owner = self._iface_owner.get(ep.iface)
-            if owner is not None and owner != ep.key:
-                self._error(ep.key, f"interface {ep.iface} already belongs to {owner}; endpoint ignored")
-                return
-            self._iface_owner[ep.iface] = ep.key
-            self.local[ep.key] = ep
+        for c in self._claims(ep):
+            self._claimants.setdefault(c, set()).add(ep.key)
+        self._unresolved.add(ep.key)
+
+    def _drop_claims(self, ep: Endpoint) -> None:
+        """Forget `ep`'s claims; whoever shared one must be re-ranked without it."""
+        for c in self._claims(ep):
+            s = self._claimants.get(c)
+            if s is not None:
+                s.discard(ep.key)
+                if s:
+                    self._unresolved |= s
+                else:
+                    del self._claimants[c]
 
     def _del_endpoint(self, key: str) -> None:
         old = self.endpoints.pop(key, None)
+        self._created.pop(key, None)
         if old is None:
             return
-        for p in old.profile_ids:
-            s = self._prof_eps.get(p)
-            if s:
-                s.discard(key)
-                if not s:
-                    del self._prof_eps[p]
-        if self.local.pop(key, None) is not None and self._iface_owner.get(old.iface) == key:
-            del self._iface_owner[old.iface]
-            for (ekey, v) in [(key, 4), (key, 6)]:
-                self._ep_cache.pop((ekey, v), None)
+        self._drop_claims(old)
+        self._unresolved.discard(key)
+        self._apply_state(key, None, None, "")
+
+    def _rank(self, key: str) -> tuple:
+        created = self._created.get(key, 0)
+        return (0, created, key) if created else (1, 0, key)
+
+    def _resolve(self) -> None:
+        """Re-rank every endpoint that shares a claim with one that changed (see module docstring)."""
+        todo, self._unresolved = self._unresolved, set()
+        comp: set[str] = set()
+        stack = [k for k in todo if k in self.endpoints]
+        while stack:
+            key = stack.pop()
+            if key in comp:
+                continue
+            comp.add(key)
+            for c in self._claims(self.endpoints[key]):
+                stack.extend(k for k in self._claimants.get(c, ()) if k not in comp)
+        held: dict[tuple[str, str], str] = {}
+        for key in sorted(comp, key=self._rank):
+            ep = self.endpoints[key]
+            ic = (ep.host, "if:" + ep.iface)
+            if ic in held:
+                self._apply_state(key, ep, "none", f"interface {ep.iface} belongs to endpoint {held[ic]}; "
+                                                   "this endpoint is not programmed")
+                continue
+            held[ic] = key
+            nets = ep.ipv4_nets + ep.ipv6_nets
+            taken = [(n, held[(ep.host, n)]) for n in nets if (ep.host, n) in held]
+            if taken:
+                n, owner = taken[0]
+                self._apply_state(key, ep, "drop", f"address {n} belongs to endpoint {owner}; "
+                                                   "this endpoint's traffic is dropped")
+                continue
+            for n in nets:
+                held[(ep.host, n)] = key
+            self._apply_state(key, ep, "ok", "")
+
+    def _apply_state(self, key: str, ep: Endpoint | None, state: str | None, reason: str) -> None:
+        """Make the endpoint's presence in the local set, the tag index and the policy index
+        match its ranking: only winners ("ok") are in any of them."""
+        prev = self._state.get(key)
+        if prev is not None and prev[1] is ep and prev[0] == state and prev[2] == reason:
+            return
+        was_ok = prev is not None and prev[0] == "ok"
+        if was_ok:
+            for p in prev[1].profile_ids:
+                s = self._prof_eps.get(p)
+                if s:
+                    s.discard(key)
+                    if not s:
+                        del self._prof_eps[p]
+        self.local.pop(key, None)
+        self.dropped.pop(key, None)
+        for v in (4, 6):
+            self._ep_cache.pop((key, v), None)
+        if state == "ok":
+            for p in ep.profile_ids:
+                self._prof_eps.setdefault(p, set()).add(key)
+            self.policy.set_endpoint(ep)
+            if ep.host == self.cfg.hostname:
+                self.local[key] = ep
+        elif was_ok:
+            self.policy.remove_endpoint(key)
+        if state == "drop" and ep.host == self.cfg.hostname:
+            self.dropped[key] = ep
+        if state is None:
+            self._state.pop(key, None)
+        else:
+            self._state[key] = (state, ep, reason)
+        if reason:
+            self.conflicts[key] = reason
+            if ep.host == self.cfg.hostname:
+                self._error(key, reason)
+        elif self.conflicts.pop(key, None) is not None:
+            self.errors.pop(key, None)
 
     # ---- output ---------------------------------------------------------------------
 
@@ -199,6 +305,14 @@ class Calculator:
                 ep = self.local[key]
                 fs.chains.update(self._endpoint_chains(ep, v, valid_profiles))
                 ifaces.append(ep.iface)
+            for key in sorted(self.dropped):
+                # lost an address to an earlier endpoint: its interface is its own, so it is
+                # dispatched, but to chains that drop everything (no source check to fool)
+                iface = self.dropped[key].iface
+                fs.chains.update({names.endpoint_chain("to", iface): ["-j DROP"],
+                                  names.endpoint_chain("from", iface): ["-j DROP"]})
+                ifaces.append(iface)
+            ifaces.sort()
             fs.chains.update(self._base_chains(v, tuple(ifaces)))
             fs.hooks = {"INPUT": [f"-j {names.INPUT}"], "FORWARD": [f"-j {names.FORWARD}"],
                         "OUTPUT": [f"-j {names.OUTPUT}"]}
@@ -215,7 +329,9 @@ class Calculator:
                          if n.endswith("/32") or n.endswith("/128")}
                 if hosts:
                     neigh[ep.iface] = hosts
-        return DesiredState(fams[4], fams[6], routes, neigh, dict(self.local))
+        conflicts = {k: (self.dropped.get(k) or self.endpoints[k], r) for k, r in self.conflicts.items()
+                     if self.endpoints.get(k) is not None and self.endpoints[k].host == self.cfg.hostname}
+        return DesiredState(fams[4], fams[6], routes, neigh, dict(self.local), conflicts)
 
     def _tag_members(self, tag: str, v: int) -> frozenset[str]:
         members: set[str] = set()
@@ -232,10 +348,7 @@ class Calculator:
             return hit[1]
         out = {}
         for direction, rlist in (("i", rules.inbound), ("o", rules.outbound)):
-            lines: list[str] = []
-            for r in rlist:
-                lines += rule_lines(render_rule(r, v))
-            out[names.profile_chain(pid, direction)] = lines
+            out.update(render_chains(names.profile_chain(pid, direction), rlist, v))
         self._prof_cache[(pid, v)] = (rules, out)
         return out
 

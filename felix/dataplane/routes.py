@@ -13,7 +13,15 @@ Why this shape:
   `cleanup_stale()`, called once Felix is in sync (a restarting Felix keeps
   the working dataplane until it knows the full picture).
 - Overlay routes (VXLAN/IPIP: gateway + onlink on a tunnel device), fdb
-  entries and neighbours share the same machinery so issue 5 only adds calls.
+  entries and neighbours share the same machinery.
+- Several sources may claim one destination (a local workload's /32 and a
+  remote block affinity for the same CIDR, or two interfaces during a
+  hand-over).  Every claimant is kept per CIDR and the one of highest
+  priority is programmed (a local workload beats an overlay route; equal
+  priorities go to the smaller device name, so the result never depends on
+  call order).  Withdrawing one claimant re-installs the next at once:
+  keeping only the last writer meant deleting it deleted the survivor's
+  route too, and `refresh()` had nothing left to repair.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 4
+
+PRIO_WORKLOAD = 20   # a local workload's own address: never displaced by a route to elsewhere
+PRIO_OVERLAY = 10    # a remote block via a tunnel
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,8 @@ class RouteWriter:
         # desired
         self._direct: dict[str, set[str]] = {}                          # ifname -> cidrs
         self._overlay: dict[str, dict[str, tuple[str, bool]]] = {}      # dev -> cidr -> (gw, onlink)
-        self._routes: dict[str, Route] = {}                             # dst -> Route
+        self._claims: dict[str, dict[tuple[str, str], tuple[int, Route]]] = {}  # dst -> (dev, kind) -> (prio, Route)
+        self._routes: dict[str, Route] = {}                             # dst -> the claimant programmed
         self._neigh: dict[tuple[str, str], str] = {}                    # (ifname, ip) -> mac
         self._fdb: dict[tuple[str, str], str] = {}                      # (dev, mac) -> dst ip
         # kernel view (None until loaded)
@@ -110,41 +122,60 @@ class RouteWriter:
         }
 
     # ---- model ----
-    def set_routes(self, ifname: str, cidrs: set[str] | list[str]) -> None:
+    def _claim(self, dst: str, dev: tuple[str, str], route: Route | None, priority: int = 0) -> None:
+        """Set (or, with None, withdraw) the claim of `dev` ((ifname, "direct"|"overlay")) on `dst`,
+        and re-pick the route to program."""
+        claims = self._claims.setdefault(dst, {})
+        if route is None:
+            claims.pop(dev, None)
+        else:
+            claims[dev] = (priority, route)
+        if not claims:
+            del self._claims[dst]
+            best = None
+        else:
+            best = min(claims.items(), key=lambda kv: (-kv[1][0], kv[0]))[1][1]
+            if len(claims) > 1:
+                log.debug("route %s claimed by %s; programming %s", dst, sorted(claims), best.ifname)
+        if self._routes.get(dst) != best:
+            if best is None:
+                self._routes.pop(dst, None)
+            else:
+                self._routes[dst] = best
+            self._dirty_routes.add(dst)
+
+    def claimants(self, dst: str) -> dict[str, tuple[int, Route]]:
+        """Every device claiming `dst` with its (priority, route), best first."""
+        claims = sorted(self._claims.get(_norm_cidr(dst), {}).items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return {dev: pr for (dev, _kind), pr in claims}
+
+    def set_routes(self, ifname: str, cidrs: set[str] | list[str], priority: int = PRIO_WORKLOAD) -> None:
         """Direct (scope link) routes to `ifname`, v4 and v6 mixed; an empty set removes them all."""
         new = {_norm_cidr(c) for c in cidrs}
         old = self._direct.get(ifname, set())
         for dst in old - new:
-            if self._routes.get(dst, Route(dst, "")).ifname == ifname:
-                self._routes.pop(dst, None)
-            self._dirty_routes.add(dst)
+            self._claim(dst, (ifname, "direct"), None)
         for dst in new:
-            r = Route(dst, ifname)
-            prev = self._routes.get(dst)
-            if prev is not None and prev.ifname != ifname:
-                log.warning("route %s moves from %s to %s (two endpoints claim it)", dst, prev.ifname, ifname)
-            if prev != r:
-                self._routes[dst] = r
-                self._dirty_routes.add(dst)
+            self._claim(dst, (ifname, "direct"), Route(dst, ifname), priority)
         if new:
             self._direct[ifname] = new
         else:
             self._direct.pop(ifname, None)
         self._owned |= new
 
-    def set_overlay_routes(self, dev: str, routes: dict[str, tuple[str, bool]]) -> None:
-        """Routes via a gateway on a tunnel device: {cidr: (gateway, onlink)}; replaces that device's set."""
+    def set_overlay_routes(self, dev: str, routes: dict[str, tuple[str, bool]],
+                           priority: int = PRIO_OVERLAY) -> None:
+        """Routes via a gateway on a tunnel device: {cidr: (gateway, onlink)}; replaces that device's set.
+
+        `priority` defaults below a workload's: a remote block for a local workload's CIDR
+        must not take its traffic away.
+        """
         new = {_norm_cidr(c): (_norm_ip(gw), bool(onlink)) for c, (gw, onlink) in routes.items()}
         old = self._overlay.get(dev, {})
         for dst in set(old) - set(new):
-            if self._routes.get(dst, Route(dst, "")).ifname == dev:
-                self._routes.pop(dst, None)
-            self._dirty_routes.add(dst)
+            self._claim(dst, (dev, "overlay"), None)
         for dst, (gw, onlink) in new.items():
-            r = Route(dst, dev, gw, onlink)
-            if self._routes.get(dst) != r:
-                self._routes[dst] = r
-                self._dirty_routes.add(dst)
+            self._claim(dst, (dev, "overlay"), Route(dst, dev, gw, onlink), priority)
         if new:
             self._overlay[dev] = new
         else:
