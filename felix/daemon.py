@@ -297,7 +297,8 @@ class Felix:
             dirty |= self.addons.feed(u)
             if self._config_update(u):
                 config_changed = True
-                continue
+                if not _names_node_address(u):
+                    continue
             if self.calc is None:
                 self._pending.append(u)
             else:
@@ -478,6 +479,15 @@ class Felix:
         t = self.ifmon.start()
         t.add_done_callback(self._task_done)
         self.tasks.append(t)
+
+
+def _names_node_address(u: Update) -> bool:
+    """A host's tunnel address is config and a node's own address: the calculator refuses
+    workloads that claim one, so it must see these keys too."""
+    from felix.calc.nodes import TUNNEL_PARAMS
+
+    k = u.parsed_key or keys.parse(u.key or "")
+    return k is not None and k.kind == "host_config" and k.param in TUNNEL_PARAMS
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,

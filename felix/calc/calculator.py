@@ -22,7 +22,9 @@ earlier endpoint holds it, else it is in error and programs nothing at all
 earlier endpoint holds any of them, else it is in error with its chains
 dropping everything and no route or neighbour.  Endpoints in error hold no
 IPs, are in no tag or selector ipset, and their reason names the winner.
-Only endpoints sharing a claim are re-ranked when one changes.
+Only endpoints sharing a claim are re-ranked when one changes.  An endpoint
+with a node's own address (`nodes`) is refused outright and holds nothing:
+routing it to a veth would capture that node's traffic.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .model import (
     profile_rules_from_value,
     tags_from_value,
 )
+from .nodes import NodeAddresses
 from .policy import KINDS as POLICY_KINDS
 from .policy import PolicyCalculator
 from .rules import MARK_ACCEPT, MARK_SRC_OK, RuleError, render_chains
@@ -100,6 +103,8 @@ class Calculator:
         self._unresolved: set[str] = set()              # endpoint keys whose claims must be re-ranked
         self._state: dict[str, tuple[str, Endpoint, str]] = {}  # key -> ("ok"|"drop"|"none", ep, reason)
         self.conflicts: dict[str, str] = {}             # endpoint key -> reason, while it loses a claim
+        self.nodes = NodeAddresses()                    # every node's own addresses
+        self._ip_eps: dict[str, set[str]] = {}          # address -> endpoint keys (any host)
         self.dropped: dict[str, Endpoint] = {}          # local losers holding their own interface
         self.policy = PolicyCalculator(cfg.hostname)    # tiers, label index, host endpoints
 
@@ -124,6 +129,9 @@ class Calculator:
         """
         k = getattr(key, "kind", None)
         path = getattr(key, "path", "")
+        if k in NodeAddresses.KINDS:
+            self._node_address_update(kind, key, value)
+            return
         if k not in ("workload_endpoint", "profile_rules", "profile_tags", "profile_labels") \
                 and k not in POLICY_KINDS:
             return
@@ -179,6 +187,15 @@ class Calculator:
             self.labels.pop(key.profile, None)
             self.policy.set_profile_labels(key.profile, None)
 
+    def _node_address_update(self, kind: str, key: object, value: object) -> None:
+        before = self.nodes.addresses()
+        if self.nodes.on_update(kind, key, value):
+            for ip in before ^ self.nodes.addresses():
+                self._unresolved |= self._ip_eps.get(ip, set())
+        self.nodes.take_errors()    # a bad address is reported by the overlay and NAT calculators
+        if self._unresolved:
+            self._resolve()
+
     def _claims(self, ep: Endpoint) -> list[tuple[str, str]]:
         return [(ep.host, "if:" + ep.iface)] + [(ep.host, n) for n in ep.ipv4_nets + ep.ipv6_nets]
 
@@ -189,6 +206,8 @@ class Calculator:
         self.endpoints[ep.key] = ep
         for c in self._claims(ep):
             self._claimants.setdefault(c, set()).add(ep.key)
+        for n in ep.ipv4_nets + ep.ipv6_nets:
+            self._ip_eps.setdefault(n.split("/")[0], set()).add(ep.key)
         self._unresolved.add(ep.key)
 
     def _drop_claims(self, ep: Endpoint) -> None:
@@ -201,6 +220,12 @@ class Calculator:
                     self._unresolved |= s
                 else:
                     del self._claimants[c]
+        for n in ep.ipv4_nets + ep.ipv6_nets:
+            s = self._ip_eps.get(n.split("/")[0])
+            if s is not None:
+                s.discard(ep.key)
+                if not s:
+                    del self._ip_eps[n.split("/")[0]]
 
     def _del_endpoint(self, key: str) -> None:
         old = self.endpoints.pop(key, None)
@@ -230,13 +255,18 @@ class Calculator:
         held: dict[tuple[str, str], str] = {}
         for key in sorted(comp, key=self._rank):
             ep = self.endpoints[key]
+            nets = ep.ipv4_nets + ep.ipv6_nets
+            node = next(((n, h) for n in nets if (h := self.nodes.owner(n.split("/")[0]))), None)
+            if node is not None:
+                self._apply_state(key, ep, "none", f"address {node[0]} is node {node[1]}'s own address; "
+                                                   "this endpoint is not programmed")
+                continue
             ic = (ep.host, "if:" + ep.iface)
             if ic in held:
                 self._apply_state(key, ep, "none", f"interface {ep.iface} belongs to endpoint {held[ic]}; "
                                                    "this endpoint is not programmed")
                 continue
             held[ic] = key
-            nets = ep.ipv4_nets + ep.ipv6_nets
             taken = [(n, held[(ep.host, n)]) for n in nets if (ep.host, n) in held]
             if taken:
                 n, owner = taken[0]

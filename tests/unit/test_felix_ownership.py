@@ -31,7 +31,7 @@ def ep(wl: str, iface: str, ip: str, rev: int, host: str = HOST, profiles=("p",)
 
 def put(c: Calculator, item) -> None:
     p, val, rev = item
-    k, v = models.parse_key_value(p, json.dumps(val))
+    k, v = models.parse_key_value(p, val if isinstance(val, str) else json.dumps(val))
     c.on_update("put", k, v, create_revision=rev)
 
 
@@ -170,3 +170,19 @@ def test_route_writer_keeps_every_claimant_and_prefers_the_workload():
     w.set_overlay_routes("vxlan.calico", {})
     w.set_routes("caliC", set())
     assert w.desired_routes() == {}
+
+
+@pytest.mark.parametrize("node_key", ["/calico/v1/host/h2/bird_ip", "/calico/bgp/v1/host/h2/ip_addr_v4",
+                                      "/calico/v1/host/h1/config/VXLANTunnelAddr"])
+def test_a_node_address_is_never_a_workload_network(node_key):
+    node = (node_key, "10.65.0.5", 1)
+    for perm in itertools.permutations([W1, IP_THIEF, node]):
+        c = fresh(perm)
+        d = c.desired()
+        assert d.routes == {} and d.endpoints == {}
+        assert "node h" in d.conflicts[path("w1")][1] and "10.65.0.5/32" in d.conflicts[path("w1")][1]
+        assert path("w1") in c.errors and c._tag_members("web", 4) == frozenset()
+    delete(c, node_key)                                                # the node moved away
+    d = c.desired()
+    assert d.routes == {"caliA": frozenset({"10.65.0.5/32"})} and set(d.conflicts) == {path("w2")}
+    assert path("w1") not in c.errors
