@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from felix.calc.nat import NatCalculator, NatConfig
@@ -52,19 +53,44 @@ def _local_override(cfg: object, name: str) -> str | None:
     return getattr(cfg, name) if _source(cfg, name).startswith(("env", "file")) else None
 
 
-def _metadata_ip(value: str | None) -> str | None:
-    """MetadataAddr may be a hostname: resolve it once to an IPv4 (None and a log line if it fails)."""
+RESOLVE_TIMEOUT = 5.0
+
+# loop.getaddrinfo's signature; tests inject a slow or failing one.
+Resolver = Callable[..., Awaitable[list]]
+
+
+def _resolver() -> Resolver:
+    return asyncio.get_running_loop().getaddrinfo
+
+
+def _literal_ipv4(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def _metadata_ip(value: str | None, resolver: Resolver | None = None,
+                       timeout: float = RESOLVE_TIMEOUT) -> str | None:
+    """MetadataAddr may be a hostname: resolve it once to an IPv4 (None and a log line if it fails).
+
+    Resolved off the loop (loop.getaddrinfo runs in the default executor) and
+    bounded: a DNS server that does not answer must not freeze every other
+    task of Felix (syncer, interface monitor, health answers) with it.
+    """
     if not value:
         return None
+    literal = _literal_ipv4(value)
+    if literal is not None:
+        return literal
+    resolver = resolver or _resolver()
     try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(value, None, socket.AF_INET, socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(resolver(value, None, family=socket.AF_INET, type=socket.SOCK_STREAM),
+                                       timeout)
         return infos[0][4][0]
-    except OSError as e:
-        log.error("MetadataAddr %r does not resolve to an IPv4 address (%s): no metadata DNAT", value, e)
+    except (OSError, IndexError, TimeoutError) as e:
+        log.error("MetadataAddr %r does not resolve to an IPv4 address (%s): no metadata DNAT", value,
+                  str(e) or "timed out")
         return None
 
 
@@ -112,6 +138,9 @@ class Addons:
         self._pending: list = []
         self._dirty = True
         self._metadata: tuple[str | None, str | None] = (None, None)   # (configured, resolved)
+        self.resolver: Resolver | None = None  # None: the running loop's getaddrinfo
+        self._cfg: object = None
+        self._lookups: dict[str, asyncio.Task] = {}
 
     # ---- servers ----
     async def start_servers(self, cfg: object) -> None:
@@ -141,6 +170,8 @@ class Addons:
         return reasons
 
     async def stop(self) -> None:
+        for t in list(self._lookups.values()):
+            t.cancel()
         if self.health is not None:
             await self.health.stop()
         if self.metrics is not None:
@@ -178,13 +209,18 @@ class Addons:
         ocfg = OverlayConfig(host, vxlan_enabled=cfg.VXLANEnabled, ipip_enabled=cfg.IpInIpEnabled,
                              vxlan_tunnel_addr=_local_override(cfg, "VXLANTunnelAddr"),
                              ipip_tunnel_addr=_local_override(cfg, "IpInIpTunnelAddr"))
+        self._cfg = cfg
         # Metadata DNAT only when MetadataAddr is configured (as modern Felix does outside OpenStack):
         # the built-in default would otherwise hijack 169.254.169.254 on every node.
         wanted = cfg.MetadataAddr if _source(cfg, "MetadataAddr") != "default" else None
         if self._metadata[0] != wanted:
-            self._metadata = (wanted, _metadata_ip(wanted))
-        ncfg = NatConfig(host, iface_prefix=cfg.InterfacePrefix, metadata_addr=self._metadata[1],
-                         metadata_port=cfg.MetadataPort, nat_outgoing_address=cfg.NatOutgoingAddress)
+            literal = _literal_ipv4(wanted)
+            self._metadata = (wanted, literal)
+            if wanted and literal is None:
+                self._lookup("metadata", self._resolve_metadata(wanted))
+            else:
+                self._cancel_lookup("metadata")
+        ncfg = self._nat_config(cfg)
         if self.overlay is None:
             self.overlay, self.nat = OverlayCalculator(ocfg), NatCalculator(ncfg)
             for kind, key, value in self._pending:
@@ -192,6 +228,44 @@ class Addons:
             self._pending = []
         else:
             self._dirty |= self.overlay.set_config(ocfg) | self.nat.set_config(ncfg)
+
+    def _nat_config(self, cfg: object) -> NatConfig:
+        return NatConfig(self.felix.hostname, iface_prefix=cfg.InterfacePrefix, metadata_addr=self._metadata[1],
+                         metadata_port=cfg.MetadataPort, nat_outgoing_address=cfg.NatOutgoingAddress)
+
+    # ---- name lookups ----
+    # configure() is called synchronously from the daemon's loop, so name
+    # lookups cannot happen inside it: they run as tasks, and their result is
+    # folded in (and the dataplane re-applied) when it arrives.  A newer
+    # configuration cancels an older lookup of the same kind.
+    def _cancel_lookup(self, kind: str) -> None:
+        old = self._lookups.pop(kind, None)
+        if old is not None:
+            old.cancel()
+
+    def _lookup(self, kind: str, coro) -> None:
+        self._cancel_lookup(kind)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # configured outside a loop (tools, tests): nothing can wait for DNS
+            coro.close()
+            return
+        t = loop.create_task(coro, name=f"felix-lookup-{kind}")
+        self._lookups[kind] = t
+        t.add_done_callback(lambda t: self._lookups.pop(kind, None) if self._lookups.get(kind) is t else None)
+
+    async def _resolve_metadata(self, wanted: str | None) -> None:
+        ip = await _metadata_ip(wanted, self.resolver)
+        if self._metadata[0] == wanted and self._metadata[1] != ip:
+            self._metadata = (wanted, ip)
+            self._config_resolved()
+
+    def _config_resolved(self) -> None:
+        if self.nat is not None:
+            self._dirty |= self.nat.set_config(self._nat_config(self._cfg))
+        queue = getattr(self.felix, "queue", None)
+        if self._dirty and queue is not None:
+            queue.put_nowait(("retry", None))  # "apply again" to the daemon's loop
 
     # ---- dataplane ----
     def _build(self) -> None:
