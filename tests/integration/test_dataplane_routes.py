@@ -191,3 +191,53 @@ async def test_raw_dumps_match_pyroute2(host):
                     if n["family"] in (socket.AF_INET, socket.AF_INET6)), key=str)
     assert got_n == sorted(ref_neigh, key=str)
     assert any(n["dst"] == "fd00:65::9" and n["lladdr"] == "02:00:00:aa:bb:0a" for n in raw_neigh)
+
+
+async def test_every_claimant_kept_removing_one_reinstalls_the_other(host, netns_factory):
+    """Two interfaces claim one /32: withdrawing the programmed one brings the other's route
+    back at once, and refresh() repairs a route the kernel lost or that points elsewhere."""
+    veth(host, "caliB", netns_factory("wl"), "eth0")
+    w = RouteWriter(host.name)
+    try:
+        w.set_routes("caliA", {"10.65.0.5/32"})
+        w.set_routes("caliB", {"10.65.0.5/32"})
+        await w.apply()
+        assert routes(host) == {"10.65.0.5 dev caliA"}
+        w.set_routes("caliA", set())
+        await w.apply()
+        assert routes(host) == {"10.65.0.5 dev caliB"}
+        host.run("ip", "route", "del", "10.65.0.5/32")                   # the kernel lost it
+        await w.refresh()
+        assert routes(host) == {"10.65.0.5 dev caliB"}
+        host.run("ip", "route", "replace", "10.65.0.5/32", "dev", "caliA", "proto", str(FELIX_RT_PROTO))
+        await w.refresh()                                                # it points at the wrong interface
+        assert routes(host) == {"10.65.0.5 dev caliB"}
+        w.set_routes("caliB", set())
+        await w.apply()
+        assert routes(host) == set()
+    finally:
+        w.close()
+
+
+async def test_local_workload_route_beats_an_overlay_route_for_the_same_cidr(host):
+    host.run("ip", "link", "add", "vxlan.calico", "type", "vxlan", "id", "4096", "dstport", "4789",
+             "local", "192.168.50.1", "dev", "uplink")
+    host.run("ip", "link", "set", "vxlan.calico", "up")
+    w = RouteWriter(host.name)
+    try:
+        w.set_routes("caliA", {"10.65.0.5/32"})
+        await w.apply()
+        # a remote host's block affinity for exactly the workload's address arrives later
+        w.set_overlay_routes("vxlan.calico", {"10.65.0.5/32": ("10.65.3.0", True), "10.65.3.0/26": ("10.65.3.0", True)})
+        await w.apply()
+        assert routes(host) == {"10.65.0.5 dev caliA", "10.65.3.0/26 via 10.65.3.0"}
+        w.set_routes("caliA", set())                                     # workload gone: the overlay route takes over
+        await w.apply()
+        assert routes(host) == {"10.65.0.5 via 10.65.3.0", "10.65.3.0/26 via 10.65.3.0"}
+        w.set_routes("caliA", {"10.65.0.5/32"})                          # and gives way again
+        await w.apply()
+        assert "10.65.0.5 dev caliA" in routes(host)
+        await w.refresh()
+        assert routes(host) == {"10.65.0.5 dev caliA", "10.65.3.0/26 via 10.65.3.0"}
+    finally:
+        w.close()

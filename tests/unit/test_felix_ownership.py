@@ -186,3 +186,39 @@ def test_a_node_address_is_never_a_workload_network(node_key):
     d = c.desired()
     assert d.routes == {"caliA": frozenset({"10.65.0.5/32"})} and set(d.conflicts) == {path("w2")}
     assert path("w1") not in c.errors
+
+
+async def test_endpoint_status_of_a_loser_names_the_conflict():
+    from felix.status import EndpointStatusReporter
+
+    class Client:
+        def __init__(self):
+            self.kv = {}
+
+        async def get_prefix(self, prefix):
+            return 0, []
+
+        async def put(self, key, value, **kw):
+            self.kv[key] = value
+
+        async def delete(self, key):
+            self.kv.pop(key, None)
+
+    c = fresh([W1, IP_THIEF])
+    d = c.desired()
+    statuses = {(e.orchestrator, e.workload, e.endpoint_id): "up" for e in d.endpoints.values()}
+    for e, reason in d.conflicts.values():
+        statuses[(e.orchestrator, e.workload, e.endpoint_id)] = ("error", reason)
+    client = Client()
+    rep = EndpointStatusReporter(client, HOST)
+    rep.update(statuses)
+    await rep._sync()
+    base = f"/calico/felix/v1/host/{HOST}/workload/k8s"
+    assert json.loads(client.kv[f"{base}/w1/endpoint/eth0"]) == {"status": "up"}
+    doc = json.loads(client.kv[f"{base}/w2/endpoint/eth0"])
+    assert doc["status"] == "error" and path("w1") in doc["reason"] and "10.65.0.5/32" in doc["reason"]
+    delete(c, W1[0])                                                  # the winner goes: w2 is up now
+    d = c.desired()
+    rep.update({(e.orchestrator, e.workload, e.endpoint_id): "up" for e in d.endpoints.values()})
+    await rep._sync()
+    assert client.kv == {f"{base}/w2/endpoint/eth0": json.dumps({"status": "up"})}
