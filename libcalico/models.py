@@ -53,11 +53,28 @@ __all__ = [
     "Pool", "BgpPeer", "NodeMesh", "BlockAffinity", "IpNat", "parse_value", "parse_key_value",
     "to_json", "validate_asn", "validate_cidr", "validate_ip", "validate_name", "validate_ifname",
     "validate_mac", "validate_loglevel", "validate_labels", "validate_tags", "PORT_PROTOCOLS",
+    "MAX_RULES", "MAX_PORT_ENTRIES", "MAX_RENDERED_LINES", "MAX_VALUE_BYTES", "ICMP_TYPE_MAX",
+    "ICMP_CODE_MAX",
 ]
 
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
 PROTOCOL_NAMES = frozenset({"tcp", "udp", "icmp", "icmpv6", "sctp", "udplite"})
-MAX_RULES = 10000
+
+# ---- limits of rule values ----------------------------------------------------
+# One place for every bound on a rule list: Felix's renderer (felix.calc.rules)
+# imports these rather than keeping its own, so the model and the kernel side can
+# never disagree about what is valid.  They keep a single profile or policy value
+# from costing more than a few tens of milliseconds of the event loop or more than
+# a few MB of memory: a datastore value is written by anyone with etcd access, and
+# Felix re-reads it on every restart.
+MAX_RULES = 500                    # rules per direction (inbound_rules, outbound_rules)
+MAX_PORT_ENTRIES = 10000           # entries (ports and 'lo:hi' ranges) in one ports list
+MAX_RENDERED_LINES = 5000          # iptables lines one profile/policy renders to, per IP family
+MAX_VALUE_BYTES = {"profile_rules": 128 * 1024, "tier_policy": 128 * 1024}   # checked before JSON parsing
+# 255 is the iptables icmp match's "any type" wildcard, so a rule for type 255
+# would match every ICMP packet: the one bound for icmp_type, model and renderer.
+ICMP_TYPE_MAX = 254
+ICMP_CODE_MAX = 255
 
 
 class InvalidValue(ValueError):
@@ -233,6 +250,8 @@ def _ports(v: object) -> list[int | str] | None:
         return None
     if not isinstance(v, list) or not v:
         raise ValueError("ports must be a non-empty list of ports and 'lo:hi' ranges")
+    if len(v) > MAX_PORT_ENTRIES:
+        raise ValueError(f"{len(v)} entries exceed the limit of {MAX_PORT_ENTRIES}")
     out: list[int | str] = []
     for i, p in enumerate(v):
         if isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 65535:
@@ -251,11 +270,11 @@ def _ports(v: object) -> list[int | str] | None:
     return out
 
 
-def _byte(v: object) -> int | None:
+def _icmp_field(v: object, hi: int) -> int | None:
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
-        raise ValueError(f"{v!r} is not an integer 0-255")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+        raise ValueError(f"{v!r} is not an integer 0-{hi}")
     return v
 
 
@@ -331,8 +350,10 @@ class Rule(_Model):
                             mode="before")(classmethod(lambda cls, v: _selector(v)))
     _ports_v = field_validator("src_ports", "dst_ports", "not_src_ports", "not_dst_ports", mode="before")(
         classmethod(lambda cls, v: _ports(v)))
-    _icmp = field_validator("icmp_type", "icmp_code", "not_icmp_type", "not_icmp_code", mode="before")(
-        classmethod(lambda cls, v: _byte(v)))
+    _icmp_t = field_validator("icmp_type", "not_icmp_type", mode="before")(
+        classmethod(lambda cls, v: _icmp_field(v, ICMP_TYPE_MAX)))
+    _icmp_c = field_validator("icmp_code", "not_icmp_code", mode="before")(
+        classmethod(lambda cls, v: _icmp_field(v, ICMP_CODE_MAX)))
 
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
@@ -368,7 +389,7 @@ def _rule_list(v: object) -> object:
     if not isinstance(v, list):
         raise ValueError("must be a list of rules")
     if len(v) > MAX_RULES:
-        raise ValueError(f"more than {MAX_RULES} rules")
+        raise ValueError(f"{len(v)} rules exceed the limit of {MAX_RULES}")
     return v
 
 
@@ -619,6 +640,17 @@ def _reason(err: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+def _check_size(kind: str, raw: str) -> None:
+    """Reject an oversized value before JSON parsing: parsing and validating a value costs
+    event-loop time and memory in proportion to its size, and etcd accepts 1.5 MiB."""
+    limit = MAX_VALUE_BYTES.get(kind)
+    if limit is None or len(raw) * 4 <= limit:   # a character is at most 4 UTF-8 bytes
+        return
+    size = len(raw) if len(raw) > limit else len(raw.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValueError(f"value: {size} bytes exceed the limit of {limit} for a {kind.replace('_', ' ')} value")
+
+
 def parse_value(key: keys.Key, raw: str | bytes) -> object:
     """The validated value for `key`; raises InvalidValue naming the key and the reason."""
     try:
@@ -630,6 +662,7 @@ def parse_value(key: keys.Key, raw: str | bytes) -> object:
         if not isinstance(raw, str):
             raise ValueError(f"value must be a string, got {type(raw).__name__}")
         _check_key(key)
+        _check_size(key.kind, raw)
         parser = _PARSERS.get(key.kind)
         if parser is None:
             raise ValueError(f"no validator for key kind {key.kind!r}")

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from libcalico.selectors import SelectorError
 from libcalico.validation import validate_cidr, validate_ifname, validate_mac, validate_name
 
-from .rules import RuleError, render_rule, rule_to_dict
+from .rules import (
+    MAX_RENDERED_LINES,
+    MAX_RULES,
+    RuleError,
+    line_count,
+    render_rule,
+    rule_applies,
+    rule_to_dict,
+)
 
 
 def _get(obj: object, name: str, default: object = None) -> object:
@@ -108,23 +116,37 @@ class ProfileRules:
 def checked_rules(value: object, selector_ipset=None) -> dict[str, tuple[dict, ...]]:
     """`{"inbound": rules, "outbound": rules}` from a profile or policy value, every rule converted
     and dry-run rendered for both families, so an invalid rule makes the whole value invalid up
-    front (named by the caller's key). `selector_ipset` is given for policies only: profiles may
-    not use selectors."""
+    front (named by the caller's key), and so does a value whose chains would exceed
+    MAX_RENDERED_LINES in either family.  `selector_ipset` is given for policies only: profiles
+    may not use selectors."""
     out = {}
     for direction in ("inbound", "outbound"):
         raw = _get(value, f"{direction}_rules") or []
         if not isinstance(raw, list | tuple):
             raise ValueError(f"{direction}_rules must be a list")
+        if len(raw) > MAX_RULES:
+            raise ValueError(f"{direction}_rules: {len(raw)} rules exceed the limit of {MAX_RULES}")
         rules = []
         for i, r in enumerate(raw):
             try:
-                d = rule_to_dict(r)
-                for v in (4, 6):
-                    render_rule(d, v, selector_ipset=selector_ipset)
+                rules.append(rule_to_dict(r))
+            except RuleError as e:
+                raise ValueError(f"{direction}_rules[{i}]: {e}") from None
+        out[direction] = tuple(rules)
+    lines = {4: 0, 6: 0}
+    for direction in ("inbound", "outbound"):
+        for i, d in enumerate(out[direction]):
+            try:
+                n = line_count(render_rule(d, 4, selector_ipset=selector_ipset))
             except (RuleError, SelectorError) as e:
                 raise ValueError(f"{direction}_rules[{i}]: {e}") from None
-            rules.append(d)
-        out[direction] = tuple(rules)
+            for v in (4, 6):
+                if rule_applies(d, v):
+                    lines[v] += n
+    for v, n in lines.items():
+        if n > MAX_RENDERED_LINES:
+            raise ValueError(f"inbound_rules+outbound_rules: {n} iptables lines (IPv{v}) exceed "
+                             f"the limit of {MAX_RENDERED_LINES}")
     return out
 
 

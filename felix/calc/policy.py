@@ -55,11 +55,10 @@ from libcalico.selectors import SelectorError, parse_selector
 from . import names
 from .labels import IndexedEndpoint, LabelIndex
 from .model import Endpoint, _get, checked_rules
-from .rules import MARK_ACCEPT, RenderedRule, render_rule, rule_lines
+from .rules import MARK_ACCEPT, MARK_NEXT_TIER, render_chains
 
 log = logging.getLogger(__name__)
 
-MARK_NEXT_TIER = "0x4000000"
 KINDS = frozenset({"tier_metadata", "tier_policy", "host_endpoint"})
 _SELECTOR_FIELDS = ("src_selector", "dst_selector", "!src_selector", "!dst_selector")
 _INF = float("inf")
@@ -83,18 +82,6 @@ def _selector_ipset(text: str, version: int) -> str:
         return selector_ipset_for(text, version)
     except SelectorError as e:
         raise ValueError(str(e)) from None
-
-
-def policy_rule_lines(rendered: RenderedRule) -> list[str]:
-    """Lines of one rule inside a policy chain; `next-tier` (and `pass`) set MARK_NEXT_TIER."""
-    if rendered.action not in ("next-tier", "pass"):
-        return rule_lines(rendered)
-    out = []
-    for m in rendered.matches:
-        pre = f"{m} " if m else ""
-        out.append(f"{pre}-j MARK --set-xmark {MARK_NEXT_TIER}/{MARK_NEXT_TIER}")
-        out.append(f"-m mark --mark {MARK_NEXT_TIER}/{MARK_NEXT_TIER} -j RETURN")
-    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,10 +256,8 @@ class PolicyCalculator:
             return hit[1]
         out = {}
         for direction, rules in (("i", entry.inbound), ("o", entry.outbound)):
-            lines: list[str] = []
-            for r in rules:
-                lines += policy_rule_lines(render_rule(r, version, selector_ipset=_selector_ipset))
-            out[policy_chain(pk[0], pk[1], direction)] = lines
+            out.update(render_chains(policy_chain(pk[0], pk[1], direction), rules, version,
+                                     policy=True, selector_ipset=_selector_ipset))
         self._chain_cache[(pk[0], pk[1], version)] = (entry, out)
         return out
 

@@ -1,23 +1,60 @@
-"""Render one policy rule (datamodel JSON) to iptables-restore match arguments.
+"""Render policy rules (datamodel JSON) to iptables-restore lines.
 
 This is the last gate before the kernel: every value is re-validated here even
 though libcalico.models already checked it, because a rule string reaches
 `iptables-restore` verbatim.  Anything unexpected raises `RuleError`; the
 caller then treats the whole profile as absent (dropping is safe, a partially
-rendered rule list could be more permissive than the author meant).
+rendered rule list could be more permissive than the author meant).  The
+bounds (ICMP type, list lengths, rendered lines) are libcalico.models' own, so
+a value the model accepts is never dropped here for a bound of its own.
+
+Port lists: multiport takes 15 ports per match, so a long list becomes groups
+of at most 15 (a range counts 2).  Rendering stays linear in the input: a rule
+whose ports fit one line is one line; any other rule is one jump (`-j`) into a
+sub-chain of its own (`names.rule_chain`):
+
+    -m multiport --sports <not_src group> -j RETURN     each negated group: rule does not match
+    -m multiport --dports <not_dst group> -j RETURN
+    -m multiport --sports <src group> -g <part 2>        both lists > 1 group: OR of the src
+    (part 2)  -m multiport --dports <dst group> <verdict> groups, then OR of the dst groups
+    -m multiport --?ports <group> <verdict>              else: OR of the one long list's groups
+
+so N source x M destination groups cost N + M lines, not N x M; and a
+negated list of any length costs one line per group instead of one
+over-long line (iptables-restore refuses more than ~250 arguments per line,
+which would fail the whole table).  A verdict inside a sub-chain only marks
+(allow: MARK_ACCEPT, next-tier: MARK_NEXT_TIER), drops, or logs once and
+returns; the line after the jump in the rule's own chain turns the mark into
+the RETURN the one-line form would have done.  `-g` to part 2 makes its
+RETURN (or its end) go straight back to the rule's own chain.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from libcalico.models import (
+    ICMP_CODE_MAX,
+    ICMP_TYPE_MAX,
+    MAX_PORT_ENTRIES,
+    MAX_RENDERED_LINES,
+    MAX_RULES,
+)
 from libcalico.validation import validate_cidr, validate_log_prefix, validate_name
+
+from . import names
+
+__all__ = ["MARK_ACCEPT", "MARK_SRC_OK", "MARK_NEXT_TIER", "MULTIPORT_MAX", "MAX_RULES",
+           "MAX_PORT_ENTRIES", "MAX_RENDERED_LINES", "ICMP_TYPE_MAX", "ICMP_CODE_MAX", "RuleError",
+           "RenderedRule", "rule_to_dict", "render_rule", "rule_applies", "rule_lines", "line_count", "render_chains"]
 
 MARK_ACCEPT = "0x1000000"
 MARK_SRC_OK = "0x2000000"
+MARK_NEXT_TIER = "0x4000000"
 MULTIPORT_MAX = 15
+INLINE_PORT_MATCHES = 4     # multiport matches one line may carry (iptables-restore's argument limit)
 
 _PROTO_NAMES = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp",
                 "sctp": "sctp", "udplite": "udplite"}
@@ -25,6 +62,7 @@ _PORT_PROTOS = {"tcp", "udp", "sctp", "udplite", "6", "17", "132", "136"}
 _ACTIONS = {"allow", "deny", "next-tier", "log", "pass"}
 _MATCH_FIELDS = ("protocol", "src_net", "dst_net", "src_tag", "dst_tag", "src_selector",
                  "dst_selector", "src_ports", "dst_ports", "icmp_type", "icmp_code")
+_NEGATED = {f: "!" + f for f in _MATCH_FIELDS}
 _PORT_RANGE_RE = re.compile(r"([0-9]{1,5}):([0-9]{1,5})\Z")
 
 
@@ -34,11 +72,41 @@ class RuleError(ValueError):
 
 @dataclass(frozen=True)
 class RenderedRule:
-    """Match argument strings (one per multiport split; empty list: rule not for this family)."""
+    """One validated rule for one IP family.
+
+    `base` holds the non-port matches (None: the rule is not for this family);
+    the port lists are multiport groups, already joined.
+    """
 
     action: str
-    matches: tuple[str, ...]
+    base: str | None
+    proto: str | None = None
+    src: tuple[str, ...] = ()
+    dst: tuple[str, ...] = ()
+    not_src: tuple[str, ...] = ()
+    not_dst: tuple[str, ...] = ()
     log_prefix: str | None = None
+
+    @property
+    def inline(self) -> bool:
+        """True when the whole rule is one line (no sub-chain)."""
+        return (len(self.src) <= 1 and len(self.dst) <= 1
+                and len(self.src) + len(self.dst) + len(self.not_src) + len(self.not_dst) <= INLINE_PORT_MATCHES)
+
+    @property
+    def matches(self) -> tuple[str, ...]:
+        """The match of the rule's line in its own chain (for a sub-chain rule: of the jump);
+        empty: not for this family."""
+        if self.base is None:
+            return ()
+        if not self.inline:
+            return (self.base,)
+        parts = [self.base]
+        parts += [f"-m multiport --sports {g}" for g in self.src]
+        parts += [f"-m multiport --dports {g}" for g in self.dst]
+        parts += [f"-m multiport ! --sports {g}" for g in self.not_src]
+        parts += [f"-m multiport ! --dports {g}" for g in self.not_dst]
+        return (" ".join(p for p in parts if p),)
 
 
 def rule_to_dict(rule: object) -> dict:
@@ -75,40 +143,40 @@ def _proto(value: object) -> str:
     raise RuleError(f"protocol {value!r} is not one of {', '.join(_PROTO_NAMES)} or 1..255")
 
 
-def _ports(value: object, what: str) -> list[tuple[str, int]]:
-    """-> list of (text, weight) where a range weighs 2 in multiport's 15-slot budget."""
+def _port_groups(value: object, what: str) -> tuple[str, ...]:
+    """Multiport groups of `value`: a range weighs 2 in multiport's 15-slot budget."""
     if not isinstance(value, list) or not value:
         raise RuleError(f"{what} must be a non-empty list")
-    out = []
+    if len(value) > MAX_PORT_ENTRIES:
+        raise RuleError(f"{what}: {len(value)} entries exceed the limit of {MAX_PORT_ENTRIES}")
+    groups: list[str] = []
+    cur: list[str] = []
+    used = 0
     for p in value:
-        if isinstance(p, bool):
+        if type(p) is int and 0 <= p <= 65535:    # the common case, kept cheap: lists run to 10,000
+            text, w = str(p), 1
+        elif isinstance(p, bool):
             raise RuleError(f"{what}: {p!r} is not a port")
-        if isinstance(p, int) or (isinstance(p, str) and p.isdigit()):
+        elif isinstance(p, int) or (isinstance(p, str) and p.isdigit()):
             n = int(p)
             if not 0 <= n <= 65535:
                 raise RuleError(f"{what}: port {p!r} out of range 0..65535")
-            out.append((str(n), 1))
-            continue
-        m = _PORT_RANGE_RE.match(p) if isinstance(p, str) else None
-        if not m:
-            raise RuleError(f"{what}: {p!r} is neither a port nor a 'lo:hi' range")
-        lo, hi = int(m.group(1)), int(m.group(2))
-        if not (0 <= lo <= hi <= 65535):
-            raise RuleError(f"{what}: range {p!r} invalid (need 0 <= lo <= hi <= 65535)")
-        out.append((f"{lo}:{hi}", 2))
-    return out
-
-
-def _chunks(ports: list[tuple[str, int]]) -> list[str]:
-    chunks: list[list[str]] = [[]]
-    used = 0
-    for text, w in ports:
+            text, w = str(n), 1
+        else:
+            m = _PORT_RANGE_RE.match(p) if isinstance(p, str) else None
+            if not m:
+                raise RuleError(f"{what}: {p!r} is neither a port nor a 'lo:hi' range")
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if not (0 <= lo <= hi <= 65535):
+                raise RuleError(f"{what}: range {p!r} invalid (need 0 <= lo <= hi <= 65535)")
+            text, w = f"{lo}:{hi}", 2
         if used + w > MULTIPORT_MAX:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(text)
+            groups.append(",".join(cur))
+            cur, used = [], 0
+        cur.append(text)
         used += w
-    return [",".join(c) for c in chunks]
+    groups.append(",".join(cur))
+    return tuple(groups)
 
 
 def _icmp(value: object, what: str, hi: int) -> int:
@@ -122,13 +190,11 @@ def _icmp(value: object, what: str, hi: int) -> int:
 
 def render_rule(rule: Mapping, version: int,
                 selector_ipset: Callable[[str, int], str] | None = None) -> RenderedRule:
-    """Validate `rule` and render its matches for IP `version`; matches empty = not for this family.
+    """Validate `rule` and render its matches for IP `version` (`base` None = not for this family).
 
     `selector_ipset(text, version)` names the ipset of a src/dst selector (tiered
     policy); without it a selector is an error.
     """
-    from felix.calc import names
-
     for k in rule:
         if not isinstance(k, str):
             raise RuleError(f"rule key {k!r} is not a string")
@@ -143,20 +209,15 @@ def render_rule(rule: Mapping, version: int,
         except ValueError as e:
             raise RuleError(str(e)) from None
 
-    applies = True
     ipv = rule.get("ip_version")
-    if ipv is not None:
-        if ipv not in (4, 6) or isinstance(ipv, bool):
-            raise RuleError(f"ip_version {ipv!r} is not 4 or 6")
-        applies = ipv == version
+    if ipv is not None and (ipv not in (4, 6) or isinstance(ipv, bool)):
+        raise RuleError(f"ip_version {ipv!r} is not 4 or 6")
 
     def get(field: str) -> list[tuple[bool, object]]:
-        out = []
-        if rule.get(field) is not None:
-            out.append((False, rule[field]))
-        if rule.get("!" + field) is not None:
-            out.append((True, rule["!" + field]))
-        return out
+        pos, neg = rule.get(field), rule.get(_NEGATED[field])
+        if pos is None and neg is None:
+            return []
+        return [x for x in ((False, pos), (True, neg)) if x[1] is not None]
 
     args: list[str] = []
     # -s / -d first (iptables-save's order), then protocol, then modules.
@@ -166,24 +227,20 @@ def render_rule(rule: Mapping, version: int,
                 cidr = validate_cidr(v)
             except ValueError as e:
                 raise RuleError(f"{field}: {e}") from None
-            if ":" in cidr if version == 4 else ":" not in cidr:
-                applies = False
             args.append(f"{'! ' if neg else ''}{flag} {cidr}")
 
     protos = get("protocol")
     if len(protos) > 1:
         raise RuleError("protocol and !protocol together")
     proto = None
+    proto_arg = None
     if protos:
         neg, v = protos[0]
         proto = _proto(v)
-        if not neg and proto in ("icmp", "1") and version == 6:
-            applies = False
-        if not neg and proto in ("icmpv6", "58") and version == 4:
-            applies = False
-        args.append(f"{'! ' if neg else ''}-p {_PROTO_NAMES.get(proto, proto)}")
+        proto_arg = _PROTO_NAMES.get(proto, proto)
+        args.append(f"{'! ' if neg else ''}-p {proto_arg}")
         if neg:
-            proto = None  # a negated protocol allows no protocol-specific match
+            proto = proto_arg = None  # a negated protocol allows no protocol-specific match
 
     for field, direction in (("src_tag", "src"), ("dst_tag", "dst")):
         for neg, v in get(field):
@@ -204,18 +261,12 @@ def render_rule(rule: Mapping, version: int,
                 raise RuleError(f"{field}: {e}") from None
             args.append(f"-m set {'! ' if neg else ''}--match-set {set_name} {direction}")
 
-    # ports: positive lists split across rules (OR), negated lists across matches in one rule (AND)
-    splits: list[list[str]] = [[]]
-    for field, opt in (("src_ports", "--sports"), ("dst_ports", "--dports")):
+    ports: dict[str, tuple[str, ...]] = {}
+    for field in ("src_ports", "dst_ports"):
         for neg, v in get(field):
             if proto not in _PORT_PROTOS:
                 raise RuleError(f"{field} needs protocol tcp, udp, sctp or udplite")
-            chunks = _chunks(_ports(v, field))
-            if neg:
-                for s in splits:
-                    s.extend(f"-m multiport ! {opt} {c}" for c in chunks)
-            else:
-                splits = [s + [f"-m multiport {opt} {c}"] for s in splits for c in chunks]
+            ports[("!" if neg else "") + field] = _port_groups(v, ("!" if neg else "") + field)
 
     itype = get("icmp_type")
     icode = get("icmp_code")
@@ -227,32 +278,54 @@ def render_rule(rule: Mapping, version: int,
         if len(itype) > 1:
             raise RuleError("icmp_type and !icmp_type together")
         neg, t = itype[0]
-        t = _icmp(t, "icmp_type", 254)
+        t = _icmp(t, "icmp_type", ICMP_TYPE_MAX)
         spec = str(t)
         if icode:
             cneg, c = icode[0]
             if cneg != neg or len(icode) > 1:
                 raise RuleError("icmp_code must be negated together with icmp_type")
-            spec = f"{t}/{_icmp(c, 'icmp_code', 255)}"
+            spec = f"{t}/{_icmp(c, 'icmp_code', ICMP_CODE_MAX)}"
         if version == 4:
             args.append(f"-m icmp {'! ' if neg else ''}--icmp-type {spec}")
         else:
             args.append(f"-m icmp6 {'! ' if neg else ''}--icmpv6-type {spec}")
 
-    if not applies:
-        return RenderedRule(action, (), log_prefix)
-    base = " ".join(args)
-    matches = tuple(" ".join(x for x in (base, *s) if x) for s in splits)
-    return RenderedRule(action, matches, log_prefix)
+    return RenderedRule(action, " ".join(args) if rule_applies(rule, version) else None, proto_arg,
+                        ports.get("src_ports", ()), ports.get("dst_ports", ()),
+                        ports.get("!src_ports", ()), ports.get("!dst_ports", ()), log_prefix)
 
 
-def rule_lines(rendered: RenderedRule) -> list[str]:
-    """The chain lines for one rendered rule inside a profile/policy chain.
+def rule_applies(rule: Mapping, version: int) -> bool:
+    """Whether a rule that renders (see `render_rule`) has lines in IP `version`'s tables.
+
+    The only family-dependent part of rendering: a rule that renders for one
+    family renders for the other, so validation renders once and asks this.
+    """
+    ipv = rule.get("ip_version")
+    if ipv is not None and ipv != version:
+        return False
+    for f in ("src_net", "dst_net", "!src_net", "!dst_net"):
+        net = rule.get(f)
+        if net is not None and (":" in net) != (version == 6):
+            return False
+    proto = rule.get("protocol")
+    if proto is not None:
+        proto = _proto(proto)
+        if proto in ("icmp", "1") and version == 6 or proto in ("icmpv6", "58") and version == 4:
+            return False
+    return True
+
+
+def rule_lines(rendered: RenderedRule, policy: bool = False) -> list[str]:
+    """The chain lines of a one-line (`inline`) rule inside a profile/policy chain.
 
     allow: set the accept mark and return (the endpoint chain then returns too);
-    deny: drop; log: LOG and continue; next-tier/pass: return without the mark
-    (in a profile this moves on to the endpoint's next profile).
+    deny: drop; log: LOG and continue; next-tier/pass: in a profile, return
+    without the mark (this moves on to the endpoint's next profile); in a
+    `policy` chain, set MARK_NEXT_TIER and return (the tier skips its other policies).
     """
+    if not rendered.inline:
+        raise RuleError("rule needs a sub-chain: render it with render_chains")
     out = []
     for m in rendered.matches:
         pre = f"{m} " if m else ""
@@ -263,6 +336,79 @@ def rule_lines(rendered: RenderedRule) -> list[str]:
             out.append(f"{pre}-j DROP")
         elif rendered.action == "log":
             out.append(f'{pre}-j LOG --log-prefix "{rendered.log_prefix}"')
+        elif policy:
+            out.append(f"{pre}-j MARK --set-xmark {MARK_NEXT_TIER}/{MARK_NEXT_TIER}")
+            out.append(f"-m mark --mark {MARK_NEXT_TIER}/{MARK_NEXT_TIER} -j RETURN")
         else:
             out.append(f"{pre}-j RETURN")
+    return out
+
+
+def _verdict(rr: RenderedRule, match: str) -> list[str]:
+    """A verdict inside a rule's sub-chain: the caller's next line acts on the mark."""
+    if rr.action == "allow":
+        return [f"{match} -j MARK --set-xmark {MARK_ACCEPT}/{MARK_ACCEPT}"]
+    if rr.action == "deny":
+        return [f"{match} -j DROP"]
+    if rr.action == "log":    # log once, even when groups overlap
+        return [f'{match} -j LOG --log-prefix "{rr.log_prefix}"', f"{match} -j RETURN"]
+    return [f"{match} -j MARK --set-xmark {MARK_NEXT_TIER}/{MARK_NEXT_TIER}"]
+
+
+def _chained(rr: RenderedRule, parent: str, index: int, out: dict[str, list[str]]) -> list[str]:
+    """The parent's lines of a rule that needs a sub-chain; adds the sub-chain(s) to `out`."""
+    sub = names.rule_chain(parent, index, 1)
+    p = f"-p {rr.proto}"
+    body = [f"{p} -m multiport --sports {g} -j RETURN" for g in rr.not_src]
+    body += [f"{p} -m multiport --dports {g} -j RETURN" for g in rr.not_dst]
+    src = [f"-m multiport --sports {g}" for g in rr.src]
+    dst = [f"-m multiport --dports {g}" for g in rr.dst]
+    if len(src) > 1 and len(dst) > 1:
+        leaf = names.rule_chain(parent, index, 2)
+        body += [f"{p} {s} -g {leaf}" for s in src]
+        out[leaf] = [line for d in dst for line in _verdict(rr, f"{p} {d}")]
+    else:
+        fixed = [x[0] for x in (src, dst) if len(x) == 1]
+        multi = src if len(src) > 1 else dst if len(dst) > 1 else [""]
+        for g in multi:
+            body += _verdict(rr, " ".join(x for x in (p, *fixed, g) if x))
+    out[sub] = body
+    jump = f"{rr.base} -j {sub}" if rr.base else f"-j {sub}"
+    if rr.action == "allow":
+        return [jump, f"-m mark --mark {MARK_ACCEPT}/{MARK_ACCEPT} -j RETURN"]
+    if rr.action in ("deny", "log"):
+        return [jump]
+    # next-tier/pass: in a profile chain the mark may still be set by the last tier
+    return [f"-j MARK --set-xmark 0x0/{MARK_NEXT_TIER}", jump,
+            f"-m mark --mark {MARK_NEXT_TIER}/{MARK_NEXT_TIER} -j RETURN"]
+
+
+def line_count(rr: RenderedRule) -> int:
+    """Lines `rr` renders to where it applies, sub-chains included (an upper bound over
+    profile/policy chains)."""
+    if rr.inline:
+        return 1 if rr.action in ("deny", "log") else 2
+    per = 2 if rr.action == "log" else 1
+    negs = len(rr.not_src) + len(rr.not_dst)
+    if len(rr.src) > 1 and len(rr.dst) > 1:
+        body = negs + len(rr.src) + per * len(rr.dst)
+    else:
+        body = negs + per * max(len(rr.src), len(rr.dst), 1)
+    return body + {"allow": 2, "deny": 1, "log": 1}.get(rr.action, 3)
+
+
+def render_chains(chain: str, rules: Sequence[Mapping], version: int, policy: bool = False,
+                  selector_ipset: Callable[[str, int], str] | None = None) -> dict[str, list[str]]:
+    """`chain` holding `rules` in order, plus the sub-chains its long-port-list rules need."""
+    out: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for i, r in enumerate(rules):
+        rr = render_rule(r, version, selector_ipset=selector_ipset)
+        if rr.base is None:
+            continue
+        if rr.inline:
+            lines += rule_lines(rr, policy)
+        else:
+            lines += _chained(rr, chain, i, out)
+    out[chain] = lines
     return out

@@ -51,16 +51,15 @@ def test_tags_use_family_ipsets():
 def test_ports_and_ranges_split_at_multiport_limit():
     ports = list(range(1, 21)) + ["100:200"]
     rr = r({"protocol": "tcp", "dst_ports": ports})
-    assert len(rr.matches) == 2
-    first = rr.matches[0].split("--dports ")[1].split(",")
-    assert len(first) == MULTIPORT_MAX
-    assert rr.matches[1].endswith("--dports 16,17,18,19,20,100:200")
-    # negated lists are ANDed in one rule
+    assert len(rr.dst) == 2 and not rr.inline
+    assert len(rr.dst[0].split(",")) == MULTIPORT_MAX
+    assert rr.dst[1] == "16,17,18,19,20,100:200"
+    # a few negated groups stay ANDed on the rule's one line
     neg = r({"protocol": "udp", "!src_ports": list(range(1, 31))})
     assert len(neg.matches) == 1 and neg.matches[0].count("! --sports") == 2
-    # src x dst splits multiply
+    # src x dst groups add up (sub-chains), they do not multiply: see test_felix_rule_lists.py
     both = r({"protocol": "tcp", "src_ports": list(range(1, 17)), "dst_ports": list(range(1, 17))})
-    assert len(both.matches) == 4
+    assert (len(both.src), len(both.dst)) == (2, 2) and not both.inline
 
 
 def test_icmp_type_code():
