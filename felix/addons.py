@@ -25,6 +25,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from felix.calc.nat import NatCalculator, NatConfig
 from felix.calc.overlay import OverlayCalculator, OverlayConfig
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WATCH_PREFIXES = ["/calico/ipam/v2/host/"]   # block affinities, in addition to the core's /calico/v1/
+# In addition to the core's /calico/v1/: block affinities, and every node's BGP addresses (an
+# endpoint must not NAT or route a node's address to itself).
+WATCH_PREFIXES = ["/calico/ipam/v2/host/", "/calico/bgp/v1/host/"]
 KINDS = OverlayCalculator.KINDS | NatCalculator.KINDS
 
 
@@ -94,6 +97,78 @@ async def _metadata_ip(value: str | None, resolver: Resolver | None = None,
         return None
 
 
+async def _resolve_all(host: str, resolver: Resolver | None = None, timeout: float = RESOLVE_TIMEOUT) -> set[str]:
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        pass
+    resolver = resolver or _resolver()
+    try:
+        infos = await asyncio.wait_for(resolver(host, None, proto=socket.IPPROTO_TCP), timeout)
+        return {info[4][0].split("%")[0] for info in infos}
+    except (OSError, TimeoutError) as e:
+        log.warning("cannot resolve %r to protect it from 1:1 NAT: %s", host, str(e) or "timed out")
+        return set()
+
+
+def _nameservers(path: str = "/etc/resolv.conf") -> set[str]:
+    out = set()
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    out.add(parts[1].split("%")[0])
+    except OSError:
+        pass
+    return out
+
+
+def _ip_or_none(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _protected_now(cfg: object) -> tuple[frozenset[str], list[str]]:
+    """(addresses known without DNS: literal etcd hosts and the DNS servers, etcd host names to look up)."""
+    try:
+        endpoints = cfg.etcd_endpoints()
+    except AttributeError:
+        endpoints = []
+    known: set[str] = set()
+    names: list[str] = []
+    for ep in endpoints:
+        try:
+            name = urlsplit(ep if "//" in ep else f"//{ep}").hostname
+        except ValueError:
+            name = None
+        if not name:
+            continue
+        ip = _ip_or_none(name)
+        if ip is not None:
+            known.add(ip)
+        elif name not in names:
+            names.append(name)
+    known |= {ip for ip in map(_ip_or_none, _nameservers()) if ip is not None}
+    return frozenset(known), names
+
+
+async def protected_addrs(cfg: object, resolver: Resolver | None = None) -> frozenset[str]:
+    """Servers this host depends on (its etcd endpoints, its DNS servers): no endpoint may DNAT them."""
+    known, names = _protected_now(cfg)
+    out = set(known)
+    for name in names:
+        out |= {ip for ip in map(_ip_or_none, await _resolve_all(name, resolver)) if ip is not None}
+    return frozenset(out)
+
+
+def host_addrs(netns: str | None) -> set[str]:
+    from felix.hostaddrs import read_interface_addrs
+    return {a.split("%")[0] for addrs in read_interface_addrs(netns).values() for a in addrs}
+
+
 class NatPusher:
     """Hands one family's NatState to its nat IptablesTable and IpsetWriter (model calls only).
 
@@ -138,6 +213,7 @@ class Addons:
         self._pending: list = []
         self._dirty = True
         self._metadata: tuple[str | None, str | None] = (None, None)   # (configured, resolved)
+        self._protected: tuple[object, frozenset[str]] = (None, frozenset())  # (endpoints, resolved)
         self.resolver: Resolver | None = None  # None: the running loop's getaddrinfo
         self._cfg: object = None
         self._lookups: dict[str, asyncio.Task] = {}
@@ -186,14 +262,15 @@ class Addons:
         key = getattr(u, "parsed_key", None) or keys.parse(getattr(u, "key", "") or "")
         if key is None or key.kind not in KINDS:
             return False
+        created = getattr(u, "create_revision", 0) or 0
         if self.overlay is None:
-            self._pending.append((u.kind, key, u.value if u.kind == "put" else None))
+            self._pending.append((u.kind, key, u.value if u.kind == "put" else None, created))
             return True
-        return self._feed(u.kind, key, u.value if u.kind == "put" else None)
+        return self._feed(u.kind, key, u.value if u.kind == "put" else None, created)
 
-    def _feed(self, kind: str, key: object, value: object) -> bool:
+    def _feed(self, kind: str, key: object, value: object, created: int = 0) -> bool:
         changed = self.overlay.on_update(kind, key, value)
-        changed |= self.nat.on_update(kind, key, value)
+        changed |= self.nat.on_update(kind, key, value, create_revision=created)
         self._log_errors()
         self._dirty |= changed
         return changed
@@ -220,18 +297,29 @@ class Addons:
                 self._lookup("metadata", self._resolve_metadata(wanted))
             else:
                 self._cancel_lookup("metadata")
+        endpoints = tuple(cfg.etcd_endpoints()) if hasattr(cfg, "etcd_endpoints") else ()
+        if self._protected[0] != endpoints:
+            known, names = _protected_now(cfg)
+            # Until the names are resolved, the old set keeps protecting what it did.
+            self._protected = (endpoints, known | (self._protected[1] if names else frozenset()))
+            if names:
+                self._lookup("protected", self._resolve_protected(endpoints, cfg))
+            else:
+                self._cancel_lookup("protected")
         ncfg = self._nat_config(cfg)
         if self.overlay is None:
             self.overlay, self.nat = OverlayCalculator(ocfg), NatCalculator(ncfg)
-            for kind, key, value in self._pending:
-                self._feed(kind, key, value)
+            self.nat.set_host_addrs(host_addrs(getattr(self.felix, "netns", None)))
+            for kind, key, value, created in self._pending:
+                self._feed(kind, key, value, created)
             self._pending = []
         else:
             self._dirty |= self.overlay.set_config(ocfg) | self.nat.set_config(ncfg)
 
     def _nat_config(self, cfg: object) -> NatConfig:
         return NatConfig(self.felix.hostname, iface_prefix=cfg.InterfacePrefix, metadata_addr=self._metadata[1],
-                         metadata_port=cfg.MetadataPort, nat_outgoing_address=cfg.NatOutgoingAddress)
+                         metadata_port=cfg.MetadataPort, nat_outgoing_address=cfg.NatOutgoingAddress,
+                         protected=self._protected[1])
 
     # ---- name lookups ----
     # configure() is called synchronously from the daemon's loop, so name
@@ -258,6 +346,12 @@ class Addons:
         ip = await _metadata_ip(wanted, self.resolver)
         if self._metadata[0] == wanted and self._metadata[1] != ip:
             self._metadata = (wanted, ip)
+            self._config_resolved()
+
+    async def _resolve_protected(self, endpoints: tuple, cfg: object) -> None:
+        addrs = await protected_addrs(cfg, self.resolver)
+        if self._protected[0] == endpoints and self._protected[1] != addrs:
+            self._protected = (endpoints, addrs)
             self._config_resolved()
 
     def _config_resolved(self) -> None:
@@ -329,6 +423,9 @@ class Addons:
         if self.overlay_dp is None:
             return
         await asyncio.gather(*(t.refresh() for t in self.nat_tables.values()))
+        if self.nat is not None:
+            addrs = await asyncio.to_thread(host_addrs, getattr(self.felix, "netns", None))
+            self._dirty |= self.nat.set_host_addrs(addrs)
         await self.apply(force=True)
 
     def after_apply(self) -> None:
