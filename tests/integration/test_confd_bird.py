@@ -151,6 +151,55 @@ def test_global_peer_router(cluster):
     wait_for(lambda: "Global_10_99_0_100" not in a.protocols(), 10, what="router peer removed")
 
 
+CONFIRMED = '{"state": "confirmed"}'
+BLK = "/calico/ipam/v2/host"
+
+
+def test_hostile_host_cannot_freeze_bgp(cluster):
+    """A host that registers node-b's addresses (after node-b did), claims node-a's block, and
+    affinities under node-a's name for the etcd server's /32 and for 0.0.0.0/0: every such key is left
+    out on its own, and a later legitimate peer and block still reach bird.cfg and BIRD."""
+    fab, a, b = cluster
+    evil = "/calico/bgp/v1/host/evil"
+    hostile = {f"{evil}/ip_addr_v4": b.ip4, f"{evil}/ip_addr_v6": b.ip6, f"{evil}/as_num": "64666",
+               f"{BLK}/evil/ipv4/block/10.65.1.0-26": CONFIRMED,
+               f"{BLK}/node-a/ipv4/block/10.99.0.254-32": CONFIRMED,
+               f"{BLK}/node-a/ipv4/block/0.0.0.0-0": CONFIRMED}
+    later = {f"{G}/peer_v4/10.99.0.80": '{"ip": "10.99.0.80", "as_num": "64780"}',
+             f"{BLK}/node-a/ipv4/block/10.65.4.0-26": CONFIRMED}
+    a.wait_established("Mesh_10_99_0_2")
+    try:
+        for k, v in hostile.items():
+            fab.put(k, v)
+        wait_for(lambda: f"{evil}/ip_addr_v4" in a.log("confd") and not a.confd_ready()[0], 10,
+                 what="node-a reporting the hostile keys")
+        for k, v in later.items():
+            fab.put(k, v)
+        wait_for(lambda: "Global_10_99_0_80" in a.protocols(), 15, what="later peer in node-a's BIRD")
+        wait_for(lambda: "Global_10_99_0_80" in b.protocols(), 15, what="later peer in node-b's BIRD")
+        wait_for(lambda: "10.65.4.0/26 via 10.99.0.1" in b.routes(), 30, what="later block at node-b via BGP")
+        cfg, cfg6 = a.config(), a.config(v6=True)
+        assert cfg.count("protocol bgp Mesh_10_99_0_2 ") == 1 and "# For host node-b" in cfg
+        assert cfg6.count("protocol bgp Mesh_fd00_99__2 ") == 1
+        assert "64666" not in cfg + cfg6 and "evil" not in cfg + cfg6
+        assert "route 10.65.1.0/26 blackhole;" in cfg  # node-a created its claim first: it keeps the block
+        assert "0.0.0.0/0" not in cfg and "10.99.0.254/32" not in cfg
+        assert "default" not in b.routes() and "10.99.0.254 via" not in b.routes()
+        assert a.established("Mesh_10_99_0_2") and b.established("Mesh_10_99_0_1")
+        # node-a answers for the affinities under its own name; the squatter's keys are not node-b's problem.
+        msg = a.confd_ready()[1]
+        assert f"{BLK}/node-a/ipv4/block/0.0.0.0-0" in msg and f"{BLK}/node-a/ipv4/block/10.99.0.254-32" in msg
+        assert b.confd_ready()[0], b.confd_ready()[1]
+        assert any(f"{evil}/ip_addr_v4" in ln and "/calico/bgp/v1/host/node-b/ip_addr_v4" in ln
+                   for ln in b.log("confd").splitlines()), "the conflict is logged naming both keys"
+    finally:
+        for k in list(hostile) + list(later):
+            fab.delete(k)
+    wait_for(lambda: a.confd_ready()[0], 10, what="node-a ready once the hostile keys are gone")
+    wait_for(lambda: "Global_10_99_0_80" not in a.protocols(), 10, what="later peer removed")
+    wait_for(lambda: "10.65.4.0/26" not in b.routes(), 30, what="later block withdrawn")
+
+
 BURST = """
 import asyncio, sys, time
 from libcalico.datastore import DatastoreClient

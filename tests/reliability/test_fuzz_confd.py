@@ -114,6 +114,11 @@ def _bird_ok(binary: str, text: str, tmpdir: str) -> None:
 @example(entries=[(f"{G}peer_v6/fe80::1", '{"ip": "fe80::1", "as_num": 1}')], keep_base=True)
 @example(entries=[(f"{H}node3/ip_addr_v4", "0.0.0.0")], keep_base=True)
 @example(entries=[(f"{H}node3/ip_addr_v6", "::")], keep_base=True)
+# Two hosts on one address used to render two protocols of one name (BIRD refused the whole file).
+@example(entries=[(f"{H}node3/ip_addr_v4", "10.99.0.2"), (f"{H}node3/ip_addr_v6", "fd00:99::2")], keep_base=True)
+@example(entries=[(f"{G}peer_v4/10.99.0.2", '{"ip": "10.99.0.2", "as_num": 1}'),
+                  (f"{H}{ME}/peer_v4/10.99.0.2", '{"ip": "10.99.0.2", "as_num": 2}')], keep_base=True)
+@example(entries=[(f"/calico/ipam/v2/host/{ME}/ipv4/block/0.0.0.0-0", '{"state": "confirmed"}')], keep_base=True)
 def test_fuzz_confd_hostile_bgp_state_renders_parseable_bird_config(entries, keep_base):
     kv = dict(BASE) if keep_base else {}
     kv.update(entries)
