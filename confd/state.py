@@ -120,8 +120,7 @@ class BgpStore:
 
     def claim_matters(self, key: keys.Key) -> bool:
         """Whether another host's claim can change this node's config (we claim the same block)."""
-        return any(k.kind == "block_affinity" and k.version == key.version and k.cidr == key.cidr
-                   for k, _ in self.values.values()) if self.is_claim(key) else False
+        return self.is_claim(key) and keys.block_affinity(self.node.name, key.cidr) in self.values
 
     def put_claim(self, key: keys.Key, value: Any, create_revision: int = 0) -> bool:
         """Track (or, when not a confirmed valid affinity, forget) another host's claim; never rejected here:

@@ -298,3 +298,25 @@ async def test_fault_outside_the_keys_keeps_the_last_good_file(tmp_path):
     c.load()
     await _process_all(c)
     assert cfg.read_text() == good and c.states["bird"].error and c.left_out() == []
+
+
+async def test_another_hosts_earlier_claim_withdraws_our_block_until_it_is_gone(tmp_path):
+    from confd.daemon import check_ready
+    c = _confd(tmp_path)
+    mine = "/calico/ipam/v2/host/node-a/ipv4/block/10.65.1.0-26"
+    other = "/calico/ipam/v2/host/node-b/ipv4/block/10.65.1.0-26"
+    unrelated = "/calico/ipam/v2/host/node-b/ipv4/block/10.65.2.0-26"
+    c.apply(_updates({**BASE, mine: '{"state": "confirmed"}'}, {mine: 20}))
+    await _process_all(c)
+    cfg = tmp_path / "conf" / "bird.cfg"
+    assert "route 10.65.1.0/26 blackhole;" in cfg.read_text()
+    c.apply(_updates({unrelated: '{"state": "confirmed"}'}, {unrelated: 5})[:-1])
+    assert not c._dirty  # another host's block that is not ours costs no render
+    c.apply(_updates({other: '{"state": "confirmed"}'}, {other: 10})[:-1])
+    await _process_all(c)
+    assert "10.65.1.0" not in cfg.read_text()
+    ok, msg = check_ready(c.s.status_path)
+    assert not ok and mine in msg and other in msg
+    c.apply(_updates({other: None})[:-1])
+    await _process_all(c)
+    assert "route 10.65.1.0/26 blackhole;" in cfg.read_text() and check_ready(c.s.status_path)[0]
