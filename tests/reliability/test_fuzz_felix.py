@@ -278,6 +278,7 @@ class Kernel:
         self.rejected = 0
         self.semantic = 0
         self.semantic_rejected = 0
+        self.attacker_dnat = 0      # DNAT rules honoured for attacker endpoints (free ext_ip, own int_ip)
         self.victim_before: dict[str, str] | None = None
         self.rss0 = rss_bytes()
         self.rss_max = self.rss0
@@ -565,6 +566,7 @@ def test_fuzz_felix_attacker_cannot_touch_victim(kernel, atk, order):
             f"DNAT {ext_ip} -> {int_ip}: {int_ip} is routed to {dev} ({owner}), which did not ask for it"
     for pair in snat:
         assert pair in dnat, f"SNAT {pair} without its endpoint's DNAT"
+    kernel.attacker_dnat += sum(1 for _, e in dnat if e != VICTIM_EXT)
 
     rss = rss_bytes()
     assert rss - kernel.rss0 < RSS_GROWTH_MAX, f"RSS grew by {(rss - kernel.rss0) >> 20} MiB"
@@ -588,11 +590,13 @@ def test_fuzz_felix_summary(kernel):
     """Runs after the property tests (same module kernel): they really programmed and rejected things."""
     grown = (kernel.rss_max - kernel.rss0) >> 20
     print(f"felix fuzz: {kernel.examples} hostile examples applied, {kernel.rejected} rejections; "
-          f"{kernel.semantic} attacker examples, {kernel.semantic_rejected} rejections; "
+          f"{kernel.semantic} attacker examples, {kernel.semantic_rejected} rejections, "
+          f"{kernel.attacker_dnat} attacker DNATs honoured; "
           f"RSS +{grown} MiB; restores v4={kernel.driver.tables[4].stats} v6={kernel.driver.tables[6].stats}")
     assert kernel.examples >= 100
     assert kernel.rejected > 0
     assert kernel.semantic >= 40
     assert kernel.semantic_rejected > 0
+    assert kernel.attacker_dnat > 0, "no attacker NAT was ever honoured: the DNAT checks saw only the victim's"
     assert kernel.driver.tables[4].stats.get("restores", 0) > 10
     assert kernel.rss_max - kernel.rss0 < RSS_GROWTH_MAX, f"RSS grew by {grown} MiB over the run"
