@@ -200,6 +200,43 @@ def test_hostile_host_cannot_freeze_bgp(cluster):
     wait_for(lambda: "10.65.4.0/26" not in b.routes(), 30, what="later block withdrawn")
 
 
+def test_key_bird_rejects_is_left_out_and_later_changes_still_apply(cluster):
+    """An operator's template edit that BIRD accepts for 2-byte AS numbers only, then a node peer with a
+    4-byte AS: that peer is left out (named with BIRD's complaint), a later peer still reaches BIRD, and
+    the fix brings the peer back."""
+    fab, a, b = cluster
+    tpl = os.path.join(a.conf_dir, "confd", "templates", "bird_common.j2")
+    with open(tpl) as f:
+        orig = f.read()
+    node_section = orig.index("# ------------- Node-specific peers")
+    edited = orig[:node_section] + orig[node_section:].replace(
+        "  neighbor {{ p.ip }} as {{ p.as }};\n",
+        "  neighbor {{ p.ip }} as {{ p.as }};\n  export where bgp_community ~ [({{ p.as }}, 1)];\n", 1)
+    bad = "/calico/bgp/v1/host/node-a/peer_v4/10.99.0.81"
+    later = f"{G}/peer_v4/10.99.0.82"
+    try:
+        with open(tpl, "w") as f:
+            f.write(edited)
+        wait_for(lambda: a.confd_ready()[0], 10, what="node-a ready with the edited template")
+        fab.put(bad, '{"ip": "10.99.0.81", "as_num": "4200000081"}')
+        wait_for(lambda: bad in a.confd_ready()[1], 10, what="node-a reporting the key BIRD rejects")
+        assert any(bad in ln and "out of range" in ln for ln in a.log("confd").splitlines())
+        fab.put(later, '{"ip": "10.99.0.82", "as_num": "64782"}')
+        wait_for(lambda: "Global_10_99_0_82" in a.protocols(), 15, what="later peer in node-a's BIRD")
+        assert "Node_10_99_0_81" not in a.protocols()
+        fab.put(bad, '{"ip": "10.99.0.81", "as_num": "64781"}')
+        wait_for(lambda: "Node_10_99_0_81" in a.protocols() and a.confd_ready()[0], 15,
+                 what="fixed peer back and node-a ready")
+    finally:
+        fab.delete(bad)
+        fab.delete(later)
+        with open(tpl, "w") as f:
+            f.write(orig)
+    wait_for(lambda: "Global_10_99_0_82" not in a.protocols() and "Node_10_99_0_81" not in a.protocols(), 10,
+             what="test peers removed")
+    wait_for(lambda: "bgp_community" not in a.config() and a.confd_ready()[0], 10, what="template restored")
+
+
 BURST = """
 import asyncio, sys, time
 from libcalico.datastore import DatastoreClient
