@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,8 @@ class Syncer:
 
     def __init__(self, client: DatastoreClient, prefixes: list[str], parser: Parser | None = None,
                  wait_for_ready: bool = False, batch_window: float = 0.005, max_batch: int = 1000,
-                 min_backoff: float = 0.1, max_backoff: float = 5.0, ready_poll: float = 1.0):
+                 min_backoff: float = 0.1, max_backoff: float = 5.0, ready_poll: float = 1.0,
+                 parse_slice: float = 0.02, clock: Callable[[], float] = time.monotonic):
         if not prefixes:
             raise ValueError("Syncer needs at least one prefix")
         self.client = client
@@ -116,6 +117,8 @@ class Syncer:
         self.min_backoff = min_backoff
         self.max_backoff = max(max_backoff, min_backoff)
         self.ready_poll = ready_poll
+        self.parse_slice = parse_slice
+        self.clock = clock
         self.status = "wait-for-ready" if wait_for_ready else "resyncing"
         self.resyncs = 0
         self.revision = 0
@@ -176,18 +179,30 @@ class Syncer:
         ``created`` holds each key's create revision: a key deleted and written
         again with the same bytes while the watch was down is a new claim.
         """
-        created = created or {}
-        updates: list[Update] = []
+        return [u for u in self._diff(snapshot, created or {}) if u is not None]
+
+    def _diff(self, snapshot: dict[str, str], created: dict[str, int]) -> Iterator[Update | None]:
         for key, raw in sorted(snapshot.items()):
             seen = self._seen.get(key)
             rev = created.get(key, 0)
             if seen is None or seen.raw != raw or _recreated(seen, rev):
-                updates.append(self._on_put(key, raw, rev))
+                yield self._on_put(key, raw, rev)
         for key in sorted(k for k in self._seen if k not in snapshot):
-            u = self._on_delete(key)
+            yield self._on_delete(key)
+
+    async def _sliced(self, updates: Iterator[Update | None]) -> list[Update]:
+        """Drain ``updates`` (each one parses and validates a value) giving the event loop a
+        turn every ``parse_slice`` seconds: a snapshot of many large values must not stall
+        the program's health checks, timers and other tasks while it is parsed."""
+        out: list[Update] = []
+        start = self.clock()
+        for u in updates:
             if u is not None:
-                updates.append(u)
-        return updates
+                out.append(u)
+            if self.clock() - start >= self.parse_slice:
+                await asyncio.sleep(0)
+                start = self.clock()
+        return out
 
     # ---- datastore side ----------------------------------------------------
 
@@ -251,7 +266,7 @@ class Syncer:
                     else:
                         events.extend(item)
                 events.sort(key=lambda ev: ev.mod_revision)  # stable: per-key order kept
-                updates = [u for u in map(self._on_event, events) if u is not None]
+                updates = await self._sliced(map(self._on_event, events))
                 self._flush_invalid_log()
                 if events:
                     self.revision = max(self.revision, events[-1].mod_revision)
@@ -291,7 +306,7 @@ class Syncer:
                     await self._wait_ready()
                 self.status = "resyncing"
                 rev, snapshot, created = await self._snapshot()
-                updates = self.diff(snapshot, created)
+                updates = await self._sliced(self._diff(snapshot, created))
                 self._flush_invalid_log()
                 first = not self._synced_once
                 self.revision = rev

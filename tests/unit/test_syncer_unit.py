@@ -273,3 +273,34 @@ def test_overlapping_prefixes_are_merged():
 
 def test_update_defaults():
     assert Update("in_sync") == Update("in_sync", None, None, None, None)
+
+
+async def test_parsing_a_big_snapshot_gives_the_loop_turns():
+    """Every value is parsed and validated on the event loop: with many (or large) values the
+    syncer must hand the loop back every parse slice, or health checks and timers stall.
+    The clock is a counter (one tick per parse), so the slicing is exact, not timed."""
+    fake = FakeClient()
+    for i in range(100):
+        fake.data[f"/t/v/{i:03d}"] = "{}"
+    ticks = iter(range(10**6))
+    s = Syncer(fake, ["/t/"], parser=parser, parse_slice=10, clock=lambda: next(ticks))
+    turns = 0
+    parsing = True
+
+    async def other_task():
+        nonlocal turns
+        while parsing:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    it = Pull(s)
+    first = await next_batch(it)
+    parsing = False
+    await other
+    assert len(first) == 101
+    assert turns >= 10  # about one turn per 10 parses, not one for the whole snapshot
+    fake.write("/t/v/new", "{}")
+    assert kinds(await next_batch(it)) == [("put", "/t/v/new")]
+    await it.aclose()
