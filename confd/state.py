@@ -67,7 +67,7 @@ def _owner_order(rev: int, host: str) -> tuple[int, str]:
     return (rev if rev > 0 else 1 << 62, host)
 
 
-def _won_by(rev: int, host: str) -> str:
+def _won_by(rev: int) -> str:
     return f"created first (etcd revision {rev})" if rev > 0 else "smallest host name (no create revision known)"
 
 
@@ -365,7 +365,7 @@ class BgpStore:
             for loser in order[1:]:
                 findings.append(Finding(
                     hosts[loser][f"path{v}"],
-                    f"address {ip} is also registered by {wpath}, which keeps it ({_won_by(wrev, winner)})",
+                    f"address {ip} is also registered by {wpath}, which keeps it ({_won_by(wrev)})",
                     mine=loser == self.node.name))
         return out
 
@@ -405,7 +405,7 @@ class BgpStore:
                     best = (o, cpath, rev, key.host)
         if best is None:
             return None
-        return f"block {cidr} is also claimed by {best[1]}, which keeps it ({_won_by(best[2], best[3])})"
+        return f"block {cidr} is also claimed by {best[1]}, which keeps it ({_won_by(best[2])})"
 
 
 @dataclass(frozen=True)
