@@ -270,8 +270,8 @@ class Syncer:
                 self._flush_invalid_log()
                 if events:
                     self.revision = max(self.revision, events[-1].mod_revision)
-                if updates:
-                    yield updates
+                for i in range(0, len(updates), self.max_batch):  # one etcd response may be larger
+                    yield updates[i:i + self.max_batch]
                 if error is not None:
                     raise error
         finally:
