@@ -304,6 +304,8 @@ class Felix:
             else:
                 self._feed(u)
                 dirty = True
+        if self.calc is not None:
+            self._log_calc_errors()
         if config_changed and self.cfg is not None:
             self._config_changed()
             dirty = True
@@ -315,6 +317,10 @@ class Felix:
             return
         self.calc.on_update(u.kind, key, u.value if u.kind == "put" else u.error,
                             create_revision=getattr(u, "create_revision", 0))
+
+    def _log_calc_errors(self) -> None:
+        """Once per batch: the calculator ranks claimants of one address or interface
+        when asked, so asking per update would rank a batch of them once per update."""
         for k, reason in self.calc.take_errors():
             self._bad_data_log.log("invalid data", logging.WARNING, "ignoring invalid data at %s: %s", k, reason)
 
@@ -364,6 +370,7 @@ class Felix:
         for u in self._pending:
             self._feed(u)
         self._pending = []
+        self._log_calc_errors()
         phases["calc"] = time.monotonic() - tp
         tp = time.monotonic()
         self.driver = await self._make_driver()

@@ -112,8 +112,15 @@ class Calculator:
 
     def take_errors(self) -> list[tuple[str, str]]:
         """(key, reason) pairs that became invalid since the last call: log each once."""
+        self._settle()
         out, self._new_errors = self._new_errors, []
         return out
+
+    def _settle(self) -> None:
+        """Rank what changed since the last call.  Deferred to the readers (take_errors,
+        desired) so a batch of claimants of one address is ranked once, not once per update."""
+        if self._unresolved:
+            self._resolve()
 
     def _error(self, key: str, reason: str) -> None:
         if self.errors.get(key) != reason:
@@ -135,25 +142,22 @@ class Calculator:
         if k not in ("workload_endpoint", "profile_rules", "profile_tags", "profile_labels") \
                 and k not in POLICY_KINDS:
             return
-        try:
-            if kind == "put":
-                try:
-                    if k == "workload_endpoint":
-                        self._created[path] = create_revision if isinstance(create_revision, int) and create_revision > 0 else 0
-                    self._put(k, key, value)
-                    if path not in self.conflicts:
-                        self.errors.pop(path, None)
-                    return
-                except (ValueError, TypeError, RuleError) as e:
-                    self._error(path, str(e))
-            elif kind == "invalid":
-                self.errors[path] = str(value) if value else "invalid"
-            else:
-                self.errors.pop(path, None)
-            self._remove(k, key)
-        finally:
-            if self._unresolved:
-                self._resolve()
+        if kind == "put":
+            try:
+                if k == "workload_endpoint":
+                    ok = isinstance(create_revision, int) and create_revision > 0
+                    self._created[path] = create_revision if ok else 0
+                self._put(k, key, value)
+                if path not in self.conflicts:
+                    self.errors.pop(path, None)
+                return
+            except (ValueError, TypeError, RuleError) as e:
+                self._error(path, str(e))
+        elif kind == "invalid":
+            self.errors[path] = str(value) if value else "invalid"
+        else:
+            self.errors.pop(path, None)
+        self._remove(k, key)
 
     def _put(self, k: str, key: object, value: object) -> None:
         if k == "workload_endpoint":
@@ -193,8 +197,6 @@ class Calculator:
             for ip in before ^ self.nodes.addresses():
                 self._unresolved |= self._ip_eps.get(ip, set())
         self.nodes.take_errors()    # a bad address is reported by the overlay and NAT calculators
-        if self._unresolved:
-            self._resolve()
 
     def _claims(self, ep: Endpoint) -> list[tuple[str, str]]:
         return [(ep.host, "if:" + ep.iface)] + [(ep.host, n) for n in ep.ipv4_nets + ep.ipv6_nets]
@@ -244,6 +246,7 @@ class Calculator:
         """Re-rank every endpoint that shares a claim with one that changed (see module docstring)."""
         todo, self._unresolved = self._unresolved, set()
         comp: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         stack = [k for k in todo if k in self.endpoints]
         while stack:
             key = stack.pop()
@@ -251,7 +254,9 @@ class Calculator:
                 continue
             comp.add(key)
             for c in self._claims(self.endpoints[key]):
-                stack.extend(k for k in self._claimants.get(c, ()) if k not in comp)
+                if c not in seen:
+                    seen.add(c)
+                    stack.extend(self._claimants.get(c, ()))
         held: dict[tuple[str, str], str] = {}
         for key in sorted(comp, key=self._rank):
             ep = self.endpoints[key]
@@ -319,6 +324,7 @@ class Calculator:
     # ---- output ---------------------------------------------------------------------
 
     def desired(self) -> DesiredState:
+        self._settle()
         fams = {v: FamilyState() for v in (4, 6)}
         versions = (4, 6) if self.cfg.ipv6 else (4,)
         used_profiles = {p for ep in self.local.values() for p in ep.profile_ids}
@@ -364,6 +370,7 @@ class Calculator:
         return DesiredState(fams[4], fams[6], routes, neigh, dict(self.local), conflicts)
 
     def _tag_members(self, tag: str, v: int) -> frozenset[str]:
+        self._settle()
         members: set[str] = set()
         for p, tags in self.tags.items():
             if tag in tags:

@@ -32,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from felix.calc.overlay import IPIP_DEV, VXLAN_DEV, OverlayState
 from felix.dataplane.errors import DataplaneError
-from felix.dataplane.routes import NUD_PERMANENT, RouteWriter
+from felix.dataplane.routes import NUD_PERMANENT, PRIO_OVERLAY, RouteWriter
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,14 @@ class OverlayDataplane:
                 self.routes.set_neighbour(VXLAN_DEV, ip, mac)
         self._neigh = neigh
         self.routes.set_fdb(VXLAN_DEV, dict(vx.fdb) if vx else {})
-        self.routes.set_overlay_routes(VXLAN_DEV, {c: (gw, True) for c, gw in vx.routes.items()} if vx else {})
+        # below a local workload's route: a remote block naming a local workload's own
+        # address must not take its traffic (the RouteWriter keeps both and programs the workload's)
+        self.routes.set_overlay_routes(VXLAN_DEV, {c: (gw, True) for c, gw in vx.routes.items()} if vx else {},
+                                       priority=PRIO_OVERLAY)
         ipip = state.ipip
         ok = ipip.enabled and self.ipip_supported
-        self.routes.set_overlay_routes(IPIP_DEV, {c: (gw, True) for c, gw in ipip.routes.items()} if ok else {})
+        self.routes.set_overlay_routes(IPIP_DEV, {c: (gw, True) for c, gw in ipip.routes.items()} if ok else {},
+                                       priority=PRIO_OVERLAY)
 
     # ---- devices ----
     async def sync_devices(self, state: OverlayState) -> None:
