@@ -36,7 +36,7 @@ from confd import render as _render
 from confd import resources as _res
 from confd.isolate import isolate
 from confd.state import BgpStore, Finding, Node
-from libcalico import keys
+from libcalico import keys, subproc
 
 log = logging.getLogger("confd")
 
@@ -483,8 +483,10 @@ async def _run(argv: list[str], timeout: float = 30.0) -> tuple[bool, str]:
         p = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                  stdout=asyncio.subprocess.PIPE,
                                                  stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(p.communicate(), timeout)
-    except (OSError, TimeoutError) as e:
+        out, _ = await subproc.communicate(p, None, timeout)   # killed and reaped past the deadline
+    except TimeoutError:
+        return False, f"{argv[0]}: no answer within {timeout:g}s (killed)"
+    except OSError as e:
         return False, str(e)
     text = out.decode("utf-8", "replace").strip()
     return p.returncode == 0, text or f"exit {p.returncode}"

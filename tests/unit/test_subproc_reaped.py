@@ -85,3 +85,15 @@ def test_subproc_normal_exit_untouched(spawned):
         return out
 
     assert asyncio.run(main())[0] == b"hi\n"
+
+
+def test_confd_check_timeout_kills_and_reaps_the_checker(spawned):
+    """confd's `bird -p` runner: a checker stuck past its deadline is killed, and the check fails."""
+    from confd.daemon import _run
+
+    async def main() -> tuple[bool, str]:
+        return await _run(["sleep", "60"], timeout=0.05)
+
+    ok, why = asyncio.run(main())
+    assert not ok and "killed" in why
+    assert len(spawned) == 1 and _gone(spawned[0].pid)
