@@ -87,7 +87,7 @@ class BirdProtocol:
     @property
     def neighbor_as(self) -> int | None:
         v = self.details.get("Neighbor AS")
-        return int(v) if v and v.isdigit() else None
+        return int(v) if v and v.isascii() and v.isdigit() else None
 
     @property
     def established(self) -> bool:

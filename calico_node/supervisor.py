@@ -108,7 +108,7 @@ def felix_health(env: dict[str, str]) -> tuple[bool, str, int]:
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     port_raw = env.get("FELIX_HEALTHPORT", "").strip()
-    port = int(port_raw) if port_raw.isdigit() and 0 < int(port_raw) < 65536 else 9099
+    port = int(port_raw) if port_raw.isascii() and port_raw.isdigit() and 0 < int(port_raw) < 65536 else 9099
     return enabled, host, port
 
 

@@ -52,7 +52,7 @@ def node_processes(proc: str = "/proc") -> list[Proc]:
     mine = _netns_id("self")
     out: list[Proc] = []
     for pid in os.listdir(proc):
-        if not pid.isdigit() or int(pid) == os.getpid():
+        if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
             continue
         try:
             with open(f"{proc}/{pid}/cmdline", "rb") as f:

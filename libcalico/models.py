@@ -35,6 +35,7 @@ from libcalico.selectors import (
     valid_label_value,
 )
 from libcalico.validation import (
+    is_digits,
     validate_asn,
     validate_bgp_ip,
     validate_cidr,
@@ -259,10 +260,10 @@ def _ports(v: object) -> list[int | str] | None:
             continue
         if isinstance(p, str) and p.isascii():
             lo, sep, hi = p.partition(":")
-            if lo.isdigit() and len(lo) <= 5 and not sep and int(lo) <= 65535:
+            if is_digits(lo) and len(lo) <= 5 and not sep and int(lo) <= 65535:
                 out.append(int(lo))
                 continue
-            if sep and lo.isdigit() and hi.isdigit() and len(lo) <= 5 and len(hi) <= 5 \
+            if sep and is_digits(lo) and is_digits(hi) and len(lo) <= 5 and len(hi) <= 5 \
                     and int(lo) <= int(hi) <= 65535:
                 out.append(f"{int(lo)}:{int(hi)}")
                 continue

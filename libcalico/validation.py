@@ -42,6 +42,12 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts other scripts' digits (and superscripts),
+    which int() then reads as a different-looking number than the text shows."""
+    return text.isascii() and text.isdigit()
+
+
 def validate_asn(value: object) -> int:
     """An AS number: int or decimal string 1..4294967295, or dotted 'a.b' (asdot)."""
     if isinstance(value, bool):

@@ -42,7 +42,7 @@ from libcalico.models import (
     MAX_RENDERED_LINES,
     MAX_RULES,
 )
-from libcalico.validation import validate_cidr, validate_log_prefix, validate_name
+from libcalico.validation import is_digits, validate_cidr, validate_log_prefix, validate_name
 
 from . import names
 
@@ -133,7 +133,7 @@ def rule_to_dict(rule: object) -> dict:
 def _proto(value: object) -> str:
     if isinstance(value, bool):
         raise RuleError(f"protocol {value!r} is invalid")
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+    if isinstance(value, int) or (isinstance(value, str) and is_digits(value)):
         n = int(value)
         if not 1 <= n <= 255:
             raise RuleError(f"protocol number {value!r} out of range 1..255")
@@ -157,7 +157,7 @@ def _port_groups(value: object, what: str) -> tuple[str, ...]:
             text, w = str(p), 1
         elif isinstance(p, bool):
             raise RuleError(f"{what}: {p!r} is not a port")
-        elif isinstance(p, int) or (isinstance(p, str) and p.isdigit()):
+        elif isinstance(p, int) or (isinstance(p, str) and is_digits(p)):
             n = int(p)
             if not 0 <= n <= 65535:
                 raise RuleError(f"{what}: port {p!r} out of range 0..65535")
@@ -180,7 +180,7 @@ def _port_groups(value: object, what: str) -> tuple[str, ...]:
 
 
 def _icmp(value: object, what: str, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+    if isinstance(value, bool) or not isinstance(value, int | str) or not is_digits(str(value)):
         raise RuleError(f"{what} {value!r} is not an integer")
     n = int(value)
     if not 0 <= n <= hi:

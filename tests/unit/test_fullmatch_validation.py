@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from calico_node.autodetect import EXCLUDED_IFACES
@@ -52,3 +54,17 @@ def test_autodetect_lo_exclusion_is_exact():
 def test_failsafe_ports_reject_non_ascii_digits(bad):
     with pytest.raises(ValueError):
         felix_config._ports(bad)
+
+
+@pytest.mark.parametrize("port", ["١٢", "²", "٨٠:٩٠", "8٠"])
+def test_ports_in_other_scripts_digits_are_refused(port):
+    """`"١٢".isdigit()` is true and int() reads it as 12: a port list must be ASCII digits."""
+    from felix.calc.rules import RuleError, render_rule
+    from libcalico.models import parse_key_value
+
+    with pytest.raises(ValueError):
+        parse_key_value("/calico/v1/policy/profile/p/rules",
+                        json.dumps({"inbound_rules": [{"protocol": "tcp", "dst_ports": [port]}],
+                                    "outbound_rules": []}))
+    with pytest.raises(RuleError):
+        render_rule({"protocol": "tcp", "dst_ports": [port]}, 4)
