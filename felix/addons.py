@@ -383,6 +383,9 @@ class Addons:
 
     async def apply(self, force: bool = False) -> None:
         """Program NAT chains/ipsets and the overlay if anything changed (or `force`)."""
+        calc = getattr(self.felix, "calc", None)
+        if calc is not None and self.overlay is not None:   # whose int_ip is really its own
+            self._dirty |= self.nat.set_losers(calc.conflicts)
         if self.overlay is None or not (self._dirty or force):
             return
         if self.overlay_dp is None:

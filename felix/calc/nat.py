@@ -151,6 +151,7 @@ class NatCalculator:
         self._pools: dict[str, tuple[int, str, bool]] = {}            # key -> (version, cidr, masquerade)
         self._claims: dict[str, _Claim] = {}                           # endpoint key (any host) -> claim
         self._host_addrs: frozenset[str] = frozenset()
+        self._losers: dict[str, str] = {}                              # endpoint key -> lost claim
         self._errors: list[tuple[str, str]] = []
         self._refused: dict[str, str] = {}                             # local key -> reason, while it lasts
         self._pairs: list[tuple[str, str]] | None = None               # cache of nat_pairs()
@@ -184,6 +185,21 @@ class NatCalculator:
         self._host_addrs = new
         self._pairs = None
         return bool(self._claims)
+
+    def set_losers(self, losers: Mapping[str, str]) -> bool:
+        """Endpoints that lost their IP or interface to an earlier claimant (key -> why).
+
+        Such an endpoint owns none of its addresses, so its `int_ip` is not its own:
+        without this a thief claiming a victim's IP could DNAT an address to the victim.
+        """
+        new = dict(losers)
+        if new == self._losers:
+            return False
+        changed = any(k in self._claims for k in set(new) ^ set(self._losers))
+        self._losers = new
+        if changed:
+            self._pairs = None
+        return changed
 
     def take_errors(self) -> list[tuple[str, str]]:
         out, self._errors = self._errors + self.nodes.take_errors(), []
@@ -272,7 +288,9 @@ class NatCalculator:
         refused: dict[str, str] = {}
         for claim in sorted(self._claims.values(), key=lambda c: c.order):
             path = claim.order[1]
-            reason = next((r for i, e in claim.pairs if (r := self._cluster_reason(i, e, taken))), None)
+            reason = self._losers.get(path)
+            if reason is None:
+                reason = next((r for i, e in claim.pairs if (r := self._cluster_reason(i, e, taken))), None)
             if reason is None:
                 for _, ext_ip in claim.pairs:
                     taken[ext_ip] = path

@@ -207,3 +207,29 @@ def test_without_revisions_the_lower_key_wins():
     put(calc, p1, v1)
     assert calc.desired(4).chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
     assert list(_errors(calc)) == [p2]
+
+
+def test_an_endpoint_that_lost_its_ip_gets_no_nat_for_it():
+    """A later endpoint naming an established workload's IP loses it (the endpoint calculator
+    decides); its `int_ip` then is not its own, so its DNAT would deliver to the victim."""
+    from felix.calc.calculator import CalcConfig, Calculator
+
+    victim, vval = ep(ME, "w1")
+    thief, tval = ep(ME, "w2", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    tval["name"] = "cali0w2"
+    ends = Calculator(CalcConfig(ME))
+    natc = NatCalculator(NatConfig(ME))
+    for rev, (path, val) in enumerate(((victim, vval), (thief, tval)), start=10):
+        pk, model = parse_key_value(path, json.dumps(val))
+        ends.on_update("put", pk, model, create_revision=rev)
+        natc.on_update("put", pk, model, create_revision=rev)
+    ends.desired()
+    assert thief in ends.conflicts
+    assert natc.set_losers(ends.conflicts)
+    assert natc.desired(4).chains == {}
+    assert "belongs to endpoint" in _errors(natc)[thief]
+    # the victim goes: the thief is the owner now, and its NAT stands
+    ends.on_update("delete", keys.parse(victim), None)
+    ends.desired()
+    assert natc.set_losers(ends.conflicts)
+    assert natc.desired(4).chains[nat.CH_FIP_DNAT] == ["-d 172.31.0.9/32 -j DNAT --to-destination 10.65.0.5"]
