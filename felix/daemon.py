@@ -239,7 +239,7 @@ class Felix:
                 await self.sysctl.configure_interface(name, v6=self.cfg.Ipv6Support)
         try:
             if dirty:
-                self._push()
+                await self._push()
                 await self.driver.apply()
                 await self.addons.apply()
             if refresh_ipt:
@@ -342,10 +342,12 @@ class Felix:
         self.driver.routes.interface_changed(name)
         return True
 
-    def _push(self) -> None:
-        if self.calc.policy.hosts.needs_addrs():   # host endpoints by expected address (issue 5)
+    async def _push(self) -> None:
+        if self.calc.policy.hosts.needs_addrs():   # host endpoints by expected address
             from felix.hostaddrs import read_interface_addrs
-            self.calc.policy.hosts.set_interface_addrs(read_interface_addrs(self.netns))
+            # `ip addr` is a child process (up to its timeout): never on the event loop itself
+            addrs = await asyncio.to_thread(read_interface_addrs, self.netns)
+            self.calc.policy.hosts.set_interface_addrs(addrs)
         desired = self.calc.desired()
         self.driver.push(desired)
         if self.endpoint_status is not None:
@@ -378,7 +380,7 @@ class Felix:
         for attempt in range(MAX_APPLY_FAILURES):
             try:
                 t0 = time.monotonic()
-                self._push()
+                await self._push()
                 phases["push"] = time.monotonic() - t0
                 await self.driver.apply()
                 await self.addons.apply()
@@ -417,7 +419,7 @@ class Felix:
             self.endpoint_status = EndpointStatusReporter(self.client, self.hostname,
                                                           self.cfg.EndpointReportingDelaySecs)
             self._spawn(self.endpoint_status.run(), "endpoint-status")
-            self._push()
+            await self._push()
 
     @staticmethod
     def _driver_settings(cfg: Config) -> tuple:
