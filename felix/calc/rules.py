@@ -13,6 +13,7 @@ of at most 15 (a range counts 2).  Rendering stays linear in the input: a rule
 whose ports fit one line is one line; any other rule is one jump (`-j`) into a
 sub-chain of its own (`names.rule_chain`):
 
+    -s <!src_net> -j RETURN                             a net and its negation (one -s per line)
     -m multiport --sports <not_src group> -j RETURN     each negated group: rule does not match
     -m multiport --dports <not_dst group> -j RETURN
     -m multiport --sports <src group> -g <part 2>        both lists > 1 group: OR of the src
@@ -86,11 +87,13 @@ class RenderedRule:
     not_src: tuple[str, ...] = ()
     not_dst: tuple[str, ...] = ()
     log_prefix: str | None = None
+    not_nets: tuple[str, ...] = ()   # "-s CIDR"/"-d CIDR" that the rule must NOT match, where the
+    #                                  rule also has the positive flag (iptables takes one -s per line)
 
     @property
     def inline(self) -> bool:
         """True when the whole rule is one line (no sub-chain)."""
-        return (len(self.src) <= 1 and len(self.dst) <= 1
+        return (not self.not_nets and len(self.src) <= 1 and len(self.dst) <= 1
                 and len(self.src) + len(self.dst) + len(self.not_src) + len(self.not_dst) <= INLINE_PORT_MATCHES)
 
     @property
@@ -220,14 +223,19 @@ def render_rule(rule: Mapping, version: int,
         return [x for x in ((False, pos), (True, neg)) if x[1] is not None]
 
     args: list[str] = []
+    not_nets: list[str] = []
     # -s / -d first (iptables-save's order), then protocol, then modules.
     for field, flag in (("src_net", "-s"), ("dst_net", "-d")):
-        for neg, v in get(field):
+        both = get(field)
+        for neg, v in both:
             try:
                 cidr = validate_cidr(v)
             except ValueError as e:
                 raise RuleError(f"{field}: {e}") from None
-            args.append(f"{'! ' if neg else ''}{flag} {cidr}")
+            if neg and len(both) > 1:   # `-s A ! -s B` is refused by iptables-restore (whole table)
+                not_nets.append(f"{flag} {cidr}")
+            else:
+                args.append(f"{'! ' if neg else ''}{flag} {cidr}")
 
     protos = get("protocol")
     if len(protos) > 1:
@@ -292,7 +300,8 @@ def render_rule(rule: Mapping, version: int,
 
     return RenderedRule(action, " ".join(args) if rule_applies(rule, version) else None, proto_arg,
                         ports.get("src_ports", ()), ports.get("dst_ports", ()),
-                        ports.get("!src_ports", ()), ports.get("!dst_ports", ()), log_prefix)
+                        ports.get("!src_ports", ()), ports.get("!dst_ports", ()), log_prefix,
+                        tuple(not_nets))
 
 
 def rule_applies(rule: Mapping, version: int) -> bool:
@@ -346,20 +355,22 @@ def rule_lines(rendered: RenderedRule, policy: bool = False) -> list[str]:
 
 def _verdict(rr: RenderedRule, match: str) -> list[str]:
     """A verdict inside a rule's sub-chain: the caller's next line acts on the mark."""
+    m = f"{match} " if match else ""
     if rr.action == "allow":
-        return [f"{match} -j MARK --set-xmark {MARK_ACCEPT}/{MARK_ACCEPT}"]
+        return [f"{m}-j MARK --set-xmark {MARK_ACCEPT}/{MARK_ACCEPT}"]
     if rr.action == "deny":
-        return [f"{match} -j DROP"]
+        return [f"{m}-j DROP"]
     if rr.action == "log":    # log once, even when groups overlap
-        return [f'{match} -j LOG --log-prefix "{rr.log_prefix}"', f"{match} -j RETURN"]
-    return [f"{match} -j MARK --set-xmark {MARK_NEXT_TIER}/{MARK_NEXT_TIER}"]
+        return [f'{m}-j LOG --log-prefix "{rr.log_prefix}"', f"{m}-j RETURN"]
+    return [f"{m}-j MARK --set-xmark {MARK_NEXT_TIER}/{MARK_NEXT_TIER}"]
 
 
 def _chained(rr: RenderedRule, parent: str, index: int, out: dict[str, list[str]]) -> list[str]:
     """The parent's lines of a rule that needs a sub-chain; adds the sub-chain(s) to `out`."""
     sub = names.rule_chain(parent, index, 1)
-    p = f"-p {rr.proto}"
-    body = [f"{p} -m multiport --sports {g} -j RETURN" for g in rr.not_src]
+    p = f"-p {rr.proto}" if rr.proto else ""     # always set when there are ports
+    body = [f"{n} -j RETURN" for n in rr.not_nets]
+    body += [f"{p} -m multiport --sports {g} -j RETURN" for g in rr.not_src]
     body += [f"{p} -m multiport --dports {g} -j RETURN" for g in rr.not_dst]
     src = [f"-m multiport --sports {g}" for g in rr.src]
     dst = [f"-m multiport --dports {g}" for g in rr.dst]
@@ -389,7 +400,7 @@ def line_count(rr: RenderedRule) -> int:
     if rr.inline:
         return 1 if rr.action in ("deny", "log") else 2
     per = 2 if rr.action == "log" else 1
-    negs = len(rr.not_src) + len(rr.not_dst)
+    negs = len(rr.not_src) + len(rr.not_dst) + len(rr.not_nets)
     if len(rr.src) > 1 and len(rr.dst) > 1:
         body = negs + len(rr.src) + per * len(rr.dst)
     else:

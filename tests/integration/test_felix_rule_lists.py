@@ -142,3 +142,28 @@ def test_long_src_and_dst_port_lists_keep_exact_semantics(fh):
     eventually(lambda: not any(c.startswith("felix-r-") for v in (4, 6) for c in fh.felix_chains(v)), 10,
                "sub-chains removed")
     assert fh.felix_alive()
+
+
+def test_net_and_its_negation_in_one_rule_on_the_real_kernel(fh):
+    """`src_net` with `!src_net` (and the same for dst) cannot be one iptables line: `-s A ! -s B`
+    makes iptables-restore refuse the whole table, so every endpoint's policy stopped being
+    programmed.  The negation is a RETURN in the rule's sub-chain, with the exact meaning."""
+    a, b = fh.workloads
+    fh.put("/calico/v1/Ready", "true")
+    fh.put_profile("pa", ALLOW_ALL, ALLOW_ALL)
+    a_net = f"{a.ip(4)}/32"
+    fh.put_profile("pb", [{"action": "allow", "src_net": "10.0.0.0/8", "!src_net": a_net}], ALLOW_ALL)
+    fh.put_endpoint(a, ["pa"])
+    fh.put_endpoint(b, ["pb"])
+    fh.serve(b, 8080)
+    fh.start_felix()
+    fh.wait_programmed(b)
+    assert a.ip(4).startswith("10."), "the test relies on the workloads living in 10.0.0.0/8"
+    eventually(lambda: probe(a, b.ip(4), [(20001, 8080)]) == {(20001, 8080): False}, 30,
+               "a is inside src_net but excluded by !src_net: dropped")
+    # the same shape with another excluded address: a is allowed (the table was programmed)
+    fh.put_profile("pb", [{"action": "allow", "src_net": "10.0.0.0/8", "!src_net": "10.255.255.1/32",
+                           "dst_net": "10.0.0.0/8", "!dst_net": "10.255.255.2/32"}], ALLOW_ALL)
+    eventually(lambda: probe(a, b.ip(4), [(20002, 8080)]) == {(20002, 8080): True}, 30,
+               "a is in src_net and not excluded: allowed")
+    assert "multiple -s flags" not in fh.log() and "multiple -d flags" not in fh.log()
