@@ -3,7 +3,7 @@ destination port lists both span several multiport groups (and whose negated lis
 keep the rule's exact meaning, for every action, in profiles and in tiered policies.
 
 Real calico-felix, real etcd, real TCP connections with chosen source ports
-(tests/integration/felix_topology.py); tests/unit/test_felix_rule_lists.py checks the same
+(tests/integration/felix_topology.py); tests/unit/test_felix_rule_render.py checks the same
 chains exhaustively with an interpreter.
 """
 
