@@ -1,16 +1,15 @@
 """Thin subprocess adapter bound to a network namespace.
 
 Writers never call subprocess directly: they get a runner, so a test can point
-the same writer at a namespace it created (or at `ScriptedRunner`, a fake that
-records what would have run).
+the same writer at a namespace it created (or at a fake that records what
+would have run: `tests.lib.fakes.ScriptedRunner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from libcalico import subproc
 
@@ -53,19 +52,3 @@ class CmdRunner:
                                              timeout or self.timeout)
         return CmdResult(full, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
-
-@dataclass
-class ScriptedRunner:
-    """Fake runner: records every call; `responder(argv, input)` returns (rc, stdout, stderr).
-
-    Used by unit tests to check the exact restore text a writer produces.
-    """
-
-    responder: Callable[[list[str], str | None], tuple[int, str, str]] = lambda argv, inp: (0, "", "")
-    calls: list[tuple[list[str], str | None]] = field(default_factory=list)
-    netns: str | None = None
-
-    async def run(self, argv: list[str], input: str | None = None, timeout: float | None = None) -> CmdResult:
-        self.calls.append((list(argv), input))
-        rc, out, err = self.responder(list(argv), input)
-        return CmdResult(list(argv), rc, out, err)

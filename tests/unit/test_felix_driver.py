@@ -14,11 +14,11 @@ from felix.calc import CalcConfig, Calculator
 from felix.config import Config
 from felix.daemon import MAX_APPLY_FAILURES, Felix, FelixExit
 from felix.dataplane.backend import Backend
-from felix.dataplane.cmd import ScriptedRunner
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.routes import RouteWriter
 from felix.driver import DataplaneDriver
 from libcalico import models
+from tests.lib.fakes import ScriptedRunner
 
 
 def _calc() -> Calculator:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from felix.calc.names import tag_ipset
-from felix.dataplane.cmd import ScriptedRunner
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.ipsets import MAX_SET_NAME, IpsetWriter, normalize_members, parse_save
+from tests.lib.fakes import ScriptedRunner
 
 
 class FakeIpset:
