@@ -1,6 +1,6 @@
 """Benchmark a real two-host cluster (`make bench` runs it): numbers, not pass/fail.
 
-Both figures come from real `calico-node` hosts built by tests/lib/cluster.py
+Both figures come from real `calico-node` hosts built by calico_testing/cluster.py
 (namespaces on a bridge, real etcd, Felix, confd and BIRD), removed at the end.
 
 - node start -> ready: `calico-node` spawned -> Felix's /readiness answers 200
@@ -43,8 +43,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.lib.cluster import Cluster, Node  # noqa: E402
-from tests.lib.netns import Netns, wait_for  # noqa: E402
+from calico_testing.cluster import Cluster, Node  # noqa: E402
+from calico_testing.netns import Netns, wait_for  # noqa: E402
 
 POOL = "10.65.0.0/16"
 BLOCK_PREFIX = 26

@@ -24,12 +24,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bird_control.protocol import BirdClient  # noqa: E402
+from calico_testing.etcd import EtcdServer  # noqa: E402
+from calico_testing.netns import Netns  # noqa: E402
 from confd import render as _render  # noqa: E402
 from confd.daemon import Confd, Settings  # noqa: E402
 from libcalico.datastore import DatastoreClient  # noqa: E402
 from libcalico.syncer import Syncer  # noqa: E402
-from tests.lib.etcd import EtcdServer  # noqa: E402
-from tests.lib.netns import Netns  # noqa: E402
 
 G = "/calico/bgp/v1/global"
 HOST = "bench-a"

@@ -156,8 +156,8 @@ def felix_log_times(path: str) -> dict[str, float]:
 
 
 async def inner(a: argparse.Namespace) -> int:
+    from calico_testing.etcd import EtcdServer
     from libcalico.datastore import DatastoreClient
-    from tests.lib.etcd import EtcdServer
 
     tmp = tempfile.mkdtemp(prefix="bench-felix-")
     etcd = EtcdServer(data_dir=tmp).start()

@@ -116,10 +116,10 @@ def _chain_has(tool: str, chain: str, target: str) -> bool:
 
 
 async def inner(a: argparse.Namespace) -> int:
+    from calico_testing.etcd import EtcdServer
     from felix.calc import names
     from felix.calc.policy import policy_chain, selector_ipset_for
     from libcalico.datastore import DatastoreClient
-    from tests.lib.etcd import EtcdServer
 
     tmp = tempfile.mkdtemp(prefix="bench-policy-")
     etcd = EtcdServer(data_dir=tmp).start()

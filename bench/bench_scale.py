@@ -132,8 +132,8 @@ def vm(pid: int) -> dict[str, float]:
 
 
 async def inner(a: argparse.Namespace) -> int:
+    from calico_testing.etcd import EtcdServer
     from libcalico.datastore import DatastoreClient
-    from tests.lib.etcd import EtcdServer
 
     n = a.inner
     spec = argparse.Namespace(endpoints=n, profiles=a.profiles, tags=a.tags, ipv6=False)

@@ -295,7 +295,7 @@ def write_doc(table: list[Row], status: dict, scale: dict | None, cluster: dict 
             "  routes after ipsets and iptables). Incremental: one endpoint put into etcd -> its route present.",
             "- **confd** (`make bench-confd`, bench/bench_confd.py): etcd write -> BIRD answered `configure`",
             "  with 0003; the peer figures time render + `bird -p` + atomic install + `configure`.",
-            "- **BGP convergence** (bench/bench_cluster.py): two real `calico-node` hosts (tests/lib/cluster.py).",
+            "- **BGP convergence** (bench/bench_cluster.py): two real `calico-node` hosts (calico_testing/cluster.py).",
             "  Node B learns node A's /26 block aggregates, not /32s, so each of the workloads is added on A",
             "  (`calicoctl container add <ns> <ip>`) with an address in a block nobody owns yet: every sample",
             "  goes through IPAM block claim -> A's confd -> A's BIRD -> BGP UPDATE -> B's BIRD -> B's kernel.",

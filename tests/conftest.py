@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.lib import netns as _netns
-from tests.lib.etcd import EtcdServer
+from calico_testing import netns as _netns
+from calico_testing.etcd import EtcdServer
 from tests.reliability import profiles as _hypothesis_profiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,8 @@ import tempfile
 import time
 
 from bird_control.protocol import BirdProtocol, parse_line, parse_protocols
-from tests.lib.etcd import EtcdServer
-from tests.lib.netns import Netns, veth, wait_for
+from calico_testing.etcd import EtcdServer
+from calico_testing.netns import Netns, veth, wait_for
 
 SUBNET4 = "10.99.0"
 SUBNET6 = "fd00:99::"

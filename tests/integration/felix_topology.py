@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from tests.lib.etcd import EtcdServer
-from tests.lib.netns import Netns, veth, wait_for
+from calico_testing.etcd import EtcdServer
+from calico_testing.netns import Netns, veth, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FELIX = os.path.join(ROOT, ".venv", "bin", "calico-felix")

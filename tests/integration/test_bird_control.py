@@ -11,8 +11,8 @@ import time
 import pytest
 
 from bird_control.protocol import BirdClient, BirdConfigError
+from calico_testing.netns import veth, wait_for
 from tests.integration.bgp_cluster import Fabric, Node
-from tests.lib.netns import veth, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")

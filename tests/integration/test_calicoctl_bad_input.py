@@ -115,7 +115,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def seeded(request):
     """One etcd for the whole table (starting 90 etcds would only cost time)."""
-    from tests.lib.etcd import EtcdServer
+    from calico_testing.etcd import EtcdServer
 
     server = EtcdServer().start()
     request.addfinalizer(server.close)

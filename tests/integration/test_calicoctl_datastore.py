@@ -264,7 +264,7 @@ def test_console_script_and_stdin(etcd_env):
 
 
 def test_datastore_unreachable_is_one_line_exit_1(monkeypatch):
-    from tests.lib.etcd import free_port
+    from calico_testing.etcd import free_port
 
     monkeypatch.setenv("ETCD_ENDPOINTS", f"http://127.0.0.1:{free_port()}")
     r = ctl("pool", "show")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.lib.etcd import EtcdServer
-from tests.lib.netns import veth, wait_for
+from calico_testing.etcd import EtcdServer
+from calico_testing.netns import veth, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CALICOCTL = os.path.join(ROOT, ".venv", "bin", "calicoctl")

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from calico_testing.netns import wait_for
 from tests.integration.bgp_cluster import Fabric, Node, plain_bird_router
-from tests.lib.netns import wait_for
 
 G = "/calico/bgp/v1/global"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

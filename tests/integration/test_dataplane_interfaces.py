@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from calico_testing.netns import veth
 from felix.dataplane.interfaces import InterfaceMonitor
 from felix.dataplane.sysctl import SysctlWriter
-from tests.lib.netns import veth
 
 
 async def wait_event(events: list, want: tuple, start: int = 0, timeout: float = 5.0) -> None:

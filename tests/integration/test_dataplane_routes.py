@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from calico_testing.netns import veth
 from felix.dataplane import FELIX_RT_PROTO, DataplaneError
 from felix.dataplane.routes import RouteWriter
-from tests.lib.netns import veth
 
 
 def routes(ns, family: int = 4, proto: int | None = FELIX_RT_PROTO) -> set[str]:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from calico_testing.etcd import free_port
 from libcalico.datastore import (
     CompactedError,
     ConfigError,
@@ -20,7 +21,6 @@ from libcalico.datastore import (
     op_put,
     run_sync,
 )
-from tests.lib.etcd import free_port
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from calico_testing.etcd import EtcdServer, make_tls_certs
 from libcalico.datastore import DatastoreClient, DatastoreUnavailable
 from libcalico.syncer import Syncer
-from tests.lib.etcd import EtcdServer, make_tls_certs
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from calico_testing.netns import veth, wait_for
 from felix.addons import NatPusher
 from felix.calc.nat import NatCalculator, NatConfig
 from felix.dataplane.backend import Backend
@@ -25,7 +26,6 @@ from felix.dataplane.ipsets import IpsetWriter
 from felix.dataplane.iptables import IptablesTable
 from libcalico import keys
 from libcalico.models import parse_key_value
-from tests.lib.netns import veth, wait_for
 
 ME = "host-h"
 SERVER = """

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from calico_testing.netns import wait_for
 from felix.addons import NatPusher
 from felix.calc.nat import NatCalculator, NatConfig
 from felix.dataplane.backend import Backend
@@ -22,7 +23,6 @@ from felix.dataplane.iptables import IptablesTable
 from libcalico import keys
 from libcalico.models import parse_key_value
 from tests.integration.test_nat_dataplane import ME, topo  # noqa: F401 - the fixture
-from tests.lib.netns import wait_for
 
 NAMED_SERVER = """
 import socket, sys

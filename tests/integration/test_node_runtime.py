@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from calico_testing.etcd import EtcdServer
+from calico_testing.netns import Netns, veth, wait_for
 from libcalico import keys
-from tests.lib.etcd import EtcdServer
-from tests.lib.netns import Netns, veth, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

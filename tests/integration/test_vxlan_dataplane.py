@@ -15,12 +15,12 @@ import re
 
 import pytest
 
+from calico_testing.netns import veth
 from felix.calc.overlay import VXLAN_DEV, OverlayCalculator, OverlayConfig
 from felix.dataplane import FELIX_RT_PROTO
 from felix.dataplane.overlay import OverlayDataplane
 from libcalico import keys
 from libcalico.models import parse_key_value
-from tests.lib.netns import veth
 
 POOL = "10.65.0.0/16"
 

@@ -1,1 +1,1 @@
-"""Test harness shared by integration and system tests: real etcd, namespaces, processes."""
+"""Test-only helpers (faults, an etcd cluster, calculator feeds); the harness bench/ also uses is calico_testing."""

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from tests.lib.netns import Netns, veth
+from calico_testing.netns import Netns, veth
 
 SUBNET = "10.251.0"
 CLIENT_PORT = 2379

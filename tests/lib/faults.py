@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from tests.lib.netns import Netns
+from calico_testing.netns import Netns
 
 XTABLES_LOCK = "/run/xtables.lock"
 _COUNTERS = re.compile(r"\[\d+:\d+\]")

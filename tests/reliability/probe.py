@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from tests.lib.netns import Netns
+from calico_testing.netns import Netns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = os.path.join(ROOT, ".venv", "bin", "python")

@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import strategies as st
 
+from calico_testing.netns import Netns
 from felix.addons import NatPusher
 from felix.calc.calculator import CalcConfig, Calculator
 from felix.calc.nat import NatCalculator, NatConfig
@@ -41,7 +42,6 @@ from felix.dataplane.routes import RouteWriter
 from felix.driver import DataplaneDriver
 from libcalico import keys
 from libcalico.syncer import Syncer
-from tests.lib.netns import Netns
 from tests.reliability.hostile import (
     MARK,
     hostile_text,

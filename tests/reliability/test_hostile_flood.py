@@ -15,8 +15,8 @@ from collections import Counter
 
 import pytest
 
+from calico_testing.netns import wait_for
 from tests.integration.felix_topology import FelixHost
-from tests.lib.netns import wait_for
 from tests.reliability.probe import PYTHON, ROOT
 
 N_VALID = 100

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from calico_testing.netns import wait_for
 from tests.integration.felix_topology import FelixHost, eventually
 from tests.lib import faults
-from tests.lib.netns import wait_for
 from tests.reliability.probe import ROOT
 
 BIN = os.path.join(ROOT, ".venv", "bin")

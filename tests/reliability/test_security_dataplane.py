@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from calico_testing.netns import wait_for
 from tests.integration.felix_topology import FelixHost, always, eventually
-from tests.lib.netns import wait_for
 
 ALLOW = [{"action": "allow"}]
 

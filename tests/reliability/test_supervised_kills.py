@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from calico_testing.netns import veth, wait_for
 from tests.integration.test_node_runtime import FABRIC_V4, Fabric, Node
 from tests.lib import faults
-from tests.lib.netns import veth, wait_for
 
 KILLS = 20
 SERVICES = ["felix", "confd", "bird"]

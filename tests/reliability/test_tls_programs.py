@@ -17,9 +17,9 @@ import tarfile
 
 import pytest
 
+from calico_testing.etcd import EtcdServer, make_tls_certs
+from calico_testing.netns import wait_for
 from tests.integration.felix_topology import FelixHost
-from tests.lib.etcd import EtcdServer, make_tls_certs
-from tests.lib.netns import wait_for
 from tests.reliability.probe import ROOT
 
 BIN = os.path.join(ROOT, ".venv", "bin")

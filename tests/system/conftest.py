@@ -1,10 +1,10 @@
-"""System tests: real calico-node hosts in namespaces, built by tests/lib/cluster.py."""
+"""System tests: real calico-node hosts in namespaces, built by calico_testing/cluster.py."""
 
 import json
 
 import pytest
 
-from tests.lib.cluster import Cluster
+from calico_testing.cluster import Cluster
 
 ALLOW_ALL = json.dumps({"inbound_rules": [{"action": "allow"}], "outbound_rules": [{"action": "allow"}]})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.lib.netns import Netns
+from calico_testing.netns import Netns
 
 
 class BgpRouter:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.lib.cluster import Cluster
-from tests.lib.netns import wait_for
+from calico_testing.cluster import Cluster
+from calico_testing.netns import wait_for
 
 pytestmark = pytest.mark.slow
 

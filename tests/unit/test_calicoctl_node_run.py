@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from bird_control.protocol import BirdProtocol, ReplyLine, parse_protocols
+from calico_testing.netns import wait_for
 from calicoctl import checksystem, cli, container, netns, node_run, status
-from tests.lib.netns import wait_for
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:

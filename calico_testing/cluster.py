@@ -26,10 +26,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from tests.lib.etcd import EtcdServer
-from tests.lib.netns import Netns, sh, veth, wait_for
+from calico_testing.etcd import EtcdServer
+from calico_testing.netns import Netns, sh, veth, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".venv", "bin")
 
 
