@@ -218,7 +218,7 @@ PARAMS: dict[str, Param] = {p.name.lower(): p for p in [
     Param("LogSeveritySys", _loglevel, "none"),
     Param("LogFilePath", _str, "none"),
     Param("Ipv6Support", _bool, True, live=False),
-    # issue 5: health, metrics, host endpoints, overlays, NAT
+    # health, metrics, host endpoints, overlays, NAT
     Param("HealthEnabled", _bool, False, live=False),
     Param("HealthHost", _str, "127.0.0.1", live=False),
     Param("HealthPort", _int_range(1, 65535), 9099, live=False),
@@ -294,62 +294,12 @@ class Config:
                 environ: Mapping[str, str] | None = None, hostname: str | None = None) -> Config:
         """Merge every layer; host_keys/global_keys map param name -> raw string from etcd."""
         environ = os.environ if environ is None else environ
-        warnings: list[str] = []
-        layers: list[tuple[str, dict[str, tuple[str, str]]]] = []  # (kind, {lname: (raw, source)})
-
-        env_layer: dict[str, tuple[str, str]] = {}
-        for var, raw in environ.items():
-            if var.upper().startswith("FELIX_"):
-                lname = var[6:].lower()
-                if lname in _ENV_IGNORED:
-                    continue
-                env_layer[lname] = (raw, f"env {var}")
-        env_layer.update(_plain_etcd_env(environ, env_layer))
-        layers.append(("env", env_layer))
-
-        path = environ.get("FELIX_CONFIGFILE") or environ.get("FELIX_CONFIGFILE".lower()) or DEFAULT_CONFIG_FILE
-        file_layer, file_warnings = _read_file(path)
-        warnings += file_warnings
-        layers.append(("file", file_layer))
-        layers.append(("host", {k.lower(): (v, f"host key /calico/v1/host/{hostname or '<host>'}/config/{k}")
-                                for k, v in host_keys.items()}))
-        layers.append(("global", {k.lower(): (v, f"global key /calico/v1/config/{k}")
-                                  for k, v in global_keys.items()}))
-
-        for kind, layer in layers:
-            for lname, (_raw, source) in layer.items():
-                if lname not in PARAMS:
-                    warnings.append(f"unknown Felix parameter from {source}: ignored")
-                elif not PARAMS[lname].datastore and kind in ("host", "global"):
-                    warnings.append(f"{PARAMS[lname].name} can only be set in the environment or "
-                                    f"config file; {source} ignored")
-
+        layers, warnings = _layers(host_keys, global_keys, environ, hostname)
+        warnings += _misplaced(layers)
         values: dict[str, Value] = {}
         errors: list[str] = []
         for lname, param in PARAMS.items():
-            chosen: Value | None = None
-            for kind, layer in layers:
-                if lname not in layer:
-                    continue
-                if not param.datastore and kind in ("host", "global"):
-                    continue
-                raw, source = layer[lname]
-                try:
-                    chosen = Value(param.parse(raw), source)
-                    break
-                except (ValueError, TypeError) as e:
-                    if not param.datastore:
-                        # Process-level settings (etcd endpoints, TLS files, hostname) have
-                        # no safe fallback: guessing 127.0.0.1 would hide the mistake.
-                        errors.append(f"invalid value for {param.name} from {source}: {e}")
-                        break
-                    warnings.append(f"invalid value for {param.name} from {source}: {e}; ignored")
-            if chosen is None:
-                default = param.default
-                if param.name == "FelixHostname":
-                    default = hostname or socket.gethostname()
-                chosen = Value(default, "default")
-            values[lname] = chosen
+            values[lname] = _choose(param, layers, warnings, errors, hostname)
         cfg = cls(values, warnings)
         cfg.errors = errors
         return cfg
@@ -367,6 +317,70 @@ class Config:
         """Names of non-live parameters whose value differs in `new`."""
         return [p.name for lname, p in PARAMS.items()
                 if not p.live and self._values[lname].value != new._values[lname].value]
+
+
+Layer = dict[str, tuple[str, str]]  # lower-case name -> (raw value, where it came from)
+
+
+def _layers(host_keys: Mapping[str, str], global_keys: Mapping[str, str], environ: Mapping[str, str],
+            hostname: str | None) -> tuple[list[tuple[str, Layer]], list[str]]:
+    """Every source of a value, highest precedence first, so the first layer that parses wins."""
+    env_layer: Layer = {}
+    for var, raw in environ.items():
+        if var.upper().startswith("FELIX_"):
+            lname = var[6:].lower()
+            if lname in _ENV_IGNORED:
+                continue
+            env_layer[lname] = (raw, f"env {var}")
+    env_layer.update(_plain_etcd_env(environ, env_layer))
+    path = environ.get("FELIX_CONFIGFILE") or environ.get("FELIX_CONFIGFILE".lower()) or DEFAULT_CONFIG_FILE
+    file_layer, warnings = _read_file(path)
+    layers = [
+        ("env", env_layer),
+        ("file", file_layer),
+        ("host", {k.lower(): (v, f"host key /calico/v1/host/{hostname or '<host>'}/config/{k}")
+                  for k, v in host_keys.items()}),
+        ("global", {k.lower(): (v, f"global key /calico/v1/config/{k}") for k, v in global_keys.items()}),
+    ]
+    return layers, warnings
+
+
+def _misplaced(layers: list[tuple[str, Layer]]) -> list[str]:
+    """Warnings for names Felix does not know and process settings written to etcd, where they cannot act."""
+    warnings = []
+    for kind, layer in layers:
+        for lname, (_raw, source) in layer.items():
+            if lname not in PARAMS:
+                warnings.append(f"unknown Felix parameter from {source}: ignored")
+            elif not PARAMS[lname].datastore and kind in ("host", "global"):
+                warnings.append(f"{PARAMS[lname].name} can only be set in the environment or "
+                                f"config file; {source} ignored")
+    return warnings
+
+
+def _choose(param: Param, layers: list[tuple[str, Layer]], warnings: list[str], errors: list[str],
+            hostname: str | None) -> Value:
+    """The value from the first layer that sets and parses it; a bad datastore value falls through."""
+    lname = param.name.lower()
+    for kind, layer in layers:
+        if lname not in layer:
+            continue
+        if not param.datastore and kind in ("host", "global"):
+            continue
+        raw, source = layer[lname]
+        try:
+            return Value(param.parse(raw), source)
+        except (ValueError, TypeError) as e:
+            if not param.datastore:
+                # Process-level settings (etcd endpoints, TLS files, hostname) have
+                # no safe fallback: guessing 127.0.0.1 would hide the mistake.
+                errors.append(f"invalid value for {param.name} from {source}: {e}")
+                break
+            warnings.append(f"invalid value for {param.name} from {source}: {e}; ignored")
+    default = param.default
+    if param.name == "FelixHostname":
+        default = hostname or socket.gethostname()
+    return Value(default, "default")
 
 
 def _plain_etcd_env(environ: Mapping[str, str], have: Mapping[str, object]) -> dict[str, tuple[str, str]]:
