@@ -18,10 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aetcd
 import grpc
-from aetcd import rpc, transactions
-from aetcd.utils import prefix_range_end
+from aetcd import rpc
 
 from libcalico import etcdconf
 from libcalico.etcdconf import ConfigError, EtcdConfig
@@ -34,7 +32,8 @@ T = TypeVar("T")
 __all__ = [
     "KV", "WatchEvent", "Lease", "DatastoreClient", "DatastoreError", "DatastoreUnavailable",
     "CompactedError", "ConfigError", "run_sync", "mod", "value", "version", "create",
-    "op_put", "op_delete", "op_get",
+    "op_put", "op_delete", "op_get", "unchanged_since", "Compare", "Put", "Delete", "Get",
+    "prefix_range_end",
 ]
 
 # A dead peer is noticed by keepalive pings even on an idle watch stream; etcd
@@ -107,23 +106,123 @@ class Lease:
         await self.client.revoke_lease(self.id)
 
 
-# ---- transaction builders (str in, bytes to aetcd) ---------------------------
+# ---- transaction builders (str in, protobuf out) ------------------------------
+# Built here on aetcd's generated protobuf messages (`aetcd.rpc`, the etcd v3 API
+# itself) rather than on aetcd's client helpers, whose private request builders
+# changed shape between releases: an aetcd upgrade must not break the node.
 
 def _b(s: str | bytes) -> bytes:
     return s if isinstance(s, bytes) else s.encode()
 
 
-def mod(key: str) -> transactions.Mod:
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The etcd range_end that makes a range request cover every key starting with `prefix`."""
+    s = bytearray(prefix)
+    for i in reversed(range(len(s))):
+        if s[i] < 0xFF:
+            s[i] += 1
+            return bytes(s[:i + 1])
+    return b"\0"  # all 0xff: etcd reads "\0" as "to the end of the keyspace"
+
+
+class Compare:
+    """One guard of a transaction; written `mod(k) == rev`, `version(k) > 0`, ...
+
+    The comparison operators record the operator and operand and return the
+    guard itself, so the builders read like the condition they express.
+    """
+
+    _TARGETS = {"mod": rpc.Compare.MOD, "create": rpc.Compare.CREATE,
+                "version": rpc.Compare.VERSION, "value": rpc.Compare.VALUE}
+
+    def __init__(self, target: str, key: bytes, range_end: bytes | None = None):
+        self.target = target
+        self.key = key
+        self.range_end = range_end
+        self.op: int | None = None
+        self.value: int | str | bytes | None = None
+
+    def _set(self, op: int, other: object) -> Compare:
+        self.op, self.value = op, other  # type: ignore[assignment]
+        return self
+
+    def __eq__(self, other: object) -> Compare:  # type: ignore[override]
+        return self._set(rpc.Compare.EQUAL, other)
+
+    def __ne__(self, other: object) -> Compare:  # type: ignore[override]
+        return self._set(rpc.Compare.NOT_EQUAL, other)
+
+    def __lt__(self, other: object) -> Compare:
+        return self._set(rpc.Compare.LESS, other)
+
+    def __gt__(self, other: object) -> Compare:
+        return self._set(rpc.Compare.GREATER, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        span = self.key if self.range_end is None else f"[{self.key!r}, {self.range_end!r})"
+        return f"{self.target}({span}) op={self.op} {self.value!r}"
+
+    def build_message(self) -> Any:
+        if self.op is None:
+            raise ValueError(f"{self!r}: no comparison operator given")
+        msg = rpc.Compare(key=self.key, result=self.op, target=self._TARGETS[self.target])
+        if self.range_end is not None:
+            msg.range_end = self.range_end
+        if self.target == "value":
+            msg.value = _b(self.value)  # type: ignore[arg-type]
+        else:
+            setattr(msg, f"{self.target}_revision" if self.target != "version" else "version",
+                    int(self.value))  # type: ignore[arg-type]
+        return msg
+
+
+@dataclass(frozen=True)
+class Put:
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+    def build_message(self) -> Any:
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=self.key, value=self.value, lease=self.lease))
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: bytes
+    range_end: bytes | None = None
+
+    def build_message(self) -> Any:
+        req = rpc.DeleteRangeRequest(key=self.key)
+        if self.range_end is not None:
+            req.range_end = self.range_end
+        return rpc.RequestOp(request_delete_range=req)
+
+
+@dataclass(frozen=True)
+class Get:
+    key: bytes
+    range_end: bytes | None = None
+
+    def build_message(self) -> Any:
+        req = rpc.RangeRequest(key=self.key)
+        if self.range_end is not None:
+            req.range_end = self.range_end
+        return rpc.RequestOp(request_range=req)
+
+
+def mod(key: str) -> Compare:
     """`mod(k) == rev` compares the key's mod_revision (0 = absent)."""
-    return transactions.Mod(_b(key))
+    return Compare("mod", _b(key))
 
 
-def create(key: str) -> transactions.Create:
+def create(key: str) -> Compare:
     """`create(k) == 0` holds when the key does not exist."""
-    return transactions.Create(_b(key))
+    return Compare("create", _b(key))
 
 
-def unchanged_since(prefix: str, revision: int) -> transactions.Mod:
+def unchanged_since(prefix: str, revision: int) -> Compare:
     """Holds when no key under `prefix` was created or changed after `revision`.
 
     A check-then-write (no overlapping pool, no other node on this IP) made of
@@ -131,33 +230,30 @@ def unchanged_since(prefix: str, revision: int) -> transactions.Mod:
     a concurrent writer makes the transaction fail and the caller re-reads.
     """
     kb = _b(prefix)
-    return transactions.Mod(kb, range_end=prefix_range_end(kb)) < revision + 1
+    return Compare("mod", kb, range_end=prefix_range_end(kb)) < revision + 1
 
 
-def version(key: str) -> transactions.Version:
-    return transactions.Version(_b(key))
+def version(key: str) -> Compare:
+    return Compare("version", _b(key))
 
 
-def value(key: str) -> transactions.Value:
-    return transactions.Value(_b(key))
+def value(key: str) -> Compare:
+    return Compare("value", _b(key))
 
 
-def op_put(key: str, val: str, lease: Lease | int | None = None) -> transactions.Put:
+def op_put(key: str, val: str, lease: Lease | int | None = None) -> Put:
     lease_id = lease.id if isinstance(lease, Lease) else (lease or 0)
-    return transactions.Put(_b(key), _b(val), lease=lease_id)
+    return Put(_b(key), _b(val), lease_id)
 
 
-def op_delete(key: str, prefix: bool = False) -> transactions.Delete:
+def op_delete(key: str, prefix: bool = False) -> Delete:
     kb = _b(key)
-    return transactions.Delete(kb, range_end=prefix_range_end(kb) if prefix else None)
+    return Delete(kb, range_end=prefix_range_end(kb) if prefix else None)
 
 
-def op_get(key: str, prefix: bool = False) -> transactions.Get:
+def op_get(key: str, prefix: bool = False) -> Get:
     kb = _b(key)
-    return transactions.Get(kb, range_end=prefix_range_end(kb) if prefix else None)
-
-
-_BUILDER = aetcd.Client()  # only its request builders are used, it never connects
+    return Get(kb, range_end=prefix_range_end(kb) if prefix else None)
 
 
 # Keys that are not UTF-8 are skipped where they are read, in every program: one such key
@@ -196,32 +292,30 @@ def _watch_event(ev: Any) -> WatchEvent | None:
                       ev.kv.create_revision)
 
 
-class _Conn(aetcd.Client):
-    """aetcd's client bound to one endpoint, over TLS when asked (aetcd only dials insecure)."""
+class _Conn:
+    """One gRPC channel to one endpoint (TLS when its scheme asks) and the etcd service stubs on it.
+
+    Only aetcd's generated stubs are used (they are the etcd API): aetcd's own
+    client dials insecure only and keeps private state this must not depend on.
+    """
+
+    metadata = None  # no etcd user authentication: calls carry no token
 
     def __init__(self, endpoint: etcdconf.Endpoint, creds: grpc.ChannelCredentials | None, timeout: float):
-        super().__init__(host=endpoint.host, port=endpoint.port, timeout=timeout, options=_CHANNEL_OPTIONS)
         self.endpoint = endpoint
-        self._creds = creds
+        self.timeout = timeout
         self.loop = asyncio.get_running_loop()
-        self.watchstub: Any = None
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        target = self.endpoint.target
-        opts = list(self._options.items())
-        if self._creds is not None:
-            self.channel = grpc.aio.secure_channel(target, self._creds, options=opts)
+        opts = list(_CHANNEL_OPTIONS.items())
+        if creds is not None:
+            self.channel = grpc.aio.secure_channel(endpoint.target, creds, options=opts)
         else:
-            self.channel = grpc.aio.insecure_channel(target, options=opts)
+            self.channel = grpc.aio.insecure_channel(endpoint.target, options=opts)
         self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
         self.watchstub = rpc.WatchStub(self.channel)
-        self._watcher = None  # we run our own watch streams (see DatastoreClient.watch_batches)
-        self._connected.set()
+
+    async def close(self) -> None:
+        await self.channel.close()
 
 
 class DatastoreClient:
@@ -284,9 +378,7 @@ class DatastoreClient:
             self._conn = None
         if self._conn is None:
             ep = self.config.endpoints[self._idx]
-            conn = _Conn(ep, self._credentials(ep), self.timeout)
-            await conn.connect()
-            self._conn = conn
+            self._conn = _Conn(ep, self._credentials(ep), self.timeout)
         return self._conn, self._gen
 
     def _failover(self, gen: int) -> None:
@@ -420,8 +512,8 @@ class DatastoreClient:
         response is a list[KV], a delete the number deleted, a put None.
         """
         req = rpc.TxnRequest(compare=[c.build_message() for c in compare],
-                             success=_BUILDER._ops_to_requests(success or []),
-                             failure=_BUILDER._ops_to_requests(failure or []))
+                             success=[op.build_message() for op in success or []],
+                             failure=[op.build_message() for op in failure or []])
 
         async def fn(c: _Conn) -> Any:
             return await c.kvstub.Txn(req, timeout=self.timeout, metadata=c.metadata)

@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
-from aetcd import rpc, transactions
+from aetcd import rpc
 
 from calico_node import autodetect, settings, startup
 from libcalico import keys
-from libcalico.datastore import KV, DatastoreUnavailable
+from libcalico.datastore import KV, Compare, DatastoreUnavailable, Put
 
 
 class MemStore:
@@ -60,7 +60,7 @@ class MemStore:
         else:
             end = c.range_end.decode()
             found = [k for k in self.data if key <= k < end]
-        assert isinstance(c, transactions.Mod) and c.op == rpc.Compare.LESS, "only unchanged_since is modelled"
+        assert isinstance(c, Compare) and c.target == "mod" and c.op == rpc.Compare.LESS, "only unchanged_since is modelled"
         return all(self.mods[k] < c.value for k in found)
 
     async def txn(self, compare, success, failure, what=""):
@@ -71,7 +71,7 @@ class MemStore:
             return False, []
         out = []
         for op in success:
-            if isinstance(op, transactions.Put):
+            if isinstance(op, Put):
                 await self.put(op.key.decode(), op.value.decode())
                 out.append(None)
             else:
