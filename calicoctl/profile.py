@@ -248,43 +248,12 @@ def _parse_rule(name: str, rest: list[str], opts: dict) -> Action:
         raise usage_error(USAGE, [name, "rule"], "profile")
     cmd = rest[0]
     if cmd in ("show", "json") and len(rest) == 1 and at is None:
-        async def show(ctx: Context) -> int:
-            client = await ctx.client()
-            await _require(client, name)
-            rules = _load_rules(await client.get(keys.profile_rules(name)), name)
-            if cmd == "json":
-                ctx.print(json.dumps(rules, indent=2))
-                return 0
-            for title, field in (("Inbound rules:", "inbound_rules"), ("Outbound rules:", "outbound_rules")):
-                ctx.print(title)
-                for i, rule in enumerate(rules.get(field, []), 1):
-                    ctx.print(f"  {i:>2} {rule_text(rule)}")
-            return 0
-
-        return show
+        return _rules_show(name, as_json=cmd == "json")
     if cmd == "update" and len(rest) == 1 and at is None:
-        async def update(ctx: Context) -> int:
-            text = ctx.stdin.read()
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise ArgError(f"invalid rules on stdin: malformed JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise ArgError("invalid rules on stdin: expected a JSON object with inbound_rules/outbound_rules")
-            try:
-                model = ProfileRules.model_validate(data)
-            except ValidationError as err:
-                raise ArgError(f"invalid rules on stdin: {validation_reason(err)}") from None
-            client = await ctx.client()
-            await _require(client, name)
-            await client.put(keys.profile_rules(name), to_json(model))
-            return 0
-
-        return update
+        return _rules_update(name)
     if cmd in ("add", "remove"):
         if len(rest) < 2 or rest[1] not in ("inbound", "outbound"):
             raise usage_error(USAGE, [name, "rule", *rest], "profile")
-        field = f"{rest[1]}_rules"
         _check_position_syntax(at)
         words = rest[2:]
         if cmd == "remove" and (at is None) == (not words):
@@ -292,35 +261,77 @@ def _parse_rule(name: str, rest: list[str], opts: dict) -> Action:
         rule = parse_rule(words) if words else None
         if cmd == "add" and rule is None:
             raise ArgError("invalid rule: empty (start with 'allow' or 'deny')")
-
-        async def edit(ctx: Context) -> int:
-            client = await ctx.client()
-            await _require(client, name)
-
-            def change(raw: str | None) -> str | None:
-                rules = _load_rules(raw, name)
-                lst = rules.setdefault(field, [])
-                if cmd == "add":
-                    pos = _position(at, len(lst) + 1)
-                    lst.insert(len(lst) if pos is None else pos, rule)
-                else:
-                    if at is not None:
-                        if not lst:
-                            raise CliError(f"profile {name} has no {rest[1]} rules")
-                        del lst[_position(at, len(lst))]
-                    else:
-                        target = normalize(rule)  # type: ignore[arg-type]
-                        idx = next((i for i, r in enumerate(lst) if normalize(r) == target), None)
-                        if idx is None:
-                            raise CliError(f"profile {name} has no {rest[1]} rule '{rule_text(target)}'")
-                        del lst[idx]
-                return to_json(ProfileRules.model_validate(rules))
-
-            await read_modify_write(client, keys.profile_rules(name), change)
-            return 0
-
-        return edit
+        return _rules_edit(name, cmd, rest[1], at, rule)
     raise usage_error(USAGE, [name, "rule", *rest], "profile")
+
+
+def _rules_show(name: str, as_json: bool) -> Action:
+    async def show(ctx: Context) -> int:
+        client = await ctx.client()
+        await _require(client, name)
+        rules = _load_rules(await client.get(keys.profile_rules(name)), name)
+        if as_json:
+            ctx.print(json.dumps(rules, indent=2))
+            return 0
+        for title, field in (("Inbound rules:", "inbound_rules"), ("Outbound rules:", "outbound_rules")):
+            ctx.print(title)
+            for i, rule in enumerate(rules.get(field, []), 1):
+                ctx.print(f"  {i:>2} {rule_text(rule)}")
+        return 0
+
+    return show
+
+
+def _rules_update(name: str) -> Action:
+    async def update(ctx: Context) -> int:
+        text = ctx.stdin.read()
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ArgError(f"invalid rules on stdin: malformed JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ArgError("invalid rules on stdin: expected a JSON object with inbound_rules/outbound_rules")
+        try:
+            model = ProfileRules.model_validate(data)
+        except ValidationError as err:
+            raise ArgError(f"invalid rules on stdin: {validation_reason(err)}") from None
+        client = await ctx.client()
+        await _require(client, name)
+        await client.put(keys.profile_rules(name), to_json(model))
+        return 0
+
+    return update
+
+
+def _rules_edit(name: str, cmd: str, direction: str, at: str | None, rule: dict | None) -> Action:
+    """Add or remove one rule inside a read-modify-write, so a concurrent edit is retried, not lost."""
+    field = f"{direction}_rules"
+
+    def change(raw: str | None) -> str | None:
+        rules = _load_rules(raw, name)
+        lst = rules.setdefault(field, [])
+        if cmd == "add":
+            pos = _position(at, len(lst) + 1)
+            lst.insert(len(lst) if pos is None else pos, rule)
+        elif at is not None:
+            if not lst:
+                raise CliError(f"profile {name} has no {direction} rules")
+            del lst[_position(at, len(lst))]
+        else:
+            target = normalize(rule)  # type: ignore[arg-type]
+            idx = next((i for i, r in enumerate(lst) if normalize(r) == target), None)
+            if idx is None:
+                raise CliError(f"profile {name} has no {direction} rule '{rule_text(target)}'")
+            del lst[idx]
+        return to_json(ProfileRules.model_validate(rules))
+
+    async def edit(ctx: Context) -> int:
+        client = await ctx.client()
+        await _require(client, name)
+        await read_modify_write(client, keys.profile_rules(name), change)
+        return 0
+
+    return edit
 
 
 def parse(args: list[str]) -> Action:
