@@ -8,21 +8,24 @@ Why this shape:
   which replaces the contents atomically for the rules that use it.
 - Sets are only destroyed once nothing refers to them: callers apply
   `apply_updates()` (creates and fills) before the iptables writers and
-  `apply()` (which also destroys) after them.
+  `apply()` (which also destroys) after them.  That split is the one shape
+  this writer adds to the common protocol (`writer.StagedWriter`): a single
+  apply would need the iptables restore in its middle.
 - `ipset restore` is not transactional: on failure the kernel is re-read and
   the remaining difference retried.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from felix.dataplane.errors import DataplaneError
+from felix.dataplane.writer import WriterBase, WriterStats, log_restore_failure, offending_line
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +78,28 @@ def parse_save(text: str, prefix: str) -> tuple[dict[str, set[str]], dict[str, s
     return members, types
 
 
-class IpsetWriter:
-    """Owner of the `felix-v<family>-*` ipsets in one namespace. Coroutines: apply*, refresh, cleanup_stale."""
+@dataclass
+class IpsetStats(WriterStats):
+    restores: int = 0
+    restore_errors: int = 0
+    saves: int = 0
+    swaps: int = 0
+    members_added: int = 0
+    members_removed: int = 0
+    sets_destroyed: int = 0
+
+
+class IpsetWriter(WriterBase):
+    """Owner of the `felix-v<family>-*` ipsets in one namespace; a `writer.StagedWriter`."""
+
+    stats: IpsetStats
 
     def __init__(self, family: int, runner, retries: int = 3, backoff: float = 0.1):
         if family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, not {family!r}")
+        super().__init__(IpsetStats(), retries, backoff)
         self.family = family
         self.runner = runner
-        self.retries = retries
-        self.backoff = backoff
         self.prefix = set_prefix(family)
         self.tmp_name = self.prefix + "_tmp"  # lowercase: hashed names are upper-case base32, no clash
         self._create_args = f"{SET_TYPE} family {'inet' if family == 4 else 'inet6'}"
@@ -92,11 +107,6 @@ class IpsetWriter:
         self._to_delete: set[str] = set()
         self._kernel: dict[str, set[str]] | None = None
         self._kernel_types: dict[str, str] = {}
-        self._lock = asyncio.Lock()
-        self.stats: dict[str, float] = {
-            "restores": 0, "restore_errors": 0, "saves": 0, "swaps": 0,
-            "members_added": 0, "members_removed": 0, "sets_destroyed": 0, "last_apply_seconds": 0.0,
-        }
 
     # ---- model ----
     def _check_name(self, name: str) -> None:
@@ -118,6 +128,14 @@ class IpsetWriter:
 
     def members(self, name: str) -> frozenset[str] | None:
         return self._desired.get(name)
+
+    def desired_sets(self) -> Mapping[str, frozenset[str]]:
+        """Read-only live view of the model (name -> members), for metrics: no copy per scrape."""
+        return MappingProxyType(self._desired)
+
+    @property
+    def loaded(self) -> bool:
+        return self._kernel is not None
 
     @property
     def dirty(self) -> bool:
@@ -165,7 +183,7 @@ class IpsetWriter:
     # ---- kernel ----
     async def load(self) -> dict[str, set[str]]:
         r = await self.runner.run(["ipset", "save"])
-        self.stats["saves"] += 1
+        self.stats.saves += 1
         if not r.ok:
             raise DataplaneError(f"ipset save failed: {r.stderr.strip()}")
         self._kernel, self._kernel_types = parse_save(r.stdout, self.prefix)
@@ -176,72 +194,68 @@ class IpsetWriter:
         k = self._kernel
         for name, want in self._desired.items():
             have = k.get(name, set())
-            self.stats["members_added"] += len(want - have)
-            self.stats["members_removed"] += len(have - want)
+            self.stats.members_added += len(want - have)
+            self.stats.members_removed += len(have - want)
             k[name] = set(want)
             self._kernel_types[name] = self._create_args
         if deletions:
             for n in list(self._to_delete):
                 if n in k:
-                    self.stats["sets_destroyed"] += 1
+                    self.stats.sets_destroyed += 1
                     k.pop(n)
                     self._kernel_types.pop(n, None)
             self._to_delete.clear()
 
-    async def _apply(self, deletions: bool) -> bool:
-        async with self._lock:
-            return await self._apply_locked(deletions)
+    async def _apply(self) -> bool:
+        """Everything, destroys included (the protocol's apply)."""
+        return await self._restore(deletions=True)
 
-    async def _apply_locked(self, deletions: bool) -> bool:
-        t0 = time.monotonic()
-        try:
-            if self._kernel is None:
-                await self.load()
-            last_err = ""
-            for attempt in range(self.retries + 1):
-                with_del = deletions and (attempt < self.retries)
-                text, swaps = self.render(with_del)
-                if not text:
-                    if deletions and not with_del and self._to_delete:
-                        log.error("ipsets v%d: destroying %s failed, deferred: %s",
-                                  self.family, sorted(self._to_delete), last_err)
-                    return attempt > 0
-                self.stats["restores"] += 1
-                r = await self.runner.run(["ipset", "-exist", "restore"], input=text)
-                if r.ok:
-                    self.stats["swaps"] += swaps
-                    self._commit(with_del)
-                    if deletions and not with_del:
-                        log.error("ipsets v%d: destroying sets failed, deferred: %s", self.family, last_err)
-                    return True
-                self.stats["restore_errors"] += 1
-                last_err = r.stderr.strip()
-                log.warning("ipset restore v%d failed (attempt %d): %s", self.family, attempt + 1, last_err)
-                await asyncio.sleep(self.backoff * (2 ** attempt))
-                await self.load()  # restore is not atomic: see what did land
-            raise DataplaneError(f"ipsets v{self.family}: restore failed: {last_err}")
-        finally:
-            self.stats["last_apply_seconds"] = time.monotonic() - t0
-
-    async def prefetch(self) -> None:
-        """Read `ipset save` ahead of the first apply (read-only; see RouteWriter.prefetch)."""
-        async with self._lock:
-            if self._kernel is None:
-                await self.load()
+    async def _restore(self, deletions: bool) -> bool:
+        """The difference in one `ipset restore`; on failure the kernel is re-read and the rest retried."""
+        last_err = ""
+        for attempt in range(self.retries + 1):
+            with_del = deletions and (attempt < self.retries)
+            text, swaps = self.render(with_del)
+            if not text:
+                if deletions and not with_del and self._to_delete:
+                    log.error("ipsets v%d: destroying %s failed, deferred: %s",
+                              self.family, sorted(self._to_delete), last_err)
+                return attempt > 0
+            self.stats.restores += 1
+            r = await self.runner.run(["ipset", "-exist", "restore"], input=text)
+            if r.ok:
+                self.stats.swaps += swaps
+                self._commit(with_del)
+                if deletions and not with_del:
+                    log.error("ipsets v%d: destroying sets failed, deferred: %s", self.family, last_err)
+                return True
+            self.stats.restore_errors += 1
+            last_err = r.stderr.strip()
+            if (culprit := offending_line(text, last_err)) is not None:
+                last_err = f"{last_err} [{culprit}]"
+            log_restore_failure(log, f"ipset restore v{self.family}", attempt + 1, text, r.stderr)
+            await self._backoff(attempt)
+            await self.load()  # restore is not atomic: see what did land
+        raise DataplaneError(f"ipsets v{self.family}: restore failed: {last_err}")
 
     async def apply_updates(self) -> bool:
         """Create and fill sets; destroys nothing (run before iptables so new rules find their sets)."""
-        return await self._apply(deletions=False)
+        async with self._lock:
+            return await self._run(self._restore, False)
 
     async def apply(self) -> bool:
         """Everything, including destroying removed sets (run after iptables dropped their references)."""
-        return await self._apply(deletions=True)
+        return await super().apply()
 
     async def refresh(self) -> bool:
-        """Re-read `ipset save` and repair any drift in our sets (members added/removed by hand)."""
+        """Re-read `ipset save` and repair any drift in our sets (members added/removed by hand).
+
+        Destroys nothing: destroying is `apply()`'s, which the caller runs only
+        once the iptables writers no longer reference the set.
+        """
         async with self._lock:
             await self.load()
-            return await self._apply_locked(False)
+            return await self._run(self._restore, False)
 
     async def cleanup_stale(self, keep: set[str] | frozenset[str] = frozenset()) -> bool:
         """Destroy our-prefixed sets the model does not know (only once in sync)."""
@@ -250,7 +264,7 @@ class IpsetWriter:
             for n in self._kernel:
                 if n not in self._desired and n not in keep:
                     self._to_delete.add(n)
-            return await self._apply_locked(True)
+            return await self._run(self._restore, True)
 
     def kernel_sets(self) -> dict[str, set[str]]:
         return {} if self._kernel is None else {k: set(v) for k, v in self._kernel.items()}

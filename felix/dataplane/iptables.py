@@ -15,17 +15,16 @@ Why this shape:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import difflib
 import hashlib
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 
 from felix.dataplane.backend import Backend
 from felix.dataplane.errors import DataplaneError
+from felix.dataplane.writer import WriterBase, WriterStats, log_restore_failure, offending_line
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +104,23 @@ def parse_save(text: str, table: str) -> KernelTable:
     return kt
 
 
-class IptablesTable:
+@dataclass
+class IptablesStats(WriterStats):
+    restores: int = 0
+    restore_errors: int = 0
+    saves: int = 0
+    chains_written: int = 0
+    chains_deleted: int = 0
+    hooks_written: int = 0
+
+
+class IptablesTable(WriterBase):
     """Owner of Felix's chains and hook rules in one table of one IP family.
 
-    Coroutines: `apply()`, `refresh()`, `cleanup_stale()`. Model calls are sync and cheap.
+    A `felix.dataplane.writer.Writer`. Model calls are sync and cheap.
     """
+
+    stats: IptablesStats
 
     def __init__(self, family: int, table: str, runner, backend: Backend,
                  retries: int = 3, backoff: float = 0.1, lock_wait: int = 10):
@@ -117,12 +128,11 @@ class IptablesTable:
             raise ValueError(f"family must be 4 or 6, not {family!r}")
         if table not in BUILTINS:
             raise ValueError(f"unknown iptables table {table!r}")
+        super().__init__(IptablesStats(), retries, backoff)
         self.family = family
         self.table = table
         self.runner = runner
         self.backend = backend
-        self.retries = retries
-        self.backoff = backoff
         self.lock_wait = lock_wait
         self._rules: dict[str, list[str]] = {}
         self._hashes: dict[str, list[str]] = {}
@@ -130,12 +140,6 @@ class IptablesTable:
         self._hook_hashes: dict[str, list[str]] = {}
         self._to_delete: set[str] = set()
         self._kernel: KernelTable | None = None  # None: unknown, read before the next apply
-        self._lock = asyncio.Lock()  # apply/refresh/cleanup may be scheduled concurrently by Felix
-        self.stats: dict[str, float] = {
-            "restores": 0, "restore_errors": 0, "saves": 0,
-            "chains_written": 0, "chains_deleted": 0, "hooks_written": 0,
-            "last_apply_seconds": 0.0,
-        }
 
     # ---- model ----
     def set_chain(self, name: str, rules: list[str]) -> None:
@@ -165,6 +169,10 @@ class IptablesTable:
 
     def chains(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self._rules.items()}
+
+    @property
+    def loaded(self) -> bool:
+        return self._kernel is not None
 
     @property
     def dirty(self) -> bool:
@@ -256,7 +264,7 @@ class IptablesTable:
     async def load(self) -> KernelTable:
         """Read our chains and the builtin chains from iptables-save (the only reader of kernel state)."""
         r = await self.runner.run([self.backend.save_cmd(self.family), "-t", self.table])
-        self.stats["saves"] += 1
+        self.stats.saves += 1
         if not r.ok:
             raise DataplaneError(f"{self.backend.save_cmd(self.family)} -t {self.table} failed: {r.stderr.strip()}")
         self._kernel = parse_save(r.stdout, self.table)
@@ -264,7 +272,7 @@ class IptablesTable:
 
     async def _restore(self, text: str):
         argv = [self.backend.restore_cmd(self.family), "--noflush", "--wait", str(self.lock_wait)]
-        self.stats["restores"] += 1
+        self.stats.restores += 1
         return await self.runner.run(argv, input=text)
 
     def _commit(self, write: list[str], delete: list[str], hooks: dict) -> None:
@@ -285,61 +293,42 @@ class IptablesTable:
                 self._hooks.pop(b)
                 self._hook_hashes.pop(b)
         self._to_delete &= set(k.chains)
-        self.stats["chains_written"] += len(write)
-        self.stats["chains_deleted"] += len(delete)
-        self.stats["hooks_written"] += len(hooks)
-
-    async def prefetch(self) -> None:
-        """Read the table ahead of the first apply (read-only; see RouteWriter.prefetch)."""
-        async with self._lock:
-            if self._kernel is None:
-                await self.load()
-
-    async def apply(self) -> bool:
-        """Write every changed chain/hook in ONE restore; True if anything was written (see _apply)."""
-        async with self._lock:
-            return await self._apply()
+        self.stats.chains_written += len(write)
+        self.stats.chains_deleted += len(delete)
+        self.stats.hooks_written += len(hooks)
 
     async def _apply(self) -> bool:
         """Write every changed chain/hook in ONE restore; True if anything was written.
 
-        On failure: re-read the kernel and retry with backoff; a last attempt
-        leaves chain deletions out (a chain still referenced by someone else must
-        not block every other update). Raises DataplaneError when all fail; the
-        model stays dirty so the next apply retries.
+        On failure: log the refused line with its neighbours, re-read the
+        kernel and retry with backoff; a last attempt leaves chain deletions
+        out (a chain still referenced by someone else must not block every
+        other update). Raises DataplaneError when all fail; the model stays
+        dirty so the next apply retries.  `refresh()` (the base's: re-read,
+        then this) rewrites whatever drifted; others' rules stay untouched.
         """
-        t0 = time.monotonic()
-        try:
-            if self._kernel is None:
-                await self.load()
-            last_err = ""
-            for attempt in range(self.retries + 1):
-                with_deletes = attempt < self.retries or not self._to_delete
-                text, write, delete, hooks = self.render(with_deletes)
-                if not text:
-                    return attempt > 0
-                r = await self._restore(text)
-                if r.ok:
-                    self._commit(write, delete, hooks)
-                    if not with_deletes:
-                        log.error("iptables v%d %s: deleting chains %s failed, deferred: %s",
-                                  self.family, self.table, self._pending_deletes(), last_err)
-                    return True
-                self.stats["restore_errors"] += 1
-                last_err = r.stderr.strip()
-                log.warning("iptables v%d %s restore failed (attempt %d): %s",
-                            self.family, self.table, attempt + 1, last_err)
-                await asyncio.sleep(self.backoff * (2 ** attempt))
-                await self.load()
-            raise DataplaneError(f"iptables v{self.family} {self.table}: restore failed: {last_err}")
-        finally:
-            self.stats["last_apply_seconds"] = time.monotonic() - t0
-
-    async def refresh(self) -> bool:
-        """Re-read the kernel and rewrite any of our chains/hooks that drifted; others' rules untouched."""
-        async with self._lock:
+        last_err = ""
+        for attempt in range(self.retries + 1):
+            with_deletes = attempt < self.retries or not self._to_delete
+            text, write, delete, hooks = self.render(with_deletes)
+            if not text:
+                return attempt > 0
+            r = await self._restore(text)
+            if r.ok:
+                self._commit(write, delete, hooks)
+                if not with_deletes:
+                    log.error("iptables v%d %s: deleting chains %s failed, deferred: %s",
+                              self.family, self.table, self._pending_deletes(), last_err)
+                return True
+            self.stats.restore_errors += 1
+            last_err = r.stderr.strip()
+            if (culprit := offending_line(text, last_err)) is not None:
+                last_err = f"{last_err} [{culprit}]"
+            log_restore_failure(log, f"iptables v{self.family} {self.table} restore", attempt + 1,
+                                text, r.stderr)
+            await self._backoff(attempt)
             await self.load()
-            return await self._apply()
+        raise DataplaneError(f"iptables v{self.family} {self.table}: restore failed: {last_err}")
 
     async def cleanup_stale(self, keep: set[str] | frozenset[str] = frozenset()) -> bool:
         """Delete felix chains and hook rules the model does not know (call only once in sync)."""
@@ -352,7 +341,7 @@ class IptablesTable:
                 if b not in self._hooks and any(h is not None for h, _ in rules):
                     self._hooks[b] = []
                     self._hook_hashes[b] = []
-            return await self._apply()
+            return await self._run(self._apply)
 
     def kernel_chains(self) -> dict[str, list[str | None]]:
         """Last known kernel view of our chains (hashes), for tests and diagnostics."""
