@@ -253,11 +253,40 @@ class BgpStore:
         """The template context without the keys in `exclude`, and the keys the rules left out."""
         me = self.node
         findings: list[Finding] = []
-        g: dict[str, Any] = {"as": None, "mesh": False, "loglevel": None}
-        hosts: dict[str, dict[str, Any]] = {}
-        global_peers: dict[int, dict[str, tuple[int, str]]] = {4: {}, 6: {}}
-        pools: dict[int, list[PoolView]] = {4: [], 6: []}
-        blocks: dict[int, list[tuple[str, str]]] = {4: [], 6: []}
+        got = self._gather(exclude)
+        mine = got.hosts.get(me.name, {})
+        default_as = got.g["as"] or DEFAULT_AS
+        local_as = mine.get("as") or default_as
+        loglevel = mine.get("loglevel") or got.g["loglevel"]
+        debug = None if loglevel == "none" else ("all" if loglevel == "debug" else "states")
+        ip4 = mine.get("ip4") or me.ip4
+        ip6 = mine.get("ip6") or me.ip6
+        ctx: dict[str, Any] = {
+            "node": {"name": me.name, "ip4": ip4, "ip6": ip6, "as": local_as, "debug": debug,
+                     "router_id": ip4},
+            "mesh": got.g["mesh"],
+        }
+        for v, own_ip in ((4, ip4), (6, ip6)):
+            fam: dict[str, Any] = {"version": v, "ip": own_ip, "enabled": own_ip is not None and ip4 is not None}
+            holders = self._address_holders(got.hosts, v, findings)
+            mesh = self._mesh_peers(got.hosts, holders, v, own_ip, default_as) if got.g["mesh"] and own_ip else []
+            node_peers = _peers("Node", mine.get(f"peers{v}", {}), own_ip)
+            glob = _peers("Global", got.global_peers[v], own_ip)
+            kept = _one_session_per_neighbour(node_peers, glob, mesh, findings)
+            fam["mesh_peers"] = kept["mesh"]
+            fam["global_peers"] = kept["global"]
+            fam["node_peers"] = kept["node"]
+            fam["pools"] = [{"cidr": p.cidr, "ipip": p.ipip, "vxlan": p.vxlan, "overlay": p.ipip or p.vxlan,
+                             "masquerade": p.masquerade, "disabled": p.disabled}
+                            for p in sorted(got.pools[v], key=lambda p: _net_sort(p.cidr))]
+            fam["blocks"] = self._valid_blocks(v, got.blocks[v], got.pools[v], findings)
+            ctx[f"v{v}"] = fam
+        return ctx, findings
+
+    def _gather(self, exclude: frozenset[str] | set[str]) -> _Gathered:
+        """The stored values sorted by what they configure, so the context is built from one pass."""
+        got = _Gathered()
+        g = got.g
         for path, (key, value) in self.values.items():
             if path in exclude:
                 continue
@@ -269,15 +298,15 @@ class BgpStore:
             elif k == "bgp_global_loglevel":
                 g["loglevel"] = value
             elif k == "bgp_global_peer":
-                global_peers[key.version][value[0]] = (value[1], path)
+                got.global_peers[key.version][value[0]] = (value[1], path)
             elif k == "pool":
-                pools[key.version].append(value)
+                got.pools[key.version].append(value)
             elif k == "block_affinity":
                 if value == "confirmed":
-                    blocks[key.version].append((key.cidr, path))
+                    got.blocks[key.version].append((key.cidr, path))
             else:
-                h = hosts.setdefault(key.host, {"ip4": None, "ip6": None, "as": None, "loglevel": None,
-                                                "peers4": {}, "peers6": {}, "path4": None, "path6": None})
+                h = got.hosts.setdefault(key.host, {"ip4": None, "ip6": None, "as": None, "loglevel": None,
+                                                    "peers4": {}, "peers6": {}, "path4": None, "path6": None})
                 if k == "bgp_host_ip":
                     h[f"ip{key.version}"] = value
                     h[f"path{key.version}"] = path
@@ -287,66 +316,26 @@ class BgpStore:
                     h["loglevel"] = value
                 elif k == "bgp_host_peer":
                     h[f"peers{key.version}"][value[0]] = (value[1], path)
-        mine = hosts.get(me.name, {})
-        default_as = g["as"] or DEFAULT_AS
-        local_as = mine.get("as") or default_as
-        loglevel = mine.get("loglevel") or g["loglevel"]
-        debug = None if loglevel == "none" else ("all" if loglevel == "debug" else "states")
-        ip4 = mine.get("ip4") or me.ip4
-        ip6 = mine.get("ip6") or me.ip6
-        ctx: dict[str, Any] = {
-            "node": {"name": me.name, "ip4": ip4, "ip6": ip6, "as": local_as, "debug": debug,
-                     "router_id": ip4},
-            "mesh": g["mesh"],
-        }
-        for v, own_ip in ((4, ip4), (6, ip6)):
-            fam: dict[str, Any] = {"version": v, "ip": own_ip, "enabled": own_ip is not None and ip4 is not None}
-            holders = self._address_holders(hosts, v, findings)
-            mesh = []
-            if g["mesh"] and own_ip:
-                for hip in sorted(holders, key=lambda i: int(ipaddress.ip_address(i))):
-                    hname = holders[hip]
-                    h = hosts[hname]
-                    if hname == me.name or hip == own_ip:
-                        continue  # never a session to this node's own address
-                    # One direction only: the node with the higher address connects, the
-                    # other listens. Both connecting at once makes BIRD resolve a
-                    # collision by closing the session it just established, and a
-                    # close during a peer's graceful restart flushes the routes the
-                    # restart was meant to keep (seen as multi-second drops on a
-                    # BIRD restart, and as slow mesh start-up).
-                    passive = ipaddress.ip_address(hip) > ipaddress.ip_address(own_ip)
-                    mesh.append({"name": f"Mesh_{protocol_id(hip)}", "ip": hip, "as": h["as"] or default_as,
-                                 "host": hname, "passive": passive, "path": h[f"path{v}"]})
-            node_peers = _peers("Node", mine.get(f"peers{v}", {}), own_ip)
-            glob = _peers("Global", global_peers[v], own_ip)
-            # One session per neighbour: an explicit node peer beats a global one, and either
-            # beats the mesh (its AS was written for that neighbour on purpose). Two BIRD
-            # protocols to one neighbour both come up half-working, or not at all.
-            taken: dict[str, str] = {}
-            names: set[str] = set()
-            kept: dict[str, list[dict[str, Any]]] = {"node": [], "global": [], "mesh": []}
-            for kind, plist in (("node", node_peers), ("global", glob), ("mesh", mesh)):
-                for p in plist:
-                    other = taken.get(p["ip"])
-                    if other is None and p["name"] in names:
-                        other = "a protocol of the same name"
-                    if other is not None:
-                        findings.append(Finding(p["path"], f"neighbour {p['ip']} is already peered by {other}",
-                                                mine=False))
-                        continue
-                    taken[p["ip"]] = p["path"]
-                    names.add(p["name"])
-                    kept[kind].append(p)
-            fam["mesh_peers"] = kept["mesh"]
-            fam["global_peers"] = kept["global"]
-            fam["node_peers"] = kept["node"]
-            fam["pools"] = [{"cidr": p.cidr, "ipip": p.ipip, "vxlan": p.vxlan, "overlay": p.ipip or p.vxlan,
-                             "masquerade": p.masquerade, "disabled": p.disabled}
-                            for p in sorted(pools[v], key=lambda p: _net_sort(p.cidr))]
-            fam["blocks"] = self._valid_blocks(v, blocks[v], pools[v], findings)
-            ctx[f"v{v}"] = fam
-        return ctx, findings
+        return got
+
+    def _mesh_peers(self, hosts: dict[str, dict[str, Any]], holders: dict[str, str], v: int, own_ip: str,
+                    default_as: Any) -> list[dict[str, Any]]:
+        mesh = []
+        for hip in sorted(holders, key=lambda i: int(ipaddress.ip_address(i))):
+            hname = holders[hip]
+            h = hosts[hname]
+            if hname == self.node.name or hip == own_ip:
+                continue  # never a session to this node's own address
+            # One direction only: the node with the higher address connects, the
+            # other listens. Both connecting at once makes BIRD resolve a
+            # collision by closing the session it just established, and a
+            # close during a peer's graceful restart flushes the routes the
+            # restart was meant to keep (seen as multi-second drops on a
+            # BIRD restart, and as slow mesh start-up).
+            passive = ipaddress.ip_address(hip) > ipaddress.ip_address(own_ip)
+            mesh.append({"name": f"Mesh_{protocol_id(hip)}", "ip": hip, "as": h["as"] or default_as,
+                         "host": hname, "passive": passive, "path": h[f"path{v}"]})
+        return mesh
 
     def _address_holders(self, hosts: dict[str, dict[str, Any]], v: int,
                          findings: list[Finding]) -> dict[str, str]:
@@ -422,6 +411,37 @@ class PoolView:
 def _net_sort(cidr: str) -> tuple:
     n = ipaddress.ip_network(cidr)
     return (n.version, int(n.network_address), n.prefixlen)
+
+
+@dataclass
+class _Gathered:
+    g: dict[str, Any] = field(default_factory=lambda: {"as": None, "mesh": False, "loglevel": None})
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    global_peers: dict[int, dict[str, tuple[int, str]]] = field(default_factory=lambda: {4: {}, 6: {}})
+    pools: dict[int, list[PoolView]] = field(default_factory=lambda: {4: [], 6: []})
+    blocks: dict[int, list[tuple[str, str]]] = field(default_factory=lambda: {4: [], 6: []})
+
+
+def _one_session_per_neighbour(node_peers: list[dict[str, Any]], glob: list[dict[str, Any]],
+                               mesh: list[dict[str, Any]], findings: list[Finding]) -> dict[str, list[dict[str, Any]]]:
+    """An explicit node peer beats a global one, and either beats the mesh (its AS was written for that
+    neighbour on purpose): two BIRD protocols to one neighbour both come up half-working, or not at all."""
+    taken: dict[str, str] = {}
+    names: set[str] = set()
+    kept: dict[str, list[dict[str, Any]]] = {"node": [], "global": [], "mesh": []}
+    for kind, plist in (("node", node_peers), ("global", glob), ("mesh", mesh)):
+        for p in plist:
+            other = taken.get(p["ip"])
+            if other is None and p["name"] in names:
+                other = "a protocol of the same name"
+            if other is not None:
+                findings.append(Finding(p["path"], f"neighbour {p['ip']} is already peered by {other}",
+                                        mine=False))
+                continue
+            taken[p["ip"]] = p["path"]
+            names.add(p["name"])
+            kept[kind].append(p)
+    return kept
 
 
 def _peers(prefix: str, peers: dict[str, tuple[int, str]], own_ip: str | None) -> list[dict[str, Any]]:
