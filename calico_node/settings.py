@@ -72,13 +72,34 @@ class NodeSettings:
 def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
     """Parse and validate the node's environment; raises SettingsError naming the variable."""
     env = dict(os.environ if env is None else env)
+    ip, ip6 = _addresses(env)
+    dirs = _dirs(env)
+    return NodeSettings(
+        nodename=_nodename(env), ip=ip, ip6=ip6, as_num=_as_num(env),
+        networking=_bool(env, "CALICO_NETWORKING", True),
+        disable_file_logging=_bool(env, "CALICO_DISABLE_FILE_LOGGING", False),
+        no_default_pools=_bool(env, "NO_DEFAULT_POOLS", False),
+        wait_for_datastore=_bool(env, "WAIT_FOR_DATASTORE", False),
+        autodetect_interface=_interface_pattern(env),
+        run_dir=dirs["CALICO_RUN_DIR"], log_dir=dirs["CALICO_LOG_DIR"], conf_dir=dirs["CALICO_CONF_DIR"],
+        log_max_bytes=_int(env, "CALICO_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, 1024),
+        log_backups=_int(env, "CALICO_LOG_BACKUPS", DEFAULT_LOG_BACKUPS, 0),
+        env=env,
+    )
+
+
+def _nodename(env: Mapping[str, str]) -> str:
     nodename = (env.get("NODENAME") or env.get("HOSTNAME") or socket.gethostname()).strip()
     try:
         validate_name(nodename, "node name")
     except ValueError as e:
         var = "NODENAME" if env.get("NODENAME") else "HOSTNAME"
         raise SettingsError(f"{var}: {e}") from None
+    return nodename
 
+
+def _addresses(env: Mapping[str, str]) -> tuple[str, str]:
+    """IP and IP6: an address, or AUTODETECT; IPv4 autodetects when unset, IPv6 stays off ("")."""
     ip = env.get("IP", "").strip()
     if ip.lower() in ("", AUTODETECT):
         ip = AUTODETECT
@@ -87,7 +108,6 @@ def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
             ip = validate_ip(ip, 4)
         except ValueError as e:
             raise SettingsError(f"IP: {e}") from None
-
     ip6 = env.get("IP6", "").strip()
     if ip6.lower() == AUTODETECT:
         ip6 = AUTODETECT
@@ -96,22 +116,30 @@ def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
             ip6 = validate_ip(ip6, 6)
         except ValueError as e:
             raise SettingsError(f"IP6: {e}") from None
+    return ip, ip6
 
+
+def _as_num(env: Mapping[str, str]) -> int | None:
     as_raw = env.get("AS", "").strip()
-    as_num = None
-    if as_raw:
-        try:
-            as_num = validate_asn(as_raw)
-        except ValueError as e:
-            raise SettingsError(f"AS: {e}") from None
+    if not as_raw:
+        return None
+    try:
+        return validate_asn(as_raw)
+    except ValueError as e:
+        raise SettingsError(f"AS: {e}") from None
 
-    pattern = None
-    if env.get("IP_AUTODETECT_INTERFACE", "").strip():
-        try:
-            pattern = re.compile(env["IP_AUTODETECT_INTERFACE"].strip())
-        except re.error as e:
-            raise SettingsError(f"IP_AUTODETECT_INTERFACE: bad regular expression: {e}") from None
 
+def _interface_pattern(env: Mapping[str, str]) -> re.Pattern[str] | None:
+    if not env.get("IP_AUTODETECT_INTERFACE", "").strip():
+        return None
+    try:
+        return re.compile(env["IP_AUTODETECT_INTERFACE"].strip())
+    except re.error as e:
+        raise SettingsError(f"IP_AUTODETECT_INTERFACE: bad regular expression: {e}") from None
+
+
+def _dirs(env: Mapping[str, str]) -> dict[str, str]:
+    """The run/log/conf dirs end up in supervisord's config, where '%' and ';' mean something."""
     dirs = {}
     for var, default in (("CALICO_RUN_DIR", DEFAULT_RUN_DIR), ("CALICO_LOG_DIR", DEFAULT_LOG_DIR),
                          ("CALICO_CONF_DIR", DEFAULT_CONF_DIR)):
@@ -119,16 +147,4 @@ def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
         if not os.path.isabs(value) or any(c in value for c in "\n\r%;"):
             raise SettingsError(f"{var}={value!r}: expected an absolute path without '%', ';' or newlines")
         dirs[var] = os.path.normpath(value)
-
-    return NodeSettings(
-        nodename=nodename, ip=ip, ip6=ip6, as_num=as_num,
-        networking=_bool(env, "CALICO_NETWORKING", True),
-        disable_file_logging=_bool(env, "CALICO_DISABLE_FILE_LOGGING", False),
-        no_default_pools=_bool(env, "NO_DEFAULT_POOLS", False),
-        wait_for_datastore=_bool(env, "WAIT_FOR_DATASTORE", False),
-        autodetect_interface=pattern,
-        run_dir=dirs["CALICO_RUN_DIR"], log_dir=dirs["CALICO_LOG_DIR"], conf_dir=dirs["CALICO_CONF_DIR"],
-        log_max_bytes=_int(env, "CALICO_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, 1024),
-        log_backups=_int(env, "CALICO_LOG_BACKUPS", DEFAULT_LOG_BACKUPS, 0),
-        env=env,
-    )
+    return dirs
