@@ -26,25 +26,42 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from felix.calc.overlay import IPIP_DEV, VXLAN_DEV, OverlayState
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.routes import NUD_PERMANENT, PRIO_OVERLAY, RouteWriter
+from felix.dataplane.writer import WriterBase, WriterStats
+from felix.desired import IPIP_DEV, VXLAN_DEV, OverlayState
 
 log = logging.getLogger(__name__)
 
 IFF_UP = 1
 
 
-class OverlayDataplane:
-    """Owner of vxlan.calico / tunl0 in one namespace. Coroutines: apply, cleanup_stale."""
+@dataclass
+class OverlayStats(WriterStats):
+    device_changes: int = 0
+    errors: int = 0
+
+
+class OverlayDataplane(WriterBase):
+    """Owner of vxlan.calico / tunl0 in one namespace; a `felix.dataplane.writer.Writer`.
+
+    `set_state(state)` hands over the calculator's OverlayState like the other
+    writers' `set_*`; `apply()` programs it.  There is no kernel view to load
+    up-front: each apply reads the two devices it checks, so `load()` and
+    `prefetch()` do nothing and `refresh()` is another apply of the last state.
+    """
+
+    stats: OverlayStats
 
     def __init__(self, netns: str | None = None, routes: RouteWriter | None = None, vni: int = 4096,
                  port: int = 4789, mtu: int = 1410, ipip_mtu: int = 1440,
                  on_vxlan_mac: Callable[[str], Awaitable[None] | None] | None = None):
+        super().__init__(OverlayStats())
         self.netns = netns
         self._own_routes = routes is None
         self.routes = routes if routes is not None else RouteWriter(netns)
@@ -57,7 +74,8 @@ class OverlayDataplane:
         self._vxlan_waiting: str | None = None     # why VXLAN is enabled but cannot be built yet
         self._neigh: dict[str, str] = {}           # what we last pushed: VTEP ip -> mac
         self._ipr: AsyncIPRoute | None = None
-        self.stats: dict[str, float] = {"device_changes": 0, "errors": 0, "last_apply_seconds": 0.0}
+        self._state: OverlayState | None = None   # what set_state handed over
+        self._state_dirty = False
 
     @classmethod
     def from_config(cls, cfg: object, netns: str | None = None, routes: RouteWriter | None = None,
@@ -86,19 +104,51 @@ class OverlayDataplane:
             out.append(self._vxlan_waiting)
         return out
 
-    # ---- main entry ----
-    async def apply(self, state: OverlayState) -> None:
-        """Bring devices, neighbours, fdb and routes to `state`. Raises DataplaneError on kernel errors."""
-        t0 = asyncio.get_running_loop().time()
+    def republish_mac(self) -> None:
+        """Call `on_vxlan_mac` again at the next apply (the datastore holds a stale MAC for us)."""
+        self._published_mac = None
+
+    # ---- the Writer protocol ----
+    def set_state(self, state: OverlayState) -> None:
+        """Desired overlay (model only; `apply()` programs it)."""
+        self._state = state
+        self._state_dirty = True
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    @property
+    def dirty(self) -> bool:
+        return self._state_dirty or self.routes.dirty
+
+    async def load(self) -> None:
+        """Nothing to read ahead: the devices are looked up by every apply."""
+
+    async def apply(self, state: OverlayState | None = None) -> bool:
+        """Bring devices, neighbours, fdb and routes to the state; True when the kernel changed.
+
+        `state`, if given, is `set_state(state)` first (the older one-call form).
+        Raises DataplaneError on kernel errors.
+        """
+        if state is not None:
+            self.set_state(state)
+        return await super().apply()
+
+    async def _apply(self) -> bool:
+        state = self._state
+        if state is None:
+            return False
+        devices = self.stats.device_changes
         try:
             await self.sync_devices(state)
             self.push(state)
-            await self.routes.apply()
+            routes_changed = await self.routes.apply()
         except NetlinkError as e:
-            self.stats["errors"] += 1
+            self.stats.errors += 1
             raise DataplaneError(f"overlay: {e}") from e
-        finally:
-            self.stats["last_apply_seconds"] = asyncio.get_running_loop().time() - t0
+        self._state_dirty = False
+        return routes_changed or self.stats.device_changes != devices
 
     def push(self, state: OverlayState) -> None:
         """Model only (no I/O): hand neighbours, fdb and routes to the RouteWriter."""
@@ -143,7 +193,7 @@ class OverlayDataplane:
                 log.info("VXLAN disabled: removing %s", VXLAN_DEV)
                 await ipr.link("del", index=link["index"])
                 self.routes.interface_changed(VXLAN_DEV)
-                self.stats["device_changes"] += 1
+                self.stats.device_changes += 1
                 self.vxlan_mac = None
             return
         if not vx.ready:
@@ -163,7 +213,7 @@ class OverlayDataplane:
             await ipr.link("add", ifname=VXLAN_DEV, kind="vxlan", vxlan_id=self.vni, vxlan_local=vx.local_ip,
                            vxlan_port=self.port, vxlan_learning=0, mtu=self.mtu)
             self.routes.interface_changed(VXLAN_DEV)
-            self.stats["device_changes"] += 1
+            self.stats.device_changes += 1
             link = await self._link(VXLAN_DEV)
             log.info("created %s (vni %d, port %d, local %s, mtu %d)", VXLAN_DEV, self.vni, self.port,
                      vx.local_ip, self.mtu)
@@ -238,8 +288,13 @@ class OverlayDataplane:
         """Once in sync: remove neighbours and fdb entries on vxlan.calico that nobody desires.
 
         Stale proto-80 routes are the RouteWriter's cleanup_stale's job.
-        Returns the number of entries removed.
+        Returns the number of entries removed (truthy exactly when the kernel
+        changed, as the protocol's bool; the count is what tests check).
         """
+        async with self._lock:
+            return await self._cleanup_stale()
+
+    async def _cleanup_stale(self) -> int:
         ipr = await self._conn()
         link = await self._link(VXLAN_DEV)
         if link is None:
@@ -251,7 +306,7 @@ class OverlayDataplane:
             if n["ifindex"] == idx and n["state"] & NUD_PERMANENT and dst and dst not in self._neigh:
                 await ipr.neigh("del", dst=dst, ifindex=idx)
                 removed += 1
-        want_fdb = {m for (dev, m) in getattr(self.routes, "_fdb", {}) if dev == VXLAN_DEV}
+        want_fdb = set(self.routes.fdb_entries(VXLAN_DEV))
         async for f in await ipr.fdb("dump"):
             mac, dst = f.get("lladdr"), f.get("dst")
             if f["ifindex"] == idx and dst and mac not in want_fdb:

@@ -32,13 +32,13 @@ import ipaddress
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 
 from felix.dataplane import FELIX_RT_PROTO
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.nsthread import NsThread
 from felix.dataplane.rtnl import RouteOp, RouteSocket
+from felix.dataplane.writer import WriterBase, WriterStats
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,22 @@ def _norm_ip(ip: str) -> str:
     return str(ipaddress.ip_address(ip))
 
 
-class RouteWriter:
+@dataclass
+class RouteStats(WriterStats):
+    route_updates: int = 0
+    route_deletes: int = 0
+    neigh_updates: int = 0
+    neigh_deletes: int = 0
+    fdb_updates: int = 0
+    fdb_deletes: int = 0
+    errors: int = 0      # netlink errors (each failed object once per apply)
+    deferred: int = 0    # objects waiting for their interface after the last apply (a gauge)
+
+
+class RouteWriter(WriterBase):
     """Owner of proto-80 routes, permanent neighbours and fdb entries we set, in one namespace.
+
+    A `felix.dataplane.writer.Writer`.
 
     `netns=None` acts on our own namespace; a name acts inside /run/netns/<name>
     (flags=0: pyroute2 must never create a namespace by accident).
@@ -90,13 +104,15 @@ class RouteWriter:
     entries we may clean up after a restart.
     """
 
+    stats: RouteStats
+
     def __init__(self, netns: str | None = None, managed_prefixes: tuple[str, ...] = ()):
+        super().__init__(RouteStats())
         self.netns = netns
         self.managed_prefixes = tuple(managed_prefixes)
         self._ipr = None  # pyroute2 AsyncIPRoute, opened on first neighbour/fdb use
         self._thread: NsThread | None = None  # in-namespace worker: raw route socket, ifindex lookups
         self._rsock: RouteSocket | None = None
-        self._lock = asyncio.Lock()  # apply/refresh/cleanup may be scheduled concurrently by Felix
         self._cleaned = False  # after the first cleanup_stale, every proto-80 route is ours to judge
         # desired
         self._direct: dict[str, set[str]] = {}                          # ifname -> cidrs
@@ -115,11 +131,6 @@ class RouteWriter:
         self._dirty_routes: set[str] = set()
         self._dirty_neigh: set[tuple[str, str]] = set()
         self._dirty_fdb: set[tuple[str, str]] = set()
-        self.stats: dict[str, float] = {
-            "route_updates": 0, "route_deletes": 0, "neigh_updates": 0, "neigh_deletes": 0,
-            "fdb_updates": 0, "fdb_deletes": 0,
-            "errors": 0, "deferred": 0, "last_apply_seconds": 0.0,
-        }
 
     # ---- model ----
     def _claim(self, dst: str, dev: tuple[str, str], route: Route | None, priority: int = 0) -> None:
@@ -220,6 +231,14 @@ class RouteWriter:
 
     def desired_routes(self) -> dict[str, Route]:
         return dict(self._routes)
+
+    def fdb_entries(self, dev: str) -> dict[str, str]:
+        """Desired fdb entries on `dev`: {mac: remote VTEP ip} (the overlay's stale cleanup keeps these)."""
+        return {mac: ip for (d, mac), ip in self._fdb.items() if d == dev}
+
+    @property
+    def loaded(self) -> bool:
+        return self._kroutes is not None
 
     @property
     def dirty(self) -> bool:
@@ -352,10 +371,10 @@ class RouteWriter:
                 self._dirty_routes.discard(dst)
                 if op.op == "delete":
                     self._kroutes.pop(dst, None)
-                    self.stats["route_deletes"] += 1
+                    self.stats.route_deletes += 1
                 else:
                     self._kroutes[dst] = (op.oif, op.gateway, op.scope)
-                    self.stats["route_updates"] += 1
+                    self.stats.route_updates += 1
             elif err == errno.ENODEV and op.op == "replace":
                 self._ifindex.pop(self._routes[dst].ifname, None)  # interface went away: wait for it
                 deferred += 1
@@ -380,12 +399,12 @@ class RouteWriter:
                 if key in self._kneigh:
                     await ipr.neigh("del", dst=ip, ifindex=idx)
                     self._kneigh.pop(key, None)
-                    self.stats["neigh_deletes"] += 1
+                    self.stats.neigh_deletes += 1
                 return "done"
             if self._kneigh.get(key) != mac:
                 await ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=NUD_PERMANENT)
                 self._kneigh[key] = mac
-                self.stats["neigh_updates"] += 1
+                self.stats.neigh_updates += 1
             return "done"
         except _netlink_error() as e:
             if e.code in (errno.ENOENT, errno.ESRCH) and mac is None:
@@ -408,14 +427,14 @@ class RouteWriter:
                 if key in self._kfdb:
                     await ipr.fdb("del", ifindex=idx, lladdr=mac, dst=self._kfdb[key])
                     self._kfdb.pop(key, None)
-                    self.stats["fdb_deletes"] += 1
+                    self.stats.fdb_deletes += 1
                 return "done"
             if self._kfdb.get(key) != ip:
                 # 'replace' gets none of pyroute2's add-time defaults: say permanent+noarp, NTF_SELF
                 await ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=ip,
                               state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
                 self._kfdb[key] = ip
-                self.stats["fdb_updates"] += 1
+                self.stats.fdb_updates += 1
             return "done"
         except _netlink_error() as e:
             if e.code in (errno.ENOENT, errno.ESRCH) and ip is None:
@@ -431,60 +450,51 @@ class RouteWriter:
         anything that moved meanwhile is caught by the replace semantics and
         the periodic refresh.
         """
-        async with self._lock:
-            if self._kroutes is None:
-                await self.load()
+        await super().prefetch()
 
-    async def apply(self) -> bool:
-        """See _apply; serialised with refresh/cleanup_stale."""
-        async with self._lock:
-            return await self._apply()
+    def _loaded_by_apply(self) -> None:
+        self._dirty_routes |= set(self._routes)
+        self._dirty_neigh |= set(self._neigh)
+        self._dirty_fdb |= set(self._fdb)
 
     async def _apply(self) -> bool:
         """Apply pending changes; True when the kernel was changed. Raises DataplaneError on kernel errors.
 
         Pending objects whose interface is missing stay queued (not an error).
         Neighbours and fdb entries go before routes so an onlink route never
-        resolves through a missing neighbour.
+        resolves through a missing neighbour.  No retry loop: netlink answers
+        per object, so what failed stays dirty and the caller's next apply
+        (with its backoff) tries exactly that again.
         """
-        t0 = time.monotonic()
-        try:
-            if self._kroutes is None:
-                await self.load()
-                self._dirty_routes |= set(self._routes)
-                self._dirty_neigh |= set(self._neigh)
-                self._dirty_fdb |= set(self._fdb)
-            if not (self._dirty_routes or self._dirty_neigh or self._dirty_fdb):
-                self.stats["deferred"] = 0
-                return False
-            before = self._changes()
-            errors: list[str] = []
-            deferred = 0
-            for dirty, fn in ((self._dirty_fdb, self._apply_fdb), (self._dirty_neigh, self._apply_neigh)):
-                keys = list(dirty)
-                results = await asyncio.gather(*(fn(k) for k in keys))
-                for k, res in zip(keys, results, strict=True):
-                    if res == "done":
-                        dirty.discard(k)
-                    elif res == "deferred":
-                        deferred += 1
-                    else:
-                        errors.append(res)
-            if self._dirty_routes:
-                d, errs = await self._apply_routes()
-                deferred += d
-                errors += errs
-            self.stats["deferred"] = deferred
-            if errors:
-                self.stats["errors"] += len(errors)
-                raise DataplaneError(f"{len(errors)} netlink errors, first: {errors[0]}")
-            return self._changes() != before
-        finally:
-            self.stats["last_apply_seconds"] = time.monotonic() - t0
+        if not (self._dirty_routes or self._dirty_neigh or self._dirty_fdb):
+            self.stats.deferred = 0
+            return False
+        before = self._changes()
+        errors: list[str] = []
+        deferred = 0
+        for dirty, fn in ((self._dirty_fdb, self._apply_fdb), (self._dirty_neigh, self._apply_neigh)):
+            keys = list(dirty)
+            results = await asyncio.gather(*(fn(k) for k in keys))
+            for k, res in zip(keys, results, strict=True):
+                if res == "done":
+                    dirty.discard(k)
+                elif res == "deferred":
+                    deferred += 1
+                else:
+                    errors.append(res)
+        if self._dirty_routes:
+            d, errs = await self._apply_routes()
+            deferred += d
+            errors += errs
+        self.stats.deferred = deferred
+        if errors:
+            self.stats.errors += len(errors)
+            raise DataplaneError(f"{len(errors)} netlink errors, first: {errors[0]}")
+        return self._changes() != before
 
-    def _changes(self) -> float:
-        return sum(self.stats[k] for k in ("route_updates", "route_deletes", "neigh_updates",
-                                           "neigh_deletes", "fdb_updates", "fdb_deletes"))
+    def _changes(self) -> int:
+        s = self.stats
+        return s.route_updates + s.route_deletes + s.neigh_updates + s.neigh_deletes + s.fdb_updates + s.fdb_deletes
 
     async def refresh(self) -> bool:
         """Re-read the kernel and re-apply everything desired (a route deleted by hand comes back)."""
@@ -495,7 +505,7 @@ class RouteWriter:
             self._dirty_routes |= set(self._routes) | (set(self._kroutes) & self._owned)
             self._dirty_neigh |= set(self._neigh)
             self._dirty_fdb |= set(self._fdb)
-            return await self._apply()
+            return await self._run(self._apply)
 
     async def cleanup_stale(self) -> bool:
         """Once in sync: remove proto-80 routes and managed permanent neighbours nobody desires."""
@@ -508,7 +518,7 @@ class RouteWriter:
             for key in self._kneigh:
                 if key not in self._neigh and self.managed_prefixes and key[0].startswith(self.managed_prefixes):
                     self._dirty_neigh.add(key)
-            return await self._apply()
+            return await self._run(self._apply)
 
     def kernel_routes(self) -> dict[str, tuple[int, str | None, int]]:
         return dict(self._kroutes or {})
