@@ -105,7 +105,12 @@ class Metrics:
 
     def record_writer_stats(self, name: str, stats: Mapping[str, float], family: int | None = None,
                             table: str | None = None) -> None:
-        """Fold one writer's cumulative `.stats` into the metrics after an apply."""
+        """Fold one writer's cumulative `.stats` into the metrics after an apply.
+
+        Read by name (a `felix.dataplane.writer.WriterStats` is a Mapping) so one
+        method serves every writer's own counters: restore_errors (restore
+        writers) or errors (netlink writers).
+        """
         if "last_apply_seconds" in stats:
             self.observe_apply(name, float(stats["last_apply_seconds"]))
         if table is not None and "restore_errors" in stats:
@@ -123,7 +128,7 @@ class Metrics:
             self.record_writer_stats(f"iptables-v{v}-{t.table}", t.stats, v, t.table)
         for v, s in getattr(driver, "ipsets", {}).items():
             self.record_writer_stats(f"ipsets-v{v}", s.stats)
-            desired = getattr(s, "_desired", {})
+            desired = s.desired_sets()
             self.ipsets.labels(str(v)).set(len(desired))
             self.ipset_members.labels(str(v)).set(sum(len(m) for m in desired.values()))
         routes = getattr(driver, "routes", None)

@@ -99,7 +99,7 @@ async def test_metrics_served_and_counted():
         m.record_felix(felix)  # cumulative stats become counter deltas, never double-counted
         table = types.SimpleNamespace(table="filter", stats={"last_apply_seconds": 0.02, "restore_errors": 1})
         ipsets = types.SimpleNamespace(stats={"last_apply_seconds": 0.01, "restore_errors": 0},
-                                       _desired={"felix-v4-a": frozenset({"1.1.1.1", "2.2.2.2"})})
+                                       desired_sets=lambda: {"felix-v4-a": frozenset({"1.1.1.1", "2.2.2.2"})})
         routes = types.SimpleNamespace(stats={"last_apply_seconds": 0.005, "errors": 0})
         m.record_driver(types.SimpleNamespace(tables={4: table}, ipsets={4: ipsets}, routes=routes))
         with m.timed("overlay"):
@@ -116,6 +116,7 @@ async def test_metrics_served_and_counted():
         assert "felix_active_local_endpoints 2.0" in lines
         assert "felix_resyncs_total 1.0" in lines
         assert 'felix_ipset_members{family="4"} 2.0' in lines
+        assert 'felix_ipsets{family="4"} 1.0' in lines
         assert 'felix_iptables_restore_failures_total{family="4",table="filter"} 1.0' in lines
         assert 'felix_writer_errors_total{writer="overlay"} 1.0' in lines
         assert 'felix_apply_duration_seconds_count{writer="overlay"} 2.0' in lines
