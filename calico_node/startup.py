@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from libcalico import keys
-from libcalico.datastore import DatastoreClient, DatastoreError, op_delete, op_put, unchanged_since
+from libcalico.datastore import DatastoreClient, DatastoreError
 from libcalico.etcdconf import ConfigError
-from libcalico.validation import validate_cidr, validate_ip
+from libcalico.models import Pool
+from libcalico.resources import TUNNEL_PARAMS, AddressConflict, Conflict, Nodes, Pools
 
 from . import autodetect
 from .settings import AUTODETECT, NodeSettings
@@ -43,21 +44,13 @@ GLOBAL_DEFAULTS: list[tuple[str, str]] = [
 ]
 
 TUNNELS = {
-    # param: (pool field that marks the pool kind, IPAM handle prefix)
-    "IpInIpTunnelAddr": ("ipip", "ipip-tunnel-addr"),
-    "VXLANTunnelAddr": ("vxlan", "vxlan-tunnel-addr"),
+    # param: (pool overlay kind, IPAM handle prefix)
+    param: (kind, f"{kind}-tunnel-addr") for kind, param in TUNNEL_PARAMS.items()
 }
 
 
 class StartupError(Exception):
     """A reason the node must not start; printed as one line, exit non-zero."""
-
-
-@dataclass
-class PoolInfo:
-    cidr: str
-    kind: str | None  # "ipip", "vxlan" or None
-    disabled: bool
 
 
 @dataclass
@@ -145,93 +138,39 @@ def warn_if_not_local(result: StartupResult, read: Callable[[], list[autodetect.
             log.warning("%s=%s is not an address of any interface in this network namespace", var, value)
 
 
-def check_ip_conflict(kvs: list, nodename: str, result: StartupResult) -> None:
-    """Refuse when another host already peers from our address: two BGP speakers on one IP break the mesh.
-
-    `kvs` is everything under the BGP host directory.
-    """
-    mine = {4: result.ip, 6: result.ip6}
-    for kv in kvs:
-        parts = kv.key[len(keys.BGP_HOST_DIR):].split("/")
-        if len(parts) != 2 or parts[0] == nodename or parts[1] not in ("ip_addr_v4", "ip_addr_v6"):
-            continue
-        version = 4 if parts[1] == "ip_addr_v4" else 6
-        if mine[version] and kv.value.strip() == mine[version]:
-            raise StartupError(f"IP{'' if version == 4 else '6'} {mine[version]} is already used by node "
-                               f"{parts[0]!r} ({kv.key}); refusing to start")
-
-
-CAS_ATTEMPTS = 10
-
-
 async def register_host(client: DatastoreClient, settings: NodeSettings, result: StartupResult) -> None:
-    """Check for an address conflict and write this host's keys in one guarded transaction.
-
-    Two nodes started at once with the same IP must not both pass the check:
-    the write only applies if no host's BGP keys changed since they were read.
-    """
+    """Register this host's addresses and AS, refusing an address another host peers from
+    (two BGP speakers on one IP break the mesh); check and write are one guarded transaction."""
     host = settings.nodename
-    for _ in range(CAS_ATTEMPTS):
-        rev, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
-        check_ip_conflict(kvs, host, result)
-        ops = [op_put(keys.host_bird_ip(host), result.ip),
-               op_put(keys.bgp_host_ip(host, 4), result.ip),
-               op_put(keys.bgp_host_ip(host, 6), result.ip6 or "")]
-        if settings.as_num is not None:
-            ops.append(op_put(keys.bgp_host_as(host), str(settings.as_num)))
-        else:
-            ops.append(op_delete(keys.bgp_host_as(host)))
-        ok, resp = await client.txn([unchanged_since(keys.BGP_HOST_DIR, rev)], ops, [],
-                                    what=f"register host {host}")
-        if ok:
-            break
-    else:
-        raise StartupError(f"could not register host {host}: the keys under {keys.BGP_HOST_DIR} kept "
-                           f"changing during {CAS_ATTEMPTS} attempts")
-    if settings.as_num is None and resp[-1]:
+    try:
+        reg = await Nodes(client).register(host, result.ip, result.ip6 or None, settings.as_num)
+    except AddressConflict as e:
+        raise StartupError(f"{e}; refusing to start") from None
+    except Conflict as e:
+        raise StartupError(str(e)) from None
+    if reg.as_removed:
         log.info("AS unset: removed %s (the global AS applies)", keys.bgp_host_as(host))
     log.info("Registered host %s: IPv4 %s, IPv6 %s, AS %s", host, result.ip, result.ip6 or "none",
              settings.as_num or "global")
 
 
-def parse_pool(key: str, raw: str, version: int) -> PoolInfo | None:
-    """A pool value, or None (logged once with its key) when it is not valid."""
-    try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-        cidr = validate_cidr(doc.get("cidr"), version)
-        kind = "ipip" if doc.get("ipip") else ("vxlan" if doc.get("vxlan") else None)
-        return PoolInfo(cidr=cidr, kind=kind, disabled=bool(doc.get("disabled", False)))
-    except (ValueError, TypeError) as e:
-        log.warning("Ignoring invalid pool %s: %s", key, e)
-        return None
-
-
-async def read_pools(client: DatastoreClient, version: int) -> list[PoolInfo]:
-    _, kvs = await client.get_prefix(keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6)
-    return [p for kv in kvs if (p := parse_pool(kv.key, kv.value, version)) is not None]
+DEFAULT_POOLS = (
+    Pool(cidr=DEFAULT_POOL_V4, masquerade=True, ipam=True, disabled=False),
+    Pool(cidr=DEFAULT_POOL_V6, masquerade=False, ipam=True, disabled=False),
+)
 
 
 async def ensure_default_pools(client: DatastoreClient, settings: NodeSettings) -> None:
     if settings.no_default_pools:
         return
-    for version, cidr, doc in (
-        (4, DEFAULT_POOL_V4, {"cidr": DEFAULT_POOL_V4, "masquerade": True, "ipam": True, "disabled": False}),
-        (6, DEFAULT_POOL_V6, {"cidr": DEFAULT_POOL_V6, "masquerade": False, "ipam": True, "disabled": False}),
-    ):
-        prefix = keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6
-        rev, existing = await client.get_prefix(prefix)
-        # Only into an empty pool directory: an operator's pool written
-        # meanwhile makes the transaction fail and wins.
-        if not existing:
-            ok, _ = await client.txn([unchanged_since(prefix, rev)], [op_put(keys.pool(cidr), json.dumps(doc))],
-                                     [], what=f"create default pool {cidr}")
-            if ok:
-                log.info("Created default IPv%d pool %s", version, cidr)
+    pools = Pools(client)
+    for pool in DEFAULT_POOLS:
+        # Only into an empty pool directory: an operator's pool written meanwhile wins.
+        if await pools.create_if_none(pool):
+            log.info("Created default IPv%d pool %s", pool.version, pool.cidr)
 
 
-def _in_pools(ip: str, pools: list[PoolInfo]) -> bool:
+def _in_pools(ip: str, pools: list[Pool]) -> bool:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -239,7 +178,7 @@ def _in_pools(ip: str, pools: list[PoolInfo]) -> bool:
     return any(addr in ipaddress.ip_network(p.cidr) for p in pools)
 
 
-async def _assign(ipam, host: str, handle: str, pools: list[PoolInfo]) -> str | None:
+async def _assign(ipam, host: str, handle: str, pools: list[Pool]) -> str | None:
     """One IPv4 from `pools` (IPAM limits the choice to them)."""
     v4, _ = await ipam.auto_assign(host, handle, num4=1, pools=[p.cidr for p in pools])
     if not v4:
@@ -270,21 +209,21 @@ async def ensure_tunnel_addrs(client: DatastoreClient, host: str,
                               ipam_factory: Callable[[DatastoreClient], object] = _default_ipam
                               ) -> dict[str, str | None]:
     """Allocate (or release) IpInIpTunnelAddr / VXLANTunnelAddr to match the pool kinds that exist."""
-    pools = await read_pools(client, 4)
+    pools = await Pools(client).for_ipam(4)
+    nodes = Nodes(client)
     ipam = None
     out: dict[str, str | None] = {}
     for param, (kind, handle_prefix) in TUNNELS.items():
         key = keys.host_config(host, param)
-        wanted = [p for p in pools if p.kind == kind and not p.disabled]
-        current = await client.get(key)
+        wanted = [p for p in pools if p.overlay == kind]
+        stored = await nodes.tunnel_addr(host, param)
+        current = None
         handle = f"{handle_prefix}-{host}"
-        if current is not None:
-            try:
-                current = validate_ip(current.strip(), 4)
-            except ValueError as e:
-                log.warning("Replacing invalid %s: %s", key, e)
-                await client.delete(key)
-                current = None
+        if stored is not None and not stored.valid:
+            log.warning("Replacing invalid %s: %s", key, stored.error)
+            await nodes.set_tunnel_addr(host, param, None)
+        elif stored is not None:
+            current = stored.value
         if (current or wanted) and ipam is None:
             ipam = ipam_factory(client)
         if current:
@@ -304,7 +243,7 @@ async def ensure_tunnel_addrs(client: DatastoreClient, host: str,
             elif owner is not None:
                 log.warning("%s %s is assigned to %s in IPAM, not to this host: replacing it", param, current,
                             owner.get("handle"))
-            await client.delete(key)
+            await nodes.set_tunnel_addr(host, param, None)
         if not wanted:
             out[param] = None
             continue
@@ -312,7 +251,7 @@ async def ensure_tunnel_addrs(client: DatastoreClient, host: str,
         if ip is None:
             raise StartupError(f"{param}: could not allocate an address from the {kind.upper()} pools "
                                f"{', '.join(p.cidr for p in wanted)}")
-        await client.put(key, ip)
+        await nodes.set_tunnel_addr(host, param, ip)
         log.info("Allocated %s %s", param, ip)
         out[param] = ip
     return out

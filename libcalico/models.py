@@ -473,6 +473,11 @@ class Pool(_Model):
     def version(self) -> int:
         return keys.ip_version(self.cidr)
 
+    @property
+    def overlay(self) -> str | None:
+        """'ipip', 'vxlan' or None: which tunnel carries the pool's traffic between hosts."""
+        return "ipip" if self.ipip else "vxlan" if self.vxlan else None
+
 
 class BgpPeer(_Model):
     ip: str

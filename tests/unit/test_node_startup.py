@@ -34,6 +34,10 @@ class MemStore:
         self._maybe_fail()
         return self.data.get(key)
 
+    async def get_kv(self, key):
+        self._maybe_fail()
+        return KV(key, self.data[key], self.mods[key], self.mods[key]) if key in self.data else None
+
     async def put(self, key, value):
         self.rev += 1
         self.data[key] = value
@@ -200,16 +204,14 @@ async def test_register_host_and_as_deleted_when_unset():
 
 
 async def test_ip_conflict_refused_but_own_old_registration_is_fine():
-    def kvs(data):
-        return [KV(k, v, 1, 1) for k, v in data.items()]
     data = {keys.bgp_host_ip("other", 4): "10.0.0.1", keys.bgp_host_ip("node1", 4): "10.0.0.1"}
     with pytest.raises(startup.StartupError, match="already used by node 'other'"):
-        startup.check_ip_conflict(kvs(data), "node1", startup.StartupResult("10.0.0.1", ""))
-    startup.check_ip_conflict(kvs({keys.bgp_host_ip("other", 4): "10.0.0.1"}), "other",
-                              startup.StartupResult("10.0.0.1", ""))
+        await startup.register_host(MemStore(data), cfg(), startup.StartupResult("10.0.0.1", ""))
+    await startup.register_host(MemStore({keys.bgp_host_ip("other", 4): "10.0.0.1"}), cfg(NODENAME="other"),
+                                startup.StartupResult("10.0.0.1", ""))
     data = {keys.bgp_host_ip("other", 6): "2001:db8::1", keys.bgp_host_ip("other", 4): "10.0.0.9"}
     with pytest.raises(startup.StartupError, match="IP6 2001:db8::1"):
-        startup.check_ip_conflict(kvs(data), "node1", startup.StartupResult("10.0.0.1", "2001:db8::1"))
+        await startup.register_host(MemStore(data), cfg(), startup.StartupResult("10.0.0.1", "2001:db8::1"))
 
 
 async def test_register_rechecks_when_another_node_registers_concurrently():
