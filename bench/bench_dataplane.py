@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from felix.calc.names import chain_name, tag_ipset  # noqa: E402
 from felix.dataplane.backend import Backend  # noqa: E402
 from felix.dataplane.cmd import CmdRunner  # noqa: E402
 from felix.dataplane.ipsets import IpsetWriter  # noqa: E402
 from felix.dataplane.iptables import IptablesTable  # noqa: E402
 from felix.dataplane.routes import RouteWriter  # noqa: E402
+from felix.names import chain_name, tag_ipset  # noqa: E402
 
 
 @dataclass

@@ -117,7 +117,7 @@ def _chain_has(tool: str, chain: str, target: str) -> bool:
 
 async def inner(a: argparse.Namespace) -> int:
     from calico_testing.etcd import EtcdServer
-    from felix.calc import names
+    from felix import names
     from felix.calc.policy import policy_chain, selector_ipset_for
     from libcalico.datastore import DatastoreClient
 

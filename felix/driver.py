@@ -18,11 +18,11 @@ import asyncio
 import logging
 import time
 
-from felix.calc import DesiredState
 from felix.dataplane.backend import Backend
 from felix.dataplane.ipsets import IpsetWriter
 from felix.dataplane.iptables import IptablesTable
 from felix.dataplane.routes import RouteWriter
+from felix.desired import DesiredState
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Pure calculation: datastore model -> desired dataplane state (no I/O)."""
 
-from .calculator import CalcConfig, Calculator, DesiredState, FamilyState
-from .model import Endpoint
+from felix.desired import DesiredState, Endpoint, FamilyState
+
+from .calculator import CalcConfig, Calculator
 
 __all__ = ["CalcConfig", "Calculator", "DesiredState", "Endpoint", "FamilyState"]

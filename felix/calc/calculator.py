@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from . import names
+from felix import names
+from felix.desired import DesiredState, Endpoint, FamilyState
+
 from .hostendpoints import DEFAULT_FAILSAFE_IN, DEFAULT_FAILSAFE_OUT
 from .model import (
-    Endpoint,
     ProfileRules,
     endpoint_from_value,
     profile_rules_from_value,
@@ -50,28 +51,6 @@ from .rules import MARK_ACCEPT, MARK_SRC_OK, RuleError, render_chains
 log = logging.getLogger(__name__)
 
 _ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)  # MLD, router/neighbour solicitation/advert
-
-
-@dataclass
-class FamilyState:
-    """The filter table and ipsets of one IP family."""
-
-    chains: dict[str, list[str]] = field(default_factory=dict)
-    hooks: dict[str, list[str]] = field(default_factory=dict)
-    ipsets: dict[str, frozenset[str]] = field(default_factory=dict)
-
-
-@dataclass
-class DesiredState:
-    v4: FamilyState
-    v6: FamilyState
-    routes: dict[str, frozenset[str]]          # ifname -> CIDRs (both families)
-    neighbours: dict[str, dict[str, str]]      # ifname -> {ip: mac}
-    endpoints: dict[str, Endpoint]             # local endpoints by key
-    conflicts: dict[str, tuple[Endpoint, str]] = field(default_factory=dict)  # local losers: key -> (ep, reason)
-
-    def family(self, version: int) -> FamilyState:
-        return self.v4 if version == 4 else self.v6
 
 
 @dataclass(frozen=True)

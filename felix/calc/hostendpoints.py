@@ -36,9 +36,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from felix import names
 from libcalico.validation import validate_ifname, validate_ip, validate_name
 
-from . import names
 from .labels import IndexedEndpoint
 from .model import _get
 from .rules import MARK_ACCEPT, MULTIPORT_MAX

@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from felix.desired import Endpoint
 from libcalico.selectors import SelectorError
 from libcalico.validation import validate_cidr, validate_ifname, validate_mac, validate_name
 
@@ -52,25 +53,6 @@ def _workload_net(text: str, version: int) -> str:
     if net.is_loopback or net.is_multicast or net.is_link_local or net.network_address.is_unspecified:
         raise ValueError(f"ipv{version}_nets: {cidr} cannot belong to a workload")
     return cidr
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    key: str
-    host: str
-    orchestrator: str
-    workload: str
-    endpoint_id: str
-    active: bool
-    iface: str
-    mac: str | None
-    profile_ids: tuple[str, ...]
-    ipv4_nets: tuple[str, ...]
-    ipv6_nets: tuple[str, ...]
-    labels: tuple[tuple[str, str], ...] = ()
-
-    def nets(self, version: int) -> tuple[str, ...]:
-        return self.ipv4_nets if version == 4 else self.ipv6_nets
 
 
 def endpoint_from_value(key: object, value: object) -> Endpoint:

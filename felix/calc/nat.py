@@ -2,7 +2,7 @@
 
 Why these shapes:
 - NAT outgoing matches pools through two ipsets (`felix-v<N>-i:masq-ipam-pools`,
-  `felix-v<N>-i:all-ipam-pools`, named in felix.calc.names' internal namespace
+  `felix-v<N>-i:all-ipam-pools`, named in felix.names' internal namespace
   so no tag can spell them) rather than one rule per pool, so adding a pool
   changes set members, not chains, and the rule stays O(1) per packet.
   Traffic whose destination is in any pool is never NATed (pod-to-pod keeps
@@ -28,9 +28,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from . import names
+from felix import names
+from felix.desired import NatState
+
 from .model import _workload_net
 from .nodes import NodeAddresses
 
@@ -61,15 +63,6 @@ class NatConfig:
     nat_outgoing_address: str | None = None
     # Addresses this host depends on that no endpoint may take over (etcd servers, DNS servers).
     protected: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class NatState:
-    """The nat table of one family: chains, hook rules for builtins, and the ipsets they use."""
-
-    chains: Mapping[str, list[str]] = field(default_factory=dict)
-    hooks: Mapping[str, list[str]] = field(default_factory=dict)
-    ipsets: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

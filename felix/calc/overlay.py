@@ -26,13 +26,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from felix.desired import IpipState, OverlayState, VxlanState
 from libcalico.validation import validate_mac
 
 log = logging.getLogger(__name__)
-
-VXLAN_DEV = "vxlan.calico"
-IPIP_DEV = "tunl0"
-
 
 @dataclass(frozen=True)
 class OverlayConfig:
@@ -47,34 +44,6 @@ class OverlayConfig:
     ipip_enabled: bool = False
     vxlan_tunnel_addr: str | None = None
     ipip_tunnel_addr: str | None = None
-
-
-@dataclass(frozen=True)
-class VxlanState:
-    enabled: bool = False
-    local_ip: str | None = None           # this host's bird_ip: the VXLAN `local` address
-    tunnel_addr: str | None = None        # this host's VTEP address (/32 on vxlan.calico)
-    neighbours: Mapping[str, str] = field(default_factory=dict)   # VTEP ip -> MAC
-    fdb: Mapping[str, str] = field(default_factory=dict)          # MAC -> remote bird_ip
-    routes: Mapping[str, str] = field(default_factory=dict)       # block cidr -> VTEP ip (onlink)
-
-    @property
-    def ready(self) -> bool:
-        """The device can only be built once we know where to send from and our VTEP address."""
-        return self.enabled and self.local_ip is not None and self.tunnel_addr is not None
-
-
-@dataclass(frozen=True)
-class IpipState:
-    enabled: bool = False
-    tunnel_addr: str | None = None
-    routes: Mapping[str, str] = field(default_factory=dict)       # block cidr -> remote bird_ip (onlink)
-
-
-@dataclass(frozen=True)
-class OverlayState:
-    vxlan: VxlanState = field(default_factory=VxlanState)
-    ipip: IpipState = field(default_factory=IpipState)
 
 
 @dataclass

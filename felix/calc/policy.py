@@ -50,11 +50,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from felix import names
+from felix.desired import Endpoint
 from libcalico.selectors import SelectorError, parse_selector
 
-from . import names
 from .labels import IndexedEndpoint, LabelIndex
-from .model import Endpoint, _get, checked_rules
+from .model import _get, checked_rules
 from .rules import MARK_ACCEPT, MARK_NEXT_TIER, render_chains
 
 log = logging.getLogger(__name__)

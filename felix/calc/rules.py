@@ -36,6 +36,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from felix import names
 from libcalico.models import (
     ICMP_CODE_MAX,
     ICMP_TYPE_MAX,
@@ -44,8 +45,6 @@ from libcalico.models import (
     MAX_RULES,
 )
 from libcalico.validation import is_digits, validate_cidr, validate_log_prefix, validate_name
-
-from . import names
 
 __all__ = ["MARK_ACCEPT", "MARK_SRC_OK", "MARK_NEXT_TIER", "MULTIPORT_MAX", "MAX_RULES",
            "MAX_PORT_ENTRIES", "MAX_RENDERED_LINES", "ICMP_TYPE_MAX", "ICMP_CODE_MAX", "RuleError",

@@ -13,9 +13,10 @@ import re
 
 import pytest
 
-from felix.calc.overlay import IPIP_DEV, VXLAN_DEV, OverlayCalculator, OverlayConfig
+from felix.calc.overlay import OverlayCalculator, OverlayConfig
 from felix.dataplane import FELIX_RT_PROTO
 from felix.dataplane.overlay import OverlayDataplane
+from felix.desired import IPIP_DEV, VXLAN_DEV
 from libcalico import keys
 from tests.integration.test_vxlan_dataplane import POOL, feed, host_keys, rx_tx, topo  # noqa: F401 - fixture
 

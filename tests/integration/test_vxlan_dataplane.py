@@ -16,9 +16,10 @@ import re
 import pytest
 
 from calico_testing.netns import veth
-from felix.calc.overlay import VXLAN_DEV, OverlayCalculator, OverlayConfig
+from felix.calc.overlay import OverlayCalculator, OverlayConfig
 from felix.dataplane import FELIX_RT_PROTO
 from felix.dataplane.overlay import OverlayDataplane
+from felix.desired import VXLAN_DEV
 from libcalico import keys
 from libcalico.models import parse_key_value
 

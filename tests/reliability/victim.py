@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from felix.calc import names
+from felix import names
 
 _DNAT_RE = re.compile(r"-d (\S+?)(?:/32)? .*-j DNAT --to-destination (\S+)")
 _SNAT_RE = re.compile(r"-s (\S+?)(?:/32)? .*-j SNAT --to-source (\S+)")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from felix.calc import names as N
+from felix import names as N
 from felix.calc.rules import MULTIPORT_MAX, RuleError, render_rule, rule_lines, rule_to_dict
 from libcalico import keys, models
 from tests.lib.calcfeed import CalcFeed

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from felix import names as N
 from felix.calc import CalcConfig
-from felix.calc import names as N
 from felix.calc.hostendpoints import failsafe_lines, host_chain
 from felix.calc.policy import policy_chain
 from tests.unit.test_felix_policy import Feed

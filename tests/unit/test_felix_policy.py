@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from felix.calc import names as N
+from felix import names as N
 from felix.calc.policy import MARK_NEXT_TIER, policy_chain, tier_layout
 from libcalico.selectors import parse_selector
 from tests.lib.calcfeed import CalcFeed

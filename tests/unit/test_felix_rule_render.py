@@ -18,7 +18,7 @@ import re
 
 import pytest
 
-from felix.calc import names as N
+from felix import names as N
 from felix.calc.model import checked_rules
 from felix.calc.rules import (
     MARK_ACCEPT,

@@ -8,7 +8,7 @@ import pytest
 
 from calico_node.autodetect import EXCLUDED_IFACES
 from felix import config as felix_config
-from felix.calc import names
+from felix import names
 from felix.dataplane import ipsets, iptables, sysctl
 
 

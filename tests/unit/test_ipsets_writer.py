@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from felix.calc.names import tag_ipset
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.ipsets import MAX_SET_NAME, IpsetWriter, normalize_members, parse_save
+from felix.names import tag_ipset
 from tests.lib.fakes import ScriptedRunner
 
 

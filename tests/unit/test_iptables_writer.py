@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from felix.calc.names import chain_name
 from felix.dataplane.backend import Backend, count_rules
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.iptables import MAX_CHAIN_LEN, IptablesTable, parse_save, rule_hash
+from felix.names import chain_name
 from tests.lib.fakes import ScriptedRunner
 
 EMPTY_SAVE = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from felix.calc import names, nat
+from felix import names
+from felix.calc import nat
 from felix.calc.nodes import NodeAddresses
 from felix.dataplane.ipsets import IpsetWriter
 from felix.dataplane.iptables import MAX_CHAIN_LEN, check_chain

@@ -24,8 +24,9 @@ what is hashed, so hashed names of different namespaces cannot meet either.
 The ipset writer's scratch set `felix-v<N>-_tmp` is lower case after the `_`
 and hashed bodies are upper-case base32, so it never meets a name from here.
 
-This module is pure (no imports from the dataplane): the writers only check
-names, they never make them.
+This module is neutral ground between the calculators (felix.calc), which
+make every name, and the writers (felix.dataplane), which only check names;
+it imports neither.
 """
 
 from __future__ import annotations
