@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +88,13 @@ class ResourceState:
 
 
 class Confd:
-    def __init__(self, settings: Settings, store: BgpStore | None = None):
+    def __init__(self, settings: Settings, store: BgpStore | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        """`clock` and `sleep` time the debounce; tests pass fakes to count renders per burst."""
         self.s = settings
+        self._clock = clock
+        self._sleep = sleep
         self.store = store or BgpStore(Node(settings.host, settings.ip4, settings.ip6))
         self.resources: list[_res.Resource] = []
         self.load_errors: list[str] = []
@@ -186,7 +192,7 @@ class Confd:
         self.write_status()
 
     def _poke(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._first_pending is None:
             self._first_pending = now
         self._last_change = now
@@ -199,14 +205,7 @@ class Confd:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RETRY_TICK)
             self._wake.clear()
-            # Debounce: wait for a quiet gap, bounded by MAX_DELAY from the first change.
-            while self._first_pending is not None:
-                now = time.monotonic()
-                due = min(self._last_change + QUIET, self._first_pending + MAX_DELAY)
-                if now >= due:
-                    break
-                await asyncio.sleep(due - now)
-            self._first_pending = None
+            await self._settle()
             if not self.in_sync:
                 continue
             dirty, self._dirty = self._dirty, set()
@@ -221,6 +220,16 @@ class Confd:
                     log.exception("%s: internal error", r.name)
                     self._fail(r, f"internal error: {e.__class__.__name__}: {e}")
             self.write_status()
+
+    async def _settle(self) -> None:
+        """Debounce: wait for a quiet gap, bounded by MAX_DELAY from the first change."""
+        while self._first_pending is not None:
+            now = self._clock()
+            due = min(self._last_change + QUIET, self._first_pending + MAX_DELAY)
+            if now >= due:
+                break
+            await self._sleep(due - now)
+        self._first_pending = None
 
     async def process(self, r: _res.Resource) -> None:
         """Render one resource and, when its bytes changed, check, install and reload it."""
