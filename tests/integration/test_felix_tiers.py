@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -32,7 +31,7 @@ LABELS = {
     5: {"role": "web", "env": "dev"},
 }
 
-# Loops TCP connects until the verdict equals `want`, prints the CLOCK_MONOTONIC time it did.
+# Loops TCP connects until the verdict equals `want` (or `limit` s pass: only so a broken run ends).
 _PROBE = r"""
 import socket, sys, time
 dst, port, want, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])
@@ -47,7 +46,7 @@ sys.stdin.readline()
 end = time.monotonic() + limit
 while time.monotonic() < end:
     if ok() == want:
-        print("flip", time.monotonic(), flush=True)
+        print("flip", flush=True)
         sys.exit(0)
 print("never", flush=True)
 """
@@ -75,8 +74,9 @@ def _policy(fh, tier, name, selector, order=None, inbound=(), outbound=()):
     fh.put(f"/calico/v1/policy/tier/{tier}/policy/{name}", doc)
 
 
-def measure_flip(fh: FelixHost, src, dst, port: int, want: bool, change, limit: float = 10.0) -> float:
-    """Seconds from just before `change()` (an etcd put) until src->dst:port connects (want) or fails."""
+def expect_flip(fh: FelixHost, src, dst, port: int, want: bool, change, limit: float = 10.0) -> None:
+    """The verdict for src->dst:port is the opposite of `want` before `change()` (an etcd put) and
+    becomes `want` after it.  How fast is `make bench` (bench_policy: relabel p50/p99)."""
     p = src.ns.popen([sys.executable, "-c", _PROBE, dst.ip4, str(port), "1" if want else "0", str(limit)],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -84,11 +84,9 @@ def measure_flip(fh: FelixHost, src, dst, port: int, want: bool, change, limit: 
         assert first == ["initial", "0" if want else "1"], f"probe started in the wrong state: {first}"
         p.stdin.write("go\n")
         p.stdin.flush()
-        t0 = time.monotonic()
         change()
         line = p.stdout.readline().split()
-        assert line and line[0] == "flip", f"verdict never changed within {limit}s: {line}"
-        return float(line[1]) - t0
+        assert line == ["flip"], f"verdict never changed within {limit}s: {line}"
     finally:
         p.kill()
         p.wait()
@@ -153,19 +151,11 @@ def test_three_tiers_selectors_and_relabel(fh):
     expect("override removed", blocked=[T(w[3], w[4], 4, PORT)])
 
     # relabelling: w5 leaves the app tier (dev -> prod) and comes back; then joins the
-    # frontend && prod src_selector ipset that pci admits.  Each within 1 s.
-    times = {}
-    times["out of policy"] = measure_flip(fh, w[1], w[5], OTHER, True,
-                                          lambda: _put_ep(fh, 5, {"role": "web", "env": "prod"}))
-    times["into policy"] = measure_flip(fh, w[1], w[5], OTHER, False,
-                                        lambda: _put_ep(fh, 5, {"role": "web", "env": "dev"}))
-    times["into src ipset"] = measure_flip(fh, w[5], w[2], PORT, True,
-                                           lambda: _put_ep(fh, 5, {"role": "frontend", "env": "prod"}))
-    times["out of src ipset"] = measure_flip(fh, w[5], w[2], PORT, False,
-                                             lambda: _put_ep(fh, 5, {"role": "frontend", "env": "qa"}))
-    print("relabel latency: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in times.items()))
-    slow = {k: v for k, v in times.items() if v > 1.0}
-    assert not slow, f"relabel took longer than 1 s: {slow}"
+    # frontend && prod src_selector ipset that pci admits.  Each relabel flips the verdict.
+    expect_flip(fh, w[1], w[5], OTHER, True, lambda: _put_ep(fh, 5, {"role": "web", "env": "prod"}))
+    expect_flip(fh, w[1], w[5], OTHER, False, lambda: _put_ep(fh, 5, {"role": "web", "env": "dev"}))
+    expect_flip(fh, w[5], w[2], PORT, True, lambda: _put_ep(fh, 5, {"role": "frontend", "env": "prod"}))
+    expect_flip(fh, w[5], w[2], PORT, False, lambda: _put_ep(fh, 5, {"role": "frontend", "env": "qa"}))
     assert fh.felix_alive(), fh.log()[-3000:]
 
 
