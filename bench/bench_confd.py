@@ -2,7 +2,8 @@
 
 - etcd change -> BIRD reconfigured (`configure` answered 0003): p50/p99 over 200 changes;
 - render + `bird -p` + install + `configure` with 10, 100 and 500 global peers;
-- reloads caused by 1,000 no-op writes (identical bytes, and same value re-serialized): must be 0.
+- reloads caused by 1,000 no-op writes (identical bytes, and same value re-serialized): must be 0;
+- reloads caused by a burst of 100 puts written over ~40 ms: target <= 2 (the debounce).
 
 Real etcd (loopback), real BIRD in a namespace of its own (so its kernel protocol
 never touches the root namespace), confd's own loop in this process.
@@ -156,6 +157,23 @@ async def main() -> None:
         await asyncio.sleep(1.0)
         print(f"1,000 no-op writes (+334 identical as_num writes): {st.reloads - r0} reloads "
               f"(must be 0), {st.writes - w0} file writes, {st.renders - n0} renders")
+
+        # 4. a burst: 100 peers written over ~40 ms, as a script adding peers would (each its own put).
+        await client.delete_prefix(f"{G}/peer_v4/")
+        await wait_reload(confd, None, st.reloads)
+        await asyncio.sleep(0.5)
+        r0 = st.reloads
+        t0 = time.monotonic()
+        puts = []
+        for i in range(1, 101):
+            puts.append(asyncio.create_task(client.put(
+                f"{G}/peer_v4/10.99.1.{i}", json.dumps({"ip": f"10.99.1.{i}", "as_num": 65000 + i}))))
+            await asyncio.sleep(max(0.0, t0 + i * 0.0004 - time.monotonic()))
+        await asyncio.gather(*puts)
+        took = time.monotonic() - t0
+        await wait_reload(confd, "neighbor 10.99.1.100 as 65100;", r0)
+        await asyncio.sleep(1.0)
+        print(f"burst of 100 changes written in {took * 1000:.0f} ms: {st.reloads - r0} reloads (target <= 2)")
     finally:
         for t in tasks:
             t.cancel()

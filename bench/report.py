@@ -3,7 +3,8 @@
 Runs, each as its own process (their output streams through and is kept in a
 log directory):
   bench/bench_felix.py    (`make bench-felix`, nft then legacy: 1,000 endpoints cold start, incremental, floor)
-  bench/bench_confd.py    (`make bench-confd`: etcd -> BIRD latency, peers, no-op writes)
+  bench/bench_confd.py    (`make bench-confd`: etcd -> BIRD latency, peers, no-op writes, a burst)
+  bench/bench_policy.py   (`make bench-policy`, nft: tiered policy, relabel -> dataplane p50/p99)
   bench/bench_cluster.py  (two real nodes: BGP convergence, node start -> ready)
   bench/bench_scale.py    (Felix cold start and peak RSS at 100 / 1,000 / 5,000 endpoints with
                            nft, and 5,000 again with legacy iptables)
@@ -40,6 +41,7 @@ BENCHES = {
     "felix": ["bench/bench_felix.py", "--backend", "nft"],
     "felix-legacy": ["bench/bench_felix.py", "--backend", "legacy"],
     "confd": ["bench/bench_confd.py"],
+    "policy": ["bench/bench_policy.py", "--backend", "nft"],
     "cluster": ["bench/bench_cluster.py", "--json", "{dir}/cluster.json"],
     "scale": ["bench/bench_scale.py", "--json", "{dir}/scale.json"],
     "scale-legacy": ["bench/bench_scale.py", "--sizes", "5000", "--backend", "legacy", "--json",
@@ -88,10 +90,19 @@ def parse_confd(text: str) -> dict:
         "p50_ms": _num(r"BIRD reconfigured, 200 changes: p50 ([\d.]+) ms", text),
         "p99_ms": _num(r"BIRD reconfigured, 200 changes: .*?p99 ([\d.]+) ms", text),
         "noop_reloads": _num(r"1,000 no-op writes.*?: (\d+) reloads", text),
+        "burst_reloads": _num(r"burst of 100 changes written in \d+ ms: (\d+) reloads", text),
+        "burst_ms": _num(r"burst of 100 changes written in (\d+) ms", text),
     }
     for n in (10, 100, 500):
         out[f"peers{n}_ms"] = _num(rf"\b{n} global peers: .*?render\+check\+install\+configure ([\d.]+) ms", text)
     return out
+
+
+def parse_policy(text: str) -> dict:
+    return {
+        "relabel_p50_ms": _num(r"incremental relabel, etcd put -> ipset and endpoint chain.*?p50 ([\d.]+) ms", text),
+        "relabel_p99_ms": _num(r"incremental relabel, etcd put -> ipset and endpoint chain.*?p99 ([\d.]+) ms", text),
+    }
 
 
 def load_json(path: str) -> dict | None:
@@ -144,7 +155,7 @@ def _fmt(v: float, unit: str) -> str:
 
 
 def rows(felix: dict, felix_legacy: dict, confd: dict, cluster: dict | None, scale: dict | None,
-         scale_legacy: dict | None = None) -> list[Row]:
+         scale_legacy: dict | None = None, policy: dict | None = None) -> list[Row]:
     r: list[Row] = []
     eps = int(felix.get("endpoints") or 1000)
     r.append(Row(f"Felix cold start (nft), {eps:,} endpoints / 100 profiles / 10 tags, process start -> "
@@ -162,12 +173,19 @@ def rows(felix: dict, felix_legacy: dict, confd: dict, cluster: dict | None, sca
     r.append(Row("  the same, against the exact-rules floor (legacy)", felix_legacy.get("cold_ms"), "ms",
                  felix_legacy.get("floor_exact_ms"), "floor", 2.0, "target <= 2x floor"))
     r.append(Row("Felix incremental (legacy iptables), p99", felix_legacy.get("inc_p99_ms"), "ms", 100, "target"))
+    if policy is not None:
+        r.append(Row("Felix tiered policy: relabel, etcd put -> ipset and endpoint chain updated, p50",
+                     policy.get("relabel_p50_ms"), "ms", 1000, "target"))
+        r.append(Row("Felix tiered policy: relabel, p99", policy.get("relabel_p99_ms"), "ms", 1000, "target"))
     r.append(Row("confd: etcd change -> BIRD reconfigured, p50 of 200", confd.get("p50_ms"), "ms", 200, "target"))
     r.append(Row("confd: etcd change -> BIRD reconfigured, p99 of 200", confd.get("p99_ms"), "ms", 200, "target"))
     for n in (10, 100, 500):
         r.append(Row(f"confd: render + check + install + configure, {n} global peers", confd.get(f"peers{n}_ms"),
                      "ms", 2000 if n == 500 else None, "target"))
     r.append(Row("confd: BIRD reloads caused by 1,000 no-op writes", confd.get("noop_reloads"), "", 0, "must be"))
+    burst_ms = confd.get("burst_ms")
+    r.append(Row("confd: BIRD reloads caused by 100 peers put over ~40 ms (the debounce)", confd.get("burst_reloads"),
+                 "", 2, "target", note="" if burst_ms is None else f"the burst took {burst_ms:.0f} ms"))
     bgp = (cluster or {}).get("bgp") or {}
     n_bgp = len(bgp.get("samples", [])) or 50
     r.append(Row(f"BGP convergence, workload added on A -> block route in B's kernel, p50 of {n_bgp}",
@@ -345,12 +363,13 @@ def main() -> int:
 
     felix, confd = parse_felix(text("felix")), parse_confd(text("confd"))
     felix_legacy = parse_felix(text("felix-legacy"))
+    policy = parse_policy(text("policy"))
     cluster = load_json(os.path.join(logdir, "cluster.json")) if status["cluster"][0] == 0 else None
     scale = load_json(os.path.join(logdir, "scale.json")) if status["scale"][0] == 0 else None
     scale_legacy = (load_json(os.path.join(logdir, "scale-legacy.json"))
                     if status["scale-legacy"][0] == 0 else None)
     have_png = bool(scale) and plot(scale, PNG)
-    table = rows(felix, felix_legacy, confd, cluster, scale, scale_legacy)
+    table = rows(felix, felix_legacy, confd, cluster, scale, scale_legacy, policy)
     write_doc(table, status, scale, cluster, have_png, scale_legacy)
     print(f"\nwrote {os.path.relpath(DOC, ROOT)}" + (f" and {os.path.relpath(PNG, ROOT)}" if have_png else "")
           + f" in {time.monotonic() - t0:.0f} s; logs in {logdir}")
