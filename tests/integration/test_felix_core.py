@@ -287,15 +287,16 @@ def test_drift_is_repaired(fh):
     fh.host.run("ip", "route", "del", f"{b.ip4}/32", "dev", b.ifname)
     fh.host.run("ipset", "del", "felix-v4-open", a.ip4)
     assert "felix-FORWARD" not in fh.felix_chains(4)
-    t0 = time.monotonic()
+    # The waits only end a broken run: repair speed follows the 2 s refresh intervals set above.
     eventually(lambda: "felix-FORWARD" in fh.felix_chains(4)
                and "-j felix-FORWARD" in fh.iptables_save(4), 10, "chain and hook restored")
     eventually(lambda: f"{b.ip4} dev {b.ifname}" in fh.routes(4), 10, "route restored")
     eventually(lambda: a.ip4 in fh.host.run("ipset", "list", "felix-v4-open").stdout, 10, "ipset member restored")
-    assert time.monotonic() - t0 < 8
+    assert fh.felix_alive(), "repaired by the running Felix's refresh, not by a restart"
     assert "-s 192.0.2.1/32 -j DROP" in fh.iptables_save(4), "non-felix rule untouched"
     lines = [ln for ln in fh.iptables_save(4).splitlines() if ln.startswith("-A FORWARD")]
     assert "felix-FORWARD" in lines[0], "our hook is back at the top"
+    assert sum("-j felix-FORWARD" in ln for ln in lines) == 1, "the hook restored once, not stacked"
     eventually(lambda: a.ping(b.ip4), 10, "traffic flows")
 
 
