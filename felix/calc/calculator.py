@@ -333,7 +333,10 @@ class Calculator:
                         "OUTPUT": [f"-j {names.OUTPUT}"]}
             for tag in sorted(used_tags):
                 fs.ipsets[names.tag_ipset(tag, v)] = self._tag_members(tag, v)
-            self.policy.contribute(fs, v, self)     # policy chains, selector ipsets, host endpoints
+            # policy chains and selector ipsets; the tags policy rules name need their ipsets too
+            for tag in sorted(self.policy.contribute(fs, v, self.local, self.cfg.iface_prefix)):
+                fs.ipsets.setdefault(names.tag_ipset(tag, v), self._tag_members(tag, v))
+            self._host_endpoints(fs, v)
         routes: dict[str, frozenset[str]] = {}
         neigh: dict[str, dict[str, str]] = {}
         for ep in self.local.values():
@@ -367,6 +370,33 @@ class Calculator:
             out.update(render_chains(names.profile_chain(pid, direction), rlist, v))
         self._prof_cache[(pid, v)] = (rules, out)
         return out
+
+    def _host_endpoints(self, fs: FamilyState, v: int) -> None:
+        """This host's host endpoints: each interface's chains after the profiles they jump to
+        (a host endpoint's profile may be used by no workload), and their lines after the
+        core's own in felix-INPUT/OUTPUT/FORWARD."""
+        out = self.policy.hosts.render(v, self.cfg.iface_prefix, self.cfg.failsafe_inbound,
+                                       self.cfg.failsafe_outbound, self.rules)
+        if out is None:
+            return
+        for profiles, chains in out.interfaces:
+            for p in profiles:
+                self._add_profile(fs, p, v)
+            fs.chains.update(chains)
+        for chain, extra in out.lines.items():
+            fs.chains[chain] = list(fs.chains.get(chain, [])) + extra
+
+    def _add_profile(self, fs: FamilyState, pid: str, v: int) -> None:
+        """A profile's chains and the ipsets of the tags its rules name, where still missing."""
+        fs.chains.update(self._profile_chains(pid, v))
+        rules = self.rules[pid]
+        for r in rules.inbound + rules.outbound:
+            for f in ("src_tag", "dst_tag", "!src_tag", "!dst_tag"):
+                tag = r.get(f)
+                if tag:
+                    name = names.tag_ipset(tag, v)
+                    if name not in fs.ipsets:
+                        fs.ipsets[name] = self._tag_members(tag, v)
 
     def _endpoint_chains(self, ep: Endpoint, v: int, valid_profiles: frozenset[str]) -> dict[str, list[str]]:
         profs = tuple(p for p in ep.profile_ids if p in valid_profiles)

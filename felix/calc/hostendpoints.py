@@ -33,7 +33,7 @@ stay open on host endpoints (as on workloads), or v6 would break outright.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from felix import names
@@ -110,6 +110,20 @@ def failsafe_lines(flag: str, ifname: str, ports: tuple[tuple[str, int], ...]) -
     return out
 
 
+@dataclass(frozen=True)
+class HostEndpointRules:
+    """One family's host-endpoint rendering, handed back for the core calculator to merge.
+
+    Profiles are the core's (their chains and tag ipsets are rendered there), so
+    each interface says which profiles its chains jump to; the core puts them in
+    place before that interface's chains.  `lines` go after the core's own lines
+    of felix-INPUT / felix-OUTPUT / felix-FORWARD.
+    """
+
+    interfaces: tuple[tuple[tuple[str, ...], dict[str, list[str]]], ...]   # ((profile ids, chains), ...)
+    lines: dict[str, list[str]]
+
+
 class HostEndpoints:
     """Host endpoints of the cluster; renders this host's. Owned by PolicyCalculator."""
 
@@ -183,32 +197,29 @@ class HostEndpoints:
             out.update(self.policy.matching_policies(hep.key))
         return out
 
-    def contribute(self, fs: object, version: int, calc: object) -> None:
-        """Chains for this host's host endpoints and their lines in felix-INPUT/OUTPUT/FORWARD."""
-        cfg = calc.cfg
-        prefix = getattr(cfg, "iface_prefix", "cali")
-        heps = self.resolved(prefix)
+    def render(self, version: int, iface_prefix: str, failsafe_in: tuple, failsafe_out: tuple,
+               profiles: Container[str]) -> HostEndpointRules | None:
+        """Chains for this host's host endpoints and their lines in felix-INPUT/OUTPUT/FORWARD;
+        None when there is none.  `profiles`: the profile ids that have rules (others are skipped)."""
+        heps = self.resolved(iface_prefix)
         if not heps:
-            return
-        fin = getattr(cfg, "failsafe_inbound", DEFAULT_FAILSAFE_IN)
-        fout = getattr(cfg, "failsafe_outbound", DEFAULT_FAILSAFE_OUT)
+            return None
+        interfaces = []
         inp, out, fwd = [], [], []
         for ifname in sorted(heps):
             hep = heps[ifname]
             pol_in, pol_out = self.policy.endpoint_lines(hep.key, version)
-            profs = []
-            for p in hep.profile_ids:
-                if p in calc.rules:
-                    profs.append(p)
-                    _ensure_profile(calc, fs, p, version)
+            profs = tuple(p for p in hep.profile_ids if p in profiles)
+            chains = {}
             for direction, pol in (("i", pol_in), ("o", pol_out)):
                 lines = [f"-j MARK --set-xmark 0x0/{MARK_ACCEPT}", *pol]
                 for p in profs:
                     lines += [f"-j {names.profile_chain(p, direction)}",
                               f"-m mark --mark {MARK_ACCEPT}/{MARK_ACCEPT} -j RETURN"]
                 lines.append("-j DROP")
-                fs.chains[host_chain(direction, ifname)] = lines
-            for flag, lst, failsafe in (("-i", inp, fin), ("-o", out, fout)):
+                chains[host_chain(direction, ifname)] = lines
+            interfaces.append((profs, chains))
+            for flag, lst, failsafe in (("-i", inp, failsafe_in), ("-o", out, failsafe_out)):
                 lst += [f"{flag} {ifname} -m conntrack --ctstate INVALID -j DROP",
                         f"{flag} {ifname} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
                 if version == 6:
@@ -224,19 +235,4 @@ class HostEndpoints:
                 fwd += [f"-i {ifname} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in _ICMPV6_ND]
             fwd += [f"-i {ifname} -j {host_chain('i', ifname)}",
                     f"-o {ifname} -j {host_chain('o', ifname)}"]
-        for chain, extra in ((names.INPUT, inp), (names.OUTPUT, out), (names.FORWARD, fwd)):
-            fs.chains[chain] = list(fs.chains.get(chain, [])) + extra
-
-
-def _ensure_profile(calc: object, fs: object, pid: str, version: int) -> None:
-    """A host endpoint's profile may be used by no workload: add its chains and tag ipsets."""
-    chains = calc._profile_chains(pid, version)
-    fs.chains.update(chains)
-    rules = calc.rules[pid]
-    for r in rules.inbound + rules.outbound:
-        for f in ("src_tag", "dst_tag", "!src_tag", "!dst_tag"):
-            tag = r.get(f)
-            if tag:
-                name = names.tag_ipset(tag, version)
-                if name not in fs.ipsets:
-                    fs.ipsets[name] = calc._tag_members(tag, version)
+        return HostEndpointRules(tuple(interfaces), {names.INPUT: inp, names.OUTPUT: out, names.FORWARD: fwd})

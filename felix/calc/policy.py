@@ -46,12 +46,12 @@ through the core calculator's error channel by key and treated as absent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 from felix import names
-from felix.desired import Endpoint
+from felix.desired import Endpoint, FamilyState
 from libcalico.selectors import SelectorError, parse_selector
 
 from .labels import IndexedEndpoint, LabelIndex
@@ -262,17 +262,18 @@ class PolicyCalculator:
         self._chain_cache[(pk[0], pk[1], version)] = (entry, out)
         return out
 
-    def contribute(self, fs: object, version: int, calc: object) -> None:
-        """Add to the family state `fs` the chains of every policy in force for `calc.local`
-        and this host's host endpoints, their selector ipsets, and the host endpoints' chains.
+    def contribute(self, fs: FamilyState, version: int, local_keys: Iterable[str], iface_prefix: str) -> set[str]:
+        """Add to the family state `fs` the chains of every policy in force for the local
+        endpoints `local_keys` and this host's host endpoints, and their selector ipsets.
 
-        `calc` is the core Calculator (local endpoints, profiles, config).
+        Returns the tags those policies' rules name: their ipsets are the core
+        calculator's to fill (it knows which endpoints carry a tag), and they must
+        exist, since a rule naming a missing set fails the whole table's restore.
         """
-        prefix = getattr(calc.cfg, "iface_prefix", "cali")
         used: set[tuple[str, str]] = set()
-        for key in calc.local:
+        for key in local_keys:
             used.update(self.matching_policies(key))
-        used.update(self.hosts.used_policies(prefix))
+        used.update(self.hosts.used_policies(iface_prefix))
         sel_uids: set[str] = set()
         tags: set[str] = set()
         for pk in sorted(used):
@@ -282,11 +283,7 @@ class PolicyCalculator:
             tags |= _entry_tags(entry)
         for uid in sorted(sel_uids):
             fs.ipsets[names.selector_ipset(uid, version)] = self.index.members(uid, version)
-        # Tags used by policy rules need their ipsets just as profile rules' tags do:
-        # a rule naming a set that does not exist makes the whole table's restore fail.
-        for tag in sorted(tags):
-            fs.ipsets.setdefault(names.tag_ipset(tag, version), calc._tag_members(tag, version))
-        self.hosts.contribute(fs, version, calc)
+        return tags
 
 
 def _entry_tags(entry: PolicyEntry) -> set[str]:
