@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable
 
 from calicoctl.cli import (
     Action,
@@ -18,8 +17,8 @@ from calicoctl.cli import (
     usage_error,
 )
 from libcalico import keys
-from libcalico.models import BgpPeer, InvalidValue, NodeMesh, parse_key_value
-from libcalico.validation import validate_asn, validate_ip
+from libcalico.models import NodeMesh
+from libcalico.validation import validate_asn, validate_bgp_ip, validate_ip
 
 USAGE = """\
 Usage:
@@ -57,16 +56,10 @@ def parse_peer_add(words: list[str], usage: str, group: str) -> tuple[str, int]:
     return ip, asn
 
 
-def peer_json(ip: str, asn: int) -> str:
-    """The datamodel's peer value; as_num in the classic string form."""
-    BgpPeer.model_validate({"ip": ip, "as_num": asn})
-    return dumps({"ip": ip, "as_num": str(asn)})
+def peer_actions(words: list[str], opts: dict, usage: str, group: str, host: str | None, what: str) -> Action:
+    """add/remove/show for the peers of every node (host None) or of one node."""
+    from libcalico.resources import BgpPeers
 
-
-def peer_actions(words: list[str], opts: dict, usage: str, group: str,
-                 key_for: Callable[[Context, str], str],
-                 dir_for: Callable[[Context, int], str], what: str) -> Action:
-    """add/remove/show for a peer list whose keys come from key_for/dir_for."""
     if not words:
         raise usage_error(usage, ["peer"], group)
     cmd, rest = words[0], words[1:]
@@ -74,11 +67,10 @@ def peer_actions(words: list[str], opts: dict, usage: str, group: str,
         raise ArgError(f"--ipv4/--ipv6 only apply to '{group} peer show'")
     if cmd == "add":
         ip, asn = parse_peer_add(rest, usage, group)
-        value = peer_json(ip, asn)
+        check(validate_bgp_ip, ip, what="peer IP")  # what BgpPeers.put would refuse
 
         async def add(ctx: Context) -> int:
-            client = await ctx.client()
-            await client.put(key_for(ctx, ip), value)
+            await BgpPeers(await ctx.client()).put(ip, asn, host=host)
             return 0
 
         return add
@@ -88,8 +80,7 @@ def peer_actions(words: list[str], opts: dict, usage: str, group: str,
         ip = check(validate_ip, rest[0], what="peer IP")
 
         async def remove(ctx: Context) -> int:
-            client = await ctx.client()
-            if not await client.delete(key_for(ctx, ip)):
+            if not await BgpPeers(await ctx.client()).delete(ip, host=host):
                 raise CliError(f"no {what} BGP peer {ip}; nothing removed")
             return 0
 
@@ -102,18 +93,10 @@ def peer_actions(words: list[str], opts: dict, usage: str, group: str,
         versions = (4,) if opts.get("--ipv4") else (6,) if opts.get("--ipv6") else (4, 6)
 
         async def show(ctx: Context) -> int:
-            client = await ctx.client()
+            peers = BgpPeers(await ctx.client())
             for v in versions:
-                _, kvs = await client.get_prefix(dir_for(ctx, v))
-                rows = []
-                for kv in kvs:
-                    try:
-                        key, peer = parse_key_value(kv.key, kv.value)
-                    except InvalidValue as exc:
-                        rows.append(["(invalid)", str(exc)])
-                        continue
-                    if isinstance(peer, BgpPeer):
-                        rows.append([peer.ip, str(peer.as_num)])
+                rows = [[s.value.ip, str(s.value.as_num)] if s.valid else ["(invalid)", f"{s.path}: {s.error}"]
+                        for s in await peers.list(host=host, version=v, include_invalid=True)]
                 rows.sort(key=lambda r: _ip_sort(r[0]))
                 ctx.print(table([f"Peer address (IPv{v})", "AS Num"], rows))
             return 0
@@ -192,10 +175,7 @@ def parse(args: list[str]) -> Action:
         raise usage_error(USAGE, [], "bgp")
     cmd, rest = words[0], words[1:]
     if cmd == "peer":
-        return peer_actions(rest, opts, USAGE, "bgp",
-                            key_for=lambda ctx, ip: keys.bgp_global_peer(ip),
-                            dir_for=lambda ctx, v: f"{keys.BGP_GLOBAL_DIR}peer_v{v}/",
-                            what="global")
+        return peer_actions(rest, opts, USAGE, "bgp", host=None, what="global")
     if opts:
         raise ArgError(f"--ipv4/--ipv6 only apply to 'bgp peer show', not 'bgp {cmd}'")
     if cmd == "node-mesh":

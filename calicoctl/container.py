@@ -15,12 +15,13 @@ import json
 import os
 import socket
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from calicoctl import netns
 from calicoctl.cli import Action, ArgError, CliError, Context, check, split_options, table, usage_error
 from libcalico import keys
+from libcalico.models import Pool, WorkloadEndpoint
+from libcalico.resources import Nodes, Pools, Stored, WorkloadEndpoints
 from libcalico.validation import validate_ifname, validate_ip, validate_name
 
 USAGE = """\
@@ -116,15 +117,11 @@ async def local_hostname(client: Any | None, explicit: str | None = None) -> str
     kernel = socket.gethostname()
     if client is None:
         return kernel
-    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
     registered: dict[str, str] = {}
-    for kv in kvs:
-        k = keys.parse(kv.key)
-        if k is not None and k.kind == "bgp_host_ip" and kv.value:
-            try:
-                registered.setdefault(validate_ip(kv.value.strip()), validate_name(k.host, "hostname"))
-            except ValueError:
-                continue  # a bad registration is node show's to report, not ours to trust
+    for n in await Nodes(client).list():
+        for ip in (n.ip4, n.ip6):
+            if ip:  # a bad registration is node show's to report, not ours to trust
+                registered.setdefault(ip, n.name)
     if kernel in registered.values():
         return kernel
     try:
@@ -139,52 +136,25 @@ async def local_hostname(client: Any | None, explicit: str | None = None) -> str
 
 # ---- datastore helpers ---------------------------------------------------------
 
-@dataclass
-class Endpoint:
-    key: str
-    host: str
-    endpoint_id: str
-    data: dict
-    mod_revision: int
-
-    @property
-    def ifname(self) -> str:
-        """The host-side interface, or "" when etcd holds something we must not hand to ip(8)."""
-        try:
-            return validate_ifname(self.data.get("name"))
-        except ValueError:
-            return ""
+Endpoint = Stored  # a workload endpoint as read: .key (host, workload, endpoint), .value, .mod_revision
 
 
-def workload_prefix(host: str, workload: str) -> str:
-    return f"{keys.workload_dir(host)}{ORCHESTRATOR}/{workload}/endpoint/"
+def ifname(ep: Endpoint) -> str:
+    """The host-side interface, or "" when etcd holds something we must not hand to ip(8)."""
+    return ep.value.name if ep.valid else ""
 
 
 async def find_endpoint(client: Any, host: str, workload: str, strict: bool = True) -> Endpoint | None:
     """The (single) endpoint of a namespace on `host`, or None.
 
-    A value that is not a JSON object stops an edit (strict) but not a removal,
-    which only needs the key and the endpoint id.
+    An invalid value stops an edit (strict) but not a removal, which only
+    needs the key and the endpoint id.
     """
-    _, kvs = await client.get_prefix(workload_prefix(host, workload))
-    for kv in sorted(kvs, key=lambda kv: kv.create_revision):
-        k = keys.parse(kv.key)
-        if k is None or k.kind != "workload_endpoint":
-            continue
-        try:
-            data = json.loads(kv.value)
-        except ValueError:
-            data = None
-        if strict:
-            from libcalico import models
-
-            try:
-                models.parse_key_value(kv.key, kv.value)
-            except models.InvalidValue as e:
-                raise CliError(f"{e}; fix it or remove the container") from None
-        if not isinstance(data, dict):
-            data = {}
-        return Endpoint(kv.key, host, k.endpoint, data, kv.mod_revision)
+    eps = await WorkloadEndpoints(client).list(host, ORCHESTRATOR, workload, include_invalid=True)
+    for ep in sorted(eps, key=lambda s: s.create_revision):
+        if strict and not ep.valid:
+            raise CliError(f"{ep.path}: {ep.error}; fix it or remove the container")
+        return ep
     return None
 
 
@@ -195,36 +165,21 @@ async def require_endpoint(client: Any, host: str, ns: netns.NamespaceRef) -> En
     return ep
 
 
-async def enabled_pools(client: Any, version: int) -> list[ipaddress._BaseNetwork]:
-    from libcalico import models
-
-    prefix = keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6
-    _, kvs = await client.get_prefix(prefix)
-    out = []
-    for kv in kvs:
-        try:
-            _, pool = models.parse_key_value(kv.key, kv.value)
-        except models.InvalidValue:
-            continue  # an invalid pool is not a pool; pool show reports it
-        if pool is not None and not pool.disabled:
-            out.append(ipaddress.ip_network(pool.cidr))
-    return out
+async def ipam_pools(client: Any, version: int) -> list[Pool]:
+    """Pools IPAM hands addresses from (not disabled, not `ipam: false`)."""
+    return await Pools(client).for_ipam(version)
 
 
 async def _check_in_pool(client: Any, ip: str) -> None:
-    addr = ipaddress.ip_address(ip)
-    if not any(addr in net for net in await enabled_pools(client, addr.version)):
-        raise CliError(f"{ip} is not in any enabled IPv{addr.version} pool (see 'calicoctl pool add')")
+    if await Pools(client).containing(ip) is None:
+        v = ipaddress.ip_address(ip).version
+        raise CliError(f"{ip} is not in any enabled IPv{v} pool (see 'calicoctl pool add')")
 
 
-async def _write_endpoint(client: Any, ep: Endpoint) -> None:
-    """Compare-and-swap the endpoint back, so a concurrent edit is never lost silently."""
-    from libcalico import models
-
-    value = json.dumps(ep.data, separators=(",", ":"))
-    models.parse_key_value(ep.key, value)  # never write what Felix would reject
-    if not await client.cas(ep.key, ep.mod_revision, value):
-        raise CliError(f"{ep.key} changed while we edited it; nothing written, try again")
+async def _write_endpoint(client: Any, ep: Endpoint, **changes: Any) -> None:
+    """Compare-and-swap the changed endpoint back, so a concurrent edit is never lost silently."""
+    if not await WorkloadEndpoints(client).cas(ep, ep.value.model_copy(update=changes)):
+        raise CliError(f"{ep.path} changed while we edited it; nothing written, try again")
 
 
 def _ipam(client: Any) -> Any:
@@ -356,10 +311,10 @@ async def add(ctx: Context, ns: netns.NamespaceRef, spec: tuple[str, str | None]
         v4, v6 = ([ip], []) if ipaddress.ip_address(ip).version == 4 else ([], [ip])
     else:
         num4 = 1 if kind in ("ipv4", "auto") else 0
-        num6 = 1 if kind == "ipv6" or (kind == "auto" and await enabled_pools(client, 6)) else 0
-        if kind == "ipv6" and not await enabled_pools(client, 6):
+        num6 = 1 if kind == "ipv6" or (kind == "auto" and await ipam_pools(client, 6)) else 0
+        if kind == "ipv6" and not await ipam_pools(client, 6):
             raise CliError("no enabled IPv6 pool to assign from (see 'calicoctl pool add')")
-        if num4 and not await enabled_pools(client, 4):
+        if num4 and not await ipam_pools(client, 4):
             raise CliError("no enabled IPv4 pool to assign from (see 'calicoctl pool add')")
         try:
             v4, v6 = await _maybe_await(ipam.auto_assign(host, ep_id, num4, num6))
@@ -370,26 +325,25 @@ async def add(ctx: Context, ns: netns.NamespaceRef, spec: tuple[str, str | None]
         if len(v4) < num4 or len(v6) < num6:
             await _maybe_await(ipam.release_handle(ep_id))
             raise CliError("IPAM has no free address in the pools (see 'calicoctl ipam')")
-    key = keys.workload_endpoint(host, ORCHESTRATOR, ns.workload_id, ep_id)
     try:
         mac = create_veth(ns, host_if, iface, v4, v6)
-        data: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "state": "active", "name": host_if, "mac": mac, "profile_ids": [],
             "ipv4_nets": [f"{a}/32" for a in v4], "ipv6_nets": [f"{a}/128" for a in v6],
         }
         if v4:
-            data["ipv4_gateway"] = GATEWAY_V4
+            fields["ipv4_gateway"] = GATEWAY_V4
         try:
-            value = json.dumps(data, separators=(",", ":"))
-            if not await client.put_if_absent(key, value):
-                raise CliError(f"{key} already exists")
+            if not await WorkloadEndpoints(client).create(host, ORCHESTRATOR, ns.workload_id, ep_id,
+                                                          WorkloadEndpoint.model_validate(fields)):
+                raise CliError(f"{keys.workload_endpoint(host, ORCHESTRATOR, ns.workload_id, ep_id)} already exists")
         except BaseException:
             delete_veth(ns, host_if, iface)
             raise
     except BaseException:
         await _maybe_await(ipam.release_handle(ep_id))
         raise
-    return Endpoint(key, host, ep_id, data, 0)
+    return await WorkloadEndpoints(client).get(host, ORCHESTRATOR, ns.workload_id, ep_id)
 
 
 async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, hostname: str | None,
@@ -400,12 +354,12 @@ async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, 
     if ep is None:
         raise CliError(f"namespace {arg} has no endpoint on host {host}")
     # The stored name first; else the one we derive from the endpoint id; else the namespace's end.
-    names = [n for n in (ep.ifname, host_ifname(ep.endpoint_id)) if n and _valid_ifname(n)]
+    names = [n for n in (ifname(ep), host_ifname(ep.key.endpoint)) if n and _valid_ifname(n)]
     if not any(delete_veth(None, n) for n in dict.fromkeys(names)) and ns is not None:
         delete_veth(ns, "")
-    await client.delete(ep.key)
+    await WorkloadEndpoints(client).delete(ep)
     ipam = _ipam(client)
-    await _maybe_await(ipam.release_handle(ep.endpoint_id))
+    await _maybe_await(ipam.release_handle(ep.key.endpoint))
     nets = endpoint_ips(ep)
     if nets:
         # Addresses given explicitly by an older tool may carry no handle: free them by address too.
@@ -414,16 +368,10 @@ async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, 
 
 
 def endpoint_ips(ep: Endpoint) -> list[str]:
-    """The endpoint's addresses that parse as IPs (anything else in etcd is ignored)."""
-    out = []
-    for field in ("ipv4_nets", "ipv6_nets"):
-        nets = ep.data.get(field)
-        for n in nets if isinstance(nets, list) else []:
-            try:
-                out.append(str(ipaddress.ip_interface(str(n)).ip))
-            except ValueError:
-                continue
-    return out
+    """The endpoint's addresses (none when its stored value is invalid)."""
+    if not ep.valid:
+        return []
+    return [str(ipaddress.ip_interface(n).ip) for n in ep.value.ipv4_nets + ep.value.ipv6_nets]
 
 
 async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, iface: str,
@@ -434,17 +382,15 @@ async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, ifac
     version = ipaddress.ip_address(ip).version
     field = f"ipv{version}_nets"
     cidr = f"{ip}/{32 if version == 4 else 128}"
-    nets = list(ep.data.get(field, []))
+    nets = list(getattr(ep.value, field))
     ipam = _ipam(client)
     if op == "add":
         if cidr in nets:
             raise CliError(f"{ip} is already assigned to namespace {ns.arg}")
         await _check_in_pool(client, ip)
-        await _maybe_await(ipam.assign(ip, ep.endpoint_id, host))
+        await _maybe_await(ipam.assign(ip, ep.key.endpoint, host))
         try:
-            if version == 6 and not ep.ifname:
-                raise CliError(f"{ep.key} names no usable host interface")
-            gw6 = host_link_local(ep.ifname) if version == 6 else None
+            gw6 = host_link_local(ifname(ep)) if version == 6 else None
             first = not nets
             lines = [f"addr add {cidr} dev {iface}" + (" nodad" if version == 6 else "")]
             if first and version == 4:
@@ -453,10 +399,10 @@ async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, ifac
             if first and version == 6:
                 lines.append(f"route replace ::/0 via {gw6} dev {iface}")
             netns.ip_batch(ns, lines)
-            ep.data[field] = nets + [cidr]
-            if version == 4:
-                ep.data.setdefault("ipv4_gateway", GATEWAY_V4)
-            await _write_endpoint(client, ep)
+            changes: dict[str, Any] = {field: nets + [cidr]}
+            if version == 4 and ep.value.ipv4_gateway is None:
+                changes["ipv4_gateway"] = GATEWAY_V4
+            await _write_endpoint(client, ep, **changes)
         except BaseException:
             netns.run(ns, ["ip", "addr", "del", cidr, "dev", iface], check=False)
             await _maybe_await(ipam.release_ips([ip]))
@@ -464,8 +410,7 @@ async def ip_change(ctx: Context, ns: netns.NamespaceRef, op: str, ip: str, ifac
     else:
         if cidr not in nets:
             raise CliError(f"{ip} is not assigned to namespace {ns.arg}")
-        ep.data[field] = [n for n in nets if n != cidr]
-        await _write_endpoint(client, ep)
+        await _write_endpoint(client, ep, **{field: [n for n in nets if n != cidr]})
         netns.run(ns, ["ip", "addr", "del", cidr, "dev", iface], check=False)
         await _maybe_await(ipam.release_ips([ip]))
 
@@ -480,7 +425,7 @@ async def profile_change(ctx: Context, ns: netns.NamespaceRef, op: str, profiles
             _, kvs = await client.get_prefix(keys.profile_dir(p))
             if not kvs:
                 raise CliError(f"profile {p} does not exist (see 'calicoctl profile add')")
-    current = list(ep.data.get("profile_ids") or ([ep.data["profile_id"]] if ep.data.get("profile_id") else []))
+    current = list(ep.value.profile_ids)  # the model already reads a legacy single profile_id
     if op == "set":
         new = list(dict.fromkeys(profiles))
     elif op == "append":
@@ -493,16 +438,14 @@ async def profile_change(ctx: Context, ns: netns.NamespaceRef, op: str, profiles
         if missing:
             raise CliError(f"namespace {ns.arg} does not have profile {missing[0]}")
         new = [p for p in current if p not in profiles]
-    ep.data.pop("profile_id", None)
-    ep.data["profile_ids"] = new
-    await _write_endpoint(client, ep)
+    await _write_endpoint(client, ep, profile_ids=new)
     return new
 
 
 def endpoint_table(eps: list[Endpoint]) -> str:
-    rows = [[e.endpoint_id, e.host, e.data.get("name", ""), e.data.get("mac") or "",
-             "\n".join(e.data.get("ipv4_nets", []) + e.data.get("ipv6_nets", [])),
-             ",".join(e.data.get("profile_ids") or []), e.data.get("state", "")] for e in eps]
+    rows = [[e.key.endpoint, e.key.host, e.value.name, e.value.mac or "",
+             "\n".join(e.value.ipv4_nets + e.value.ipv6_nets), ",".join(e.value.profile_ids), e.value.state]
+            for e in eps]
     return table(["Endpoint ID", "Hostname", "Interface", "MAC", "IP Addresses", "Profiles", "State"], rows)
 
 
@@ -555,9 +498,9 @@ def _parse(args: list[str]) -> Action:
 
         async def do_add(ctx: Context) -> int:
             ep = await add(ctx, ns, spec, iface, hostname)
-            nets = ep.data["ipv4_nets"] + ep.data["ipv6_nets"]
+            nets = ep.value.ipv4_nets + ep.value.ipv6_nets
             ctx.print(f"IP {', '.join(n.split('/')[0] for n in nets)} added to {ns.arg} "
-                      f"(endpoint {ep.endpoint_id}, interface {ep.data['name']}, host {ep.host})")
+                      f"(endpoint {ep.key.endpoint}, interface {ep.value.name}, host {ep.key.host})")
             return 0
 
         return do_add
@@ -567,7 +510,7 @@ def _parse(args: list[str]) -> Action:
 
         async def do_remove(ctx: Context) -> int:
             ep = await remove(ctx, ref, wid, hostname, arg)
-            ctx.print(f"Removed networking from {arg} (endpoint {ep.endpoint_id})")
+            ctx.print(f"Removed networking from {arg} (endpoint {ep.key.endpoint})")
             return 0
 
         return do_remove
@@ -607,17 +550,5 @@ def _parse(args: list[str]) -> Action:
 
 
 async def host_endpoints(client: Any, host: str) -> list[Endpoint]:
-    """Every workload endpoint of a host (any orchestrator); unparseable values count too."""
-    _, kvs = await client.get_prefix(keys.workload_dir(host))
-    out = []
-    for kv in kvs:
-        k = keys.parse(kv.key)
-        if k is None or k.kind != "workload_endpoint":
-            continue
-        try:
-            data = json.loads(kv.value)
-        except ValueError:
-            data = {}
-        out.append(Endpoint(kv.key, k.host, k.endpoint, data if isinstance(data, dict) else {},
-                            kv.mod_revision))
-    return out
+    """Every workload endpoint of a host (any orchestrator); invalid values count too."""
+    return list(await WorkloadEndpoints(client).list(host, include_invalid=True))

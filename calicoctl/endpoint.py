@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from calicoctl.cli import Action, Context, check, split_options, table, usage_error
-from libcalico import keys
-from libcalico.models import InvalidValue, WorkloadEndpoint, parse_key_value
+from libcalico.resources import WorkloadEndpoints
 from libcalico.validation import validate_name
 
 USAGE = """\
@@ -38,25 +37,10 @@ def parse(args: list[str]) -> Action:
     want = {field: check(validate_name, opts[opt], what, what=what)
             for opt, (field, what) in FILTERS.items() if opt in opts}
     detailed = bool(opts.get("--detailed"))
-    prefix = keys.host_dir(want["host"]) if "host" in want else keys.HOST_DIR
 
     async def show(ctx: Context) -> int:
-        client = await ctx.client()
-        _, kvs = await client.get_prefix(prefix)
-        rows = []
-        for kv in kvs:
-            key = keys.parse(kv.key)
-            if key is None or key.kind != "workload_endpoint":
-                continue
-            if any(getattr(key, f) != v for f, v in want.items()):
-                continue
-            try:
-                _, ep = parse_key_value(kv.key, kv.value)
-            except InvalidValue as exc:
-                rows.append((key, None, exc.reason))
-                continue
-            assert isinstance(ep, WorkloadEndpoint)
-            rows.append((key, ep, ""))
+        listed = await WorkloadEndpoints(await ctx.client()).list(**want, include_invalid=True)
+        rows = [(s.key, s.value, s.error or "") for s in listed]
         rows.sort(key=lambda r: r[0].path)
         if not detailed:
             counts = Counter((k.host, k.orchestrator) for k, _, _ in rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from calicoctl.bgp import peer_actions
 from calicoctl.cli import Action, hostname_opt, split_options, usage_error
-from libcalico import keys
 
 SUMMARY = "BGP peers of one node: node bgp peer add|remove|show"
 
@@ -30,7 +29,4 @@ def parse(args: list[str]) -> Action:
         raise usage_error(USAGE, words, "node bgp")
     host = hostname_opt(opts)
     opts.pop("--hostname", None)
-    return peer_actions(words[1:], opts, USAGE, "node bgp",
-                        key_for=lambda ctx, ip: keys.bgp_host_peer(host, ip),
-                        dir_for=lambda ctx, v: f"{keys.bgp_host_dir(host)}peer_v{v}/",
-                        what=f"node {host}")
+    return peer_actions(words[1:], opts, USAGE, "node bgp", host=host, what=f"node {host}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 
 from calicoctl import container, status
 from calicoctl.cli import Action, CliError, Context, check, split_options, usage_error
-from libcalico import keys
+from libcalico.resources import Nodes, WorkloadEndpoints
 from libcalico.validation import validate_name
 
 USAGE = """\
@@ -41,33 +40,26 @@ async def remove_node(ctx: Context, host: str, remove_endpoints: bool) -> list[s
         raise CliError(f"node {host} still has {len(eps)} workload endpoint(s); "
                        "use --remove-endpoints to remove them too")
     for ep in eps:
-        if ep.ifname.startswith(container.IFACE_PREFIX):
+        ifname = container.ifname(ep)
+        if ifname.startswith(container.IFACE_PREFIX):
             # names embed the endpoint id, so a link of this name here is this endpoint's
-            container.delete_veth(None, ep.ifname)
-        await _maybe_await(ipam.release_handle(ep.endpoint_id))
+            container.delete_veth(None, ifname)
+        await _maybe_await(ipam.release_handle(ep.key.endpoint))
         nets = container.endpoint_ips(ep)
         if nets:
             await _maybe_await(ipam.release_ips(nets))
-        await client.delete(ep.key)
+        await WorkloadEndpoints(client).delete(ep)
     if eps:
         done.append(f"removed {len(eps)} endpoint(s)")
     # Tunnel addresses the node allocated for itself.
-    tunnel = []
-    for param in ("IpInIpTunnelAddr", "VXLANTunnelAddr"):
-        v = await client.get(keys.host_config(host, param))
-        if v:
-            try:
-                tunnel.append(str(ipaddress.ip_address(v.strip())))
-            except ValueError:
-                pass
+    nodes = Nodes(client)
+    node = await nodes.get(host)
+    tunnel = list(node.tunnel_addrs.values()) if node is not None else []
     if tunnel:
         await _maybe_await(ipam.release_ips(tunnel))
     await _maybe_await(ipam.release_host_affinities(host))
-    n_host = await client.delete_prefix(keys.host_dir(host))
-    n_bgp = await client.delete_prefix(keys.bgp_host_dir(host))
-    n_felix = await client.delete_prefix(f"{keys.FELIX_STATUS_DIR}{host}/")
-    n_ipam = await client.delete_prefix(keys.ipam_host_dir(host))
-    done.append(f"deleted {n_host + n_bgp + n_felix + n_ipam} key(s) and released its blocks")
+    n_keys = await nodes.remove(host)
+    done.append(f"deleted {n_keys} key(s) and released its blocks")
     return done
 
 
@@ -87,9 +79,7 @@ def parse(args: list[str]) -> Action:
         local = host == here
         if local and any(p.program in ("calico-node", "supervisord") for p in status.node_processes()):
             raise CliError("calico-node is running here; stop it first ('calicoctl node stop')")
-        known = (await client.get_prefix(keys.host_dir(host)))[1] or (
-            await client.get_prefix(keys.bgp_host_dir(host)))[1]
-        if not known:
+        if not await Nodes(client).exists(host):
             raise CliError(f"node {host} is not registered")
         for line in await remove_node(ctx, host, remove_eps):
             ctx.print(f"{host}: {line}")

@@ -16,19 +16,12 @@ one, shown in parentheses).
 
 
 async def node_rows(client) -> list[list[str]]:
-    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
-    nodes: dict[str, dict[str, str]] = {}
-    for kv in kvs:
-        k = keys.parse(kv.key)
-        if k is None:
-            continue
-        if k.kind == "bgp_host_ip":
-            nodes.setdefault(k.host, {})[f"v{k.version}"] = (kv.value or "").strip()
-        elif k.kind == "bgp_host_as":
-            nodes.setdefault(k.host, {})["as"] = (kv.value or "").strip()
+    from libcalico.resources import Nodes
+
     global_as = (await client.get(keys.bgp_global_as()) or "64511").strip()
-    return [[h, n.get("v4", ""), n.get("v6", ""), n.get("as") or f"({global_as})"]
-            for h, n in sorted(nodes.items())]
+    # The stored text, so an invalid registration shows as written (node show is where it is seen).
+    return [[n.name, n.raw.get("v4", ""), n.raw.get("v6", ""), n.raw.get("as") or f"({global_as})"]
+            for n in await Nodes(client).list()]
 
 
 def parse(args: list[str]) -> Action:

@@ -14,9 +14,8 @@ from calicoctl.cli import (
     table,
     usage_error,
 )
-from libcalico import keys
-from libcalico.datastore import op_delete, op_put, unchanged_since, version
-from libcalico.models import InvalidValue, Pool, parse_key_value, to_json
+from libcalico.models import Pool
+from libcalico.resources import BLOCK_PREFIX, Conflict, PoolOverlap, Pools
 from libcalico.validation import validate_cidr
 
 USAGE = """\
@@ -36,10 +35,6 @@ Options:
   --ipv4            Show only IPv4 pools
   --ipv6            Show only IPv6 pools
 """
-
-# IPAM carves pools into blocks of this size; a smaller pool could never be used.
-BLOCK_PREFIX = {4: 26, 6: 122}
-
 
 def parse_pool_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A CIDR usable as a pool: valid, not loopback/multicast, at least one IPAM block big."""
@@ -80,22 +75,14 @@ def _parse_add(words: list[str], opts: dict) -> Action:
         pools.append(Pool.model_validate(fields))
 
     async def add(ctx: Context) -> int:
-        client = await ctx.client()
-        for _ in range(_CAS_ATTEMPTS):
-            guards: list = []
-            existing = await read_pools(client, guards=guards)
-            for pool in pools:
-                new = ipaddress.ip_network(pool.cidr)
-                for old in existing:
-                    if old.cidr != pool.cidr and new.overlaps(ipaddress.ip_network(old.cidr)):
-                        raise ArgError(f"invalid CIDR {pool.cidr!r}: overlaps existing pool {old.cidr}")
-            # One transaction: every named pool or none, and only if no pool
-            # appeared or changed since the overlap check read them.
-            ok, _ = await client.txn(guards, [op_put(keys.pool(p.cidr), to_json(p)) for p in pools], [],
-                                     what="pool add")
-            if ok:
-                return 0
-        raise CliError("pool add: the pools kept changing while checking for overlaps; nothing written, try again")
+        try:
+            await Pools(await ctx.client()).add(pools)
+        except PoolOverlap as e:
+            raise ArgError(f"invalid CIDR {e.new!r}: overlaps existing pool {e.other}") from None
+        except Conflict:
+            raise CliError("pool add: the pools kept changing while checking for overlaps; nothing written, "
+                           "try again") from None
+        return 0
 
     return add
 
@@ -106,47 +93,13 @@ def _parse_remove(words: list[str]) -> Action:
     cidrs = [str(ipaddress.ip_network(check(validate_cidr, w, what="CIDR"))) for w in words]
 
     async def remove(ctx: Context) -> int:
-        client = await ctx.client()
         # All or nothing, and only if every pool still exists when the deletes apply.
-        ok, _ = await client.txn([version(keys.pool(c)) > 0 for c in cidrs],
-                                 [op_delete(keys.pool(c)) for c in cidrs], [], what="pool remove")
+        ok, missing = await Pools(await ctx.client()).remove(cidrs)
         if not ok:
-            missing = [c for c in cidrs if await client.get(keys.pool(c)) is None]
             raise CliError(f"{', '.join(missing) or 'a pool'} is not a configured pool; nothing removed")
         return 0
 
     return remove
-
-
-_CAS_ATTEMPTS = 10
-
-
-async def read_pools(client, versions: tuple[int, ...] = (4, 6), guards: list | None = None) -> list[Pool]:
-    """Every valid pool; an invalid value is skipped (it is not a pool anyone can use).
-
-    With `guards`, appends the transaction compares that fail if any pool
-    changes after this read.
-    """
-    return [p for p, _ in await read_pools_with_errors(client, versions, guards) if p is not None]
-
-
-async def read_pools_with_errors(client, versions: tuple[int, ...] = (4, 6),
-                                 guards: list | None = None) -> list[tuple[Pool | None, str]]:
-    out: list[tuple[Pool | None, str]] = []
-    for v in versions:
-        prefix = keys.POOL_DIR_V4 if v == 4 else keys.POOL_DIR_V6
-        rev, kvs = await client.get_prefix(prefix)
-        if guards is not None:
-            guards.append(unchanged_since(prefix, rev))
-        for kv in kvs:
-            try:
-                key, pool = parse_key_value(kv.key, kv.value)
-            except InvalidValue as exc:
-                out.append((None, str(exc)))
-                continue
-            if key is not None and key.kind == "pool" and isinstance(pool, Pool):
-                out.append((pool, kv.key))
-    return out
 
 
 def pool_options(pool: Pool) -> str:
@@ -172,12 +125,10 @@ def _parse_show(words: list[str], opts: dict) -> Action:
     versions = (4,) if opts.get("--ipv4") else (6,) if opts.get("--ipv6") else (4, 6)
 
     async def show(ctx: Context) -> int:
-        client = await ctx.client()
-        rows = await read_pools_with_errors(client, versions)
+        listed = await Pools(await ctx.client()).list(include_invalid=True)
         for v in versions:
-            mine = [(p, k) for p, k in rows if (p is not None and p.version == v)
-                    or (p is None and f"/v{v}/" in k)]
-            body = [[p.cidr, pool_options(p)] if p is not None else ["(invalid)", k] for p, k in mine]
+            body = [[s.value.cidr, pool_options(s.value)] if s.valid else ["(invalid)", f"{s.path}: {s.error}"]
+                    for s in listed if s.key.version == v]
             body.sort(key=lambda r: (r[0] == "(invalid)", _sort_key(r[0])))
             ctx.print(table([f"IPv{v} CIDR", "Options"], body))
         return 0

@@ -108,20 +108,11 @@ class Ipam:
     # ---- reads --------------------------------------------------------------
 
     async def pools(self, version: int) -> list[Network]:
-        """Pools that may give addresses: enabled and with ipam not false (invalid ones skipped)."""
-        from libcalico.models import parse_key_value
-        _, kvs = await self.client.get_prefix(keys.POOL_DIR_V4 if version == 4 else keys.POOL_DIR_V6)
-        out = []
-        for kv in kvs:
-            try:
-                _, pool = parse_key_value(kv.key, kv.value)
-            except ValueError as e:
-                log.warning("ignoring pool: %s", e)
-                continue
-            if pool is None or pool.disabled or not pool.ipam:
-                continue
-            out.append(ipaddress.ip_network(pool.cidr))
-        return sorted(out, key=lambda n: (n.network_address, n.prefixlen))
+        """Pools that may give addresses (the rule is `resources.Pools.usable`)."""
+        from libcalico.resources import Pools
+
+        nets = [ipaddress.ip_network(p.cidr) for p in await Pools(self.client).for_ipam(version)]
+        return sorted(nets, key=lambda n: (n.network_address, n.prefixlen))
 
     @staticmethod
     def _block_size(pool: Network) -> int:

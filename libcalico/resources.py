@@ -68,7 +68,12 @@ class ResourceError(Exception):
 
 
 class PoolOverlap(ResourceError, ValueError):
-    """A new pool overlaps another one."""
+    """A new pool overlaps another one (`new`, `other`: their CIDRs)."""
+
+    def __init__(self, new: str, other: str):
+        super().__init__(f"pools {new} and {other} overlap")
+        self.new = new
+        self.other = other
 
 
 class AddressConflict(ResourceError):
@@ -224,7 +229,7 @@ class Pools(_Repo):
             existing = await self.list()
             clash = self.overlapping(pools, [s.value for s in existing])
             if clash is not None:
-                raise PoolOverlap(f"pools {clash[0]} and {clash[1]} overlap")
+                raise PoolOverlap(*clash)
             ok, _ = await self.client.txn(
                 [unchanged_since(keys.IPAM_V1_DIR, existing.revision)],
                 [op_put(keys.pool(p.cidr), _check(keys.pool(p.cidr), to_json(p))) for p in pools], [],
@@ -249,14 +254,14 @@ class Pools(_Repo):
         path = keys.pool(pool.cidr)
         await self.client.put(path, _check(path, to_json(pool)))
 
-    async def remove(self, cidrs: list[str]) -> list[str]:
-        """Delete all of `cidrs` or none; returns those that were not pools (nothing deleted then)."""
+    async def remove(self, cidrs: list[str]) -> tuple[bool, list[str]]:
+        """Delete all of `cidrs` or none: (deleted, the cidrs that were not pools when it failed)."""
         paths = [keys.pool(c) for c in cidrs]
         ok, _ = await self.client.txn([version(p) > 0 for p in paths], [op_delete(p) for p in paths], [],
                                       what="pool remove")
         if ok:
-            return []
-        return [c for c, p in zip(cidrs, paths, strict=True) if await self.client.get(p) is None] or list(cidrs)
+            return True, []
+        return False, [c for c, p in zip(cidrs, paths, strict=True) if await self.client.get(p) is None]
 
     async def delete(self, cidr: str) -> bool:
         return await self.client.delete(keys.pool(cidr))

@@ -133,6 +133,22 @@ def test_explicit_ip_must_be_free_and_in_a_pool(node, netns_factory):
     assert json.loads(b.run("ip", "-j", "link", "show").stdout)[-1]["ifname"] == "lo"
 
 
+def test_pools_with_ipam_false_give_no_addresses(node, netns_factory):
+    """`ipam: false` pools are routed but never handed out: auto asks no IPv6 of an
+    ipam-false IPv6 pool, and an explicit address in one is refused."""
+    node.etcd.put("/calico/v1/ipam/v6/pool/fd65::-64", '{"cidr": "fd65::/64", "ipam": false}')
+    node.etcd.put("/calico/v1/ipam/v4/pool/10.66.0.0-16", '{"cidr": "10.66.0.0/16", "ipam": false}')
+    a, b, c = netns_factory("wl"), netns_factory("wl"), netns_factory("wl")
+    node.ok("container", "add", a.name, "auto")
+    (_, ep), = node.endpoints(a.name).items()
+    assert ep["ipv4_nets"] == ["10.65.0.1/32"] and ep["ipv6_nets"] == []
+    r = node.ctl("container", "add", b.name, "ipv6")
+    assert r.returncode == 1 and "no enabled IPv6 pool" in r.stderr
+    r = node.ctl("container", "add", c.name, "10.66.0.1")
+    assert r.returncode == 1 and "10.66.0.1 is not in any enabled IPv4 pool" in r.stderr
+    assert list(node.endpoints()) == list(node.endpoints(a.name)) and len(node.cali_links()) == 1
+
+
 def test_remove_undoes_everything_and_frees_the_ips(node, netns_factory):
     w1, w2 = netns_factory("wl"), netns_factory("wl")
     node.ok("container", "add", w1.name, "ipv4")

@@ -36,11 +36,11 @@ async def test_pools_one_rule_set(res, etcd):
     await res.pools.add([Pool(cidr="10.65.0.0/16", masquerade=True)])  # same cidr: replaced
     stored = await res.pools.get("10.65.0.0/16")
     assert stored.value.masquerade and stored.value.ipip is None and stored.mod_revision > 0
-    assert await res.pools.remove(["10.65.0.0/16", "10.99.0.0/16"]) == ["10.99.0.0/16"]
+    assert await res.pools.remove(["10.65.0.0/16", "10.99.0.0/16"]) == (False, ["10.99.0.0/16"])
     assert await res.pools.get("10.65.0.0/16") is not None
-    assert await res.pools.remove(["10.65.0.0/16"]) == []
+    assert await res.pools.remove(["10.65.0.0/16"]) == (True, [])
     assert not await res.pools.create_if_none(Pool(cidr="192.168.0.0/16"))  # v4 pools exist
-    assert await res.pools.remove(["fd00::/64"]) == []
+    assert (await res.pools.remove(["fd00::/64"]))[0]
     assert await res.pools.create_if_none(Pool(cidr="fd80::/64"))
 
 
