@@ -21,7 +21,7 @@ from calicoctl.cli import (
 from calicoctl.rules import normalize, parse_rule, rule_text, validation_reason
 from libcalico import keys
 from libcalico.datastore import create, op_put
-from libcalico.models import InvalidValue, ProfileRules, WorkloadEndpoint, parse_key_value, to_json
+from libcalico.models import InvalidValue, ProfileRules, parse_key_value, to_json
 from libcalico.validation import validate_name
 
 USAGE = """\
@@ -120,16 +120,9 @@ def _parse_remove(rest: list[str]) -> Action:
 
 async def _endpoints(client: Any) -> list[tuple[Any, Any]]:
     """(parsed key, WorkloadEndpoint) for every valid workload endpoint."""
-    _, kvs = await client.get_prefix(keys.HOST_DIR)
-    out = []
-    for kv in kvs:
-        try:
-            key, ep = parse_key_value(kv.key, kv.value)
-        except InvalidValue:
-            continue
-        if key is not None and key.kind == "workload_endpoint" and isinstance(ep, WorkloadEndpoint):
-            out.append((key, ep))
-    return out
+    from libcalico.resources import WorkloadEndpoints
+
+    return [(s.key, s.value) for s in await WorkloadEndpoints(client).list()]
 
 
 def _parse_show(rest: list[str], opts: dict) -> Action:
