@@ -22,6 +22,17 @@ Why this shape:
   call order).  Withdrawing one claimant re-installs the next at once:
   keeping only the last writer meant deleting it deleted the survivor's
   route too, and `refresh()` had nothing left to repair.
+
+Why two netlink stacks: routes go out, and routes and neighbours are dumped,
+over the raw socket in `rtnl.py` (one batch from the namespace thread; pyroute2
+encoding every route message cost ~10x the `ip -batch` floor, and importing it
+~80 ms of CPU on the cold-start path).  Neighbour and fdb *writes* and the fdb
+dump stay on pyroute2's AsyncIPRoute: fdb entries are one per remote VTEP, and
+neighbours one per local endpoint that supplies a MAC, written off the
+start-up critical path.  Moving those onto `rtnl.py` too would leave one stack
+(the same ndmsg packing the neighbour dump already parses); it is not done
+because the benchmarks (bench/bench_dataplane.py, bench_felix.py) set no MACs
+and so could not show it costs nothing.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ importing it costs ~80 ms of CPU, which on Felix's cold start would sit
 between the datastore snapshot and the first route.  Route and neighbour
 messages are tiny fixed structs; packing and parsing them here keeps the
 whole first apply free of pyroute2.  pyroute2 still does neighbour and fdb
-writes, the fdb dump and link events, where volume is low and nothing waits
-on them at start-up.
+writes, the fdb dump and link events, off the start-up critical path (why
+both stacks remain: see routes.py).
 
 The socket is opened inside the target namespace by an NsThread and used only
 from that thread.
