@@ -1,9 +1,13 @@
-"""Felix's own frozen view of endpoints and profiles, built from libcalico values.
+"""Felix's own frozen view of endpoints and profiles, built from libcalico models.
 
 The calculator compares these by value to know what changed, so they are
 immutable and hold only what Felix programs.  Conversion re-validates every
 field that ends up in the kernel (interface names, nets, MACs, ids) and raises
 ValueError naming the field; the caller logs it with the key.
+
+The input is what the syncer hands over: the libcalico model of each value
+(`libcalico.models.parse_key_value`), never raw JSON: how the JSON is spelled
+(a legacy `profile_id`, a missing list) is the model's business alone.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from pydantic import BaseModel
 
 from felix.desired import Endpoint
 from libcalico.selectors import SelectorError
@@ -27,12 +33,13 @@ from .rules import (
 )
 
 
-def _get(obj: object, name: str, default: object = None) -> object:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    v = getattr(obj, name, default)
-    if v is default and hasattr(obj, "model_extra") and obj.model_extra:
-        v = obj.model_extra.get(name, default)
+def _get(model: object, name: str, default: object = None) -> object:
+    """A field of a libcalico model; a JSON field the model does not declare is in `model_extra`."""
+    if not isinstance(model, BaseModel):
+        raise TypeError(f"expected a libcalico model, got {type(model).__name__}")
+    v = getattr(model, name, default)
+    if v is default and model.model_extra:
+        v = model.model_extra.get(name, default)
     return v
 
 
@@ -64,10 +71,7 @@ def endpoint_from_value(key: object, value: object) -> Endpoint:
     iface = validate_ifname(_get(value, "name"))
     mac = _get(value, "mac")
     mac = validate_mac(str(mac)) if mac not in (None, "") else None
-    pids = _get(value, "profile_ids")
-    if pids is None:
-        single = _get(value, "profile_id")
-        pids = [single] if single else []
+    pids = _get(value, "profile_ids") or []     # the model reads a legacy `profile_id` into it
     if isinstance(pids, str) or not isinstance(pids, list | tuple):
         raise ValueError("profile_ids must be a list")
     profile_ids = tuple(dict.fromkeys(validate_name(p, "profile id") for p in pids))

@@ -250,7 +250,7 @@ def test_too_many_rules_names_field_and_limit():
     assert "outbound_rules" in msg and str(MAX_RULES) in msg
     models.parse_key_value(PROFILE_KEY, json.dumps({"outbound_rules": [{}] * MAX_RULES}))
     with pytest.raises(ValueError, match=f"inbound_rules.*{MAX_RULES}"):
-        checked_rules({"inbound_rules": [{}] * (MAX_RULES + 1)})
+        checked_rules(models.ProfileRules.model_construct(inbound_rules=[models.Rule()] * (MAX_RULES + 1)))
 
 
 @pytest.mark.parametrize("kind,path", [("profile_rules", PROFILE_KEY),
