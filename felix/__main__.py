@@ -15,13 +15,14 @@ import signal
 import sys
 
 from felix.config import Config
-from felix.daemon import Felix, setup_logging
+from felix.daemon import setup_logging
+from felix.wiring import build_felix
 
 log = logging.getLogger("felix")
 
 
 async def _main(boot: Config) -> int:
-    felix = Felix(boot)
+    felix = build_felix(boot)
     task = asyncio.create_task(felix.run(), name="felix")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

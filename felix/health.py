@@ -6,10 +6,10 @@ not pull a web framework into the node image for two GET routes.
 
 - /liveness: 200 while the loop's heartbeat is recent and the optional
   `live_check` reports nothing; 503 otherwise.
-- /readiness: 200 only when `readiness()` returns no reasons (the daemon says:
-  in sync with the datastore, and the last apply of every writer succeeded;
-  IPIP requested on a kernel without ipip is a reason too); 503 otherwise,
-  with the reasons in the body.
+- /readiness: 200 only when `readiness()` returns no reasons
+  (`felix_readiness(status)`: in sync with the datastore, and the last apply of
+  every writer succeeded; IPIP requested on a kernel without ipip is a reason
+  too); 503 otherwise, with the reasons in the body.
 
 Binds to HealthHost (default 127.0.0.1) : HealthPort (9099) when HealthEnabled.
 """
@@ -21,6 +21,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+
+from felix.status import FelixState, FelixStatus
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +140,18 @@ async def _reply(writer: asyncio.StreamWriter, code: int, body: str, head: bool 
     await writer.drain()
 
 
-def felix_readiness(felix: object) -> list[str]:
-    """Reasons a running `felix.daemon.Felix` is not ready (duck-typed on its attributes)."""
+def felix_readiness(status: FelixStatus) -> list[str]:
+    """Reasons a running Felix is not ready, from its read-only status."""
     reasons = []
-    syncer = getattr(felix, "syncer", None)
-    if not getattr(felix, "in_sync", False):
-        status = getattr(syncer, "status", "starting") if syncer is not None else "starting"
-        reasons.append(f"not in sync with the datastore (syncer: {status})")
-    elif syncer is not None and getattr(syncer, "status", "in-sync") != "in-sync":
-        reasons.append(f"datastore connection lost (syncer: {syncer.status})")
-    elif not getattr(felix, "programmed", False):
+    state, datastore = status.state, status.datastore
+    if state is FelixState.STOPPING:
+        reasons.append("Felix is stopping")
+    elif state is FelixState.WAIT_FOR_READY:
+        reasons.append(f"not in sync with the datastore (syncer: {datastore})")
+    elif datastore != "in-sync":
+        reasons.append(f"datastore connection lost (syncer: {datastore})")
+    elif state is FelixState.PROGRAMMING:
         reasons.append("dataplane not programmed yet")
-    elif not getattr(felix, "last_apply_ok", False):
-        reasons.append(f"last dataplane apply failed ({getattr(felix, 'apply_failures', '?')} in a row)")
-    overlay = getattr(felix, "overlay_dp", None)
-    if overlay is not None:
-        reasons += overlay.not_ready_reasons()
-    return reasons
+    elif state is FelixState.FAILED:
+        reasons.append(f"last dataplane apply failed ({status.apply_failures} in a row)")
+    return reasons + status.dataplane_reasons()

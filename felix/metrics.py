@@ -135,16 +135,11 @@ class Metrics:
         if routes is not None:
             self.record_writer_stats("routes", routes.stats)
 
-    def record_felix(self, felix: object) -> None:
-        """Counters and gauges from a felix.daemon.Felix (called on the loop after each handled batch)."""
-        stats = getattr(felix, "stats", {})
-        self.count_delta("updates", float(stats.get("updates", 0)), self.updates)
-        self.count_delta("batches", float(stats.get("batches", 0)), self.batches)
-        syncer = getattr(felix, "syncer", None)
-        if syncer is not None:
-            self.count_delta("resyncs", float(getattr(syncer, "resyncs", 0) or 0), self.resyncs)
-        self.in_sync.set(1 if getattr(felix, "in_sync", False) else 0)
-        self.ready.set(1 if getattr(felix, "programmed", False) and getattr(felix, "last_apply_ok", False) else 0)
-        calc = getattr(felix, "calc", None)
-        if calc is not None:
-            self.active_endpoints.set(len(getattr(calc, "local", {}) or {}))
+    def record_felix(self, status) -> None:
+        """Counters and gauges from Felix's read-only `felix.status.FelixStatus` (on the loop, after each round)."""
+        self.count_delta("updates", float(status.updates), self.updates)
+        self.count_delta("batches", float(status.batches), self.batches)
+        self.count_delta("resyncs", float(status.resyncs), self.resyncs)
+        self.in_sync.set(1 if status.in_sync else 0)
+        self.ready.set(1 if status.ready else 0)
+        self.active_endpoints.set(status.local_endpoints)

@@ -1,6 +1,11 @@
-"""Felix's liveness and endpoint status, written back to etcd.
+"""Felix's state: the lifecycle enum, the read-only view health and metrics get, and the etcd reporters.
 
-`status` carries a lease of ReportingTTLSecs so it vanishes when Felix dies
+`FelixState` replaces the daemon's separate flags (in sync, programmed, last
+apply ok): one value can never contradict itself.  `StatusBoard` is written by
+the daemon alone; `FelixStatus` is the read-only door handed to the health
+server and the metrics, so neither needs to know how the daemon is built.
+
+In etcd, `status` carries a lease of ReportingTTLSecs so it vanishes when Felix dies
 (the CLI and operators read it as "Felix alive"); `last_reported_status` has
 no lease so the last sign of life survives.  Datastore failures are logged
 once per outage and never stop Felix: status is advisory.
@@ -9,15 +14,103 @@ once per outage and never stop Felix: status is advisory.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from libcalico import keys
 from libcalico.datastore import DatastoreError
 
 log = logging.getLogger(__name__)
+
+
+class FelixState(enum.Enum):
+    """Where Felix is in its life.  The datastore connection has its own state (the syncer's
+    `wait-for-ready | resyncing | in-sync`): a resync after the first in-sync does not move
+    Felix back, the dataplane it programmed stays right until the datastore says otherwise."""
+
+    WAIT_FOR_READY = "wait-for-ready"   # no complete snapshot yet: nothing is programmed
+    PROGRAMMING = "programming"         # in sync; the first full apply has not succeeded yet
+    IN_SYNC = "in-sync"                 # programmed, and the last apply succeeded
+    FAILED = "failed"                   # programmed, but the last apply failed (a retry is due)
+    STOPPING = "stopping"
+
+
+class StatusBoard:
+    """The daemon's own record of its state and counters (only the daemon writes it)."""
+
+    def __init__(self) -> None:
+        self.state = FelixState.WAIT_FOR_READY
+        self.apply_failures = 0
+        self.counts = {"batches": 0, "updates": 0, "applies": 0, "apply_errors": 0}
+
+    def applied(self, ok: bool, failures: int) -> None:
+        self.apply_failures = failures
+        self.counts["applies" if ok else "apply_errors"] += 1
+        if self.state in (FelixState.IN_SYNC, FelixState.FAILED):
+            self.state = FelixState.IN_SYNC if ok else FelixState.FAILED
+
+
+class FelixStatus:
+    """What health and metrics may read of a running Felix; nothing here changes it.
+
+    The datastore state and the local endpoint count come from callables the
+    wiring passes in, so readers never reach into the syncer or the calculator.
+    `dataplane_reasons` adds what the writers themselves report (a kernel without
+    ipip, VXLAN waiting for its addresses).
+    """
+
+    def __init__(self, board: StatusBoard, datastore_state: Callable[[], str],
+                 datastore_resyncs: Callable[[], int], local_endpoints: Callable[[], int] = lambda: 0,
+                 dataplane_reasons: Callable[[], list[str]] = lambda: []):
+        self._board = board
+        self._datastore_state = datastore_state
+        self._datastore_resyncs = datastore_resyncs
+        self._local_endpoints = local_endpoints
+        self._dataplane_reasons = dataplane_reasons
+
+    @property
+    def state(self) -> FelixState:
+        return self._board.state
+
+    @property
+    def in_sync(self) -> bool:
+        """Has seen a complete snapshot (stays true through later resyncs)."""
+        return self._board.state is not FelixState.WAIT_FOR_READY
+
+    @property
+    def ready(self) -> bool:
+        return self._board.state is FelixState.IN_SYNC
+
+    @property
+    def apply_failures(self) -> int:
+        return self._board.apply_failures
+
+    @property
+    def datastore(self) -> str:
+        return self._datastore_state()
+
+    @property
+    def resyncs(self) -> int:
+        return int(self._datastore_resyncs() or 0)
+
+    @property
+    def updates(self) -> int:
+        return self._board.counts["updates"]
+
+    @property
+    def batches(self) -> int:
+        return self._board.counts["batches"]
+
+    @property
+    def local_endpoints(self) -> int:
+        return self._local_endpoints()
+
+    def dataplane_reasons(self) -> list[str]:
+        return list(self._dataplane_reasons())
 
 
 def _now() -> str:

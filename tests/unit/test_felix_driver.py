@@ -12,12 +12,13 @@ import pytest
 
 from felix.calc import CalcConfig, Calculator
 from felix.config import Config
-from felix.daemon import MAX_APPLY_FAILURES, Felix, FelixExit
+from felix.config_store import ConfigStore
 from felix.dataplane.backend import Backend
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.routes import RouteWriter
 from felix.driver import DataplaneDriver
-from libcalico import models
+from felix.policy_apply import MAX_APPLY_FAILURES, ApplyPolicy, FelixExit
+from libcalico import keys, models
 from tests.lib.fakes import ScriptedRunner
 
 
@@ -62,34 +63,31 @@ def test_push_hands_over_everything_then_only_changes(monkeypatch):
     assert "10.0.0.1/32" not in d.routes.desired_routes()
 
 
-def _felix(tmp_path) -> Felix:
-    boot = Config.resolve({}, {}, environ={"FELIX_CONFIGFILE": str(tmp_path / "none")}, hostname="h1")
-    f = Felix(boot, environ={"FELIX_CONFIGFILE": str(tmp_path / "none")})
-    f._spawn_retry = lambda delay: None
-    return f
-
-
-def test_apply_failures_exit_after_limit(tmp_path):
-    f = _felix(tmp_path)
+def test_apply_failures_exit_after_limit():
+    retries: list[float] = []
+    policy = ApplyPolicy(retries.append)
     for _ in range(MAX_APPLY_FAILURES - 1):
-        f._apply_failed(DataplaneError("restore failed"))
+        policy.failed(DataplaneError("restore failed"))
+    assert len(retries) == 1, "one retry timer at a time"
     with pytest.raises(FelixExit) as e:
-        f._apply_failed(DataplaneError("restore failed"))
+        policy.failed(DataplaneError("restore failed"))
     assert e.value.code == 1
-    f2 = _felix(tmp_path)
-    f2._apply_failed(DataplaneError("x"))
-    f2._applied_ok()
-    assert f2.apply_failures == 0
+    p2 = ApplyPolicy(retries.append)
+    p2.failed(DataplaneError("x"))
+    p2.succeeded()
+    assert p2.failures == 0
 
 
 def test_config_keys_of_other_hosts_are_ignored(tmp_path):
-    from libcalico.syncer import Update
+    env = {"FELIX_CONFIGFILE": str(tmp_path / "none")}
+    store = ConfigStore(Config.resolve({}, {}, environ=env, hostname="h1"), environ=env)
 
-    f = _felix(tmp_path)
-    assert f._config_update(Update("put", "/calico/v1/host/other/config/InterfacePrefix", "tap"))
-    assert f._config_update(Update("put", "/calico/v1/host/h1/config/LogSeverityScreen", "debug"))
-    assert f._config_update(Update("put", "/calico/v1/config/IptablesRefreshInterval", "5"))
-    assert not f._config_update(Update("put", "/calico/v1/policy/profile/p/tags", ["x"]))
-    cfg = f._resolve_config()
+    def update(path: str, value: str) -> bool:
+        return store.update("put", keys.parse(path), value)
+
+    assert not update("/calico/v1/host/other/config/InterfacePrefix", "tap")
+    assert update("/calico/v1/host/h1/config/LogSeverityScreen", "debug")
+    assert update("/calico/v1/config/IptablesRefreshInterval", "5")
+    cfg = store.resolve()
     assert cfg.InterfacePrefix == "cali" and cfg.LogSeverityScreen == "debug"
     assert cfg.IptablesRefreshInterval == 5.0

@@ -20,9 +20,11 @@ def _cfg(**env: str) -> Config:
 
 @pytest.fixture
 def felix(monkeypatch):
-    monkeypatch.setattr(addons, "host_addrs", lambda netns: set(), raising=False)
+    """What the daemon hands the settings: a callback that queues "apply again" on its loop."""
     monkeypatch.setattr(addons, "_nameservers", lambda path="/etc/resolv.conf": set(), raising=False)
-    return SimpleNamespace(hostname="h1", netns=None, queue=None)
+    f = SimpleNamespace(queue=None)
+    f.settings = lambda: addons.OverlayNatSettings("h1", on_resolved=lambda: f.queue.put_nowait(("retry", None)))
+    return f
 
 
 def _hanging_resolver(monkeypatch, order: list[str], answers: dict[str, str]) -> threading.Event:
@@ -48,16 +50,16 @@ def test_blocking_system_resolver_does_not_block_the_loop(felix, monkeypatch):
 
     async def main() -> None:
         felix.queue = asyncio.Queue()
-        a = addons.Addons(felix)
-        a.configure(_cfg(FELIX_METADATAADDR="metadata.example"))
+        a = felix.settings()
+        _, ncfg = a.configure(_cfg(FELIX_METADATAADDR="metadata.example"))
         order.append("configure returned")
         await asyncio.sleep(0)
         order.append("loop ran while resolving")
-        assert a.nat.cfg.metadata_addr is None  # not known yet: no DNAT to a guess
+        assert ncfg.metadata_addr is None  # not known yet: no DNAT to a guess
         release.set()
         assert await asyncio.wait_for(felix.queue.get(), 30) == ("retry", None)
-        assert a.nat.cfg.metadata_addr == "10.1.2.3"
-        await a.stop()
+        assert a.nat_config().metadata_addr == "10.1.2.3"
+        a.stop()
 
     asyncio.run(main())
     assert order == ["configure returned", "loop ran while resolving", "resolved metadata.example"]
@@ -70,16 +72,16 @@ def test_etcd_host_name_lookup_does_not_block_the_loop(felix, monkeypatch):
 
     async def main() -> None:
         felix.queue = asyncio.Queue()
-        a = addons.Addons(felix)
-        a.configure(_cfg(ETCD_ENDPOINTS="http://etcd.example:2379,http://10.0.0.1:2379"))
+        a = felix.settings()
+        _, ncfg = a.configure(_cfg(ETCD_ENDPOINTS="http://etcd.example:2379,http://10.0.0.1:2379"))
         order.append("configure returned")
-        assert "10.0.0.1" in a.nat.cfg.protected  # literals protected at once
+        assert "10.0.0.1" in ncfg.protected  # literals protected at once
         await asyncio.sleep(0)
         order.append("loop ran while resolving")
         release.set()
         assert await asyncio.wait_for(felix.queue.get(), 30) == ("retry", None)
-        assert {"10.9.9.9", "10.0.0.1"} <= a.nat.cfg.protected
-        await a.stop()
+        assert {"10.9.9.9", "10.0.0.1"} <= a.nat_config().protected
+        a.stop()
 
     asyncio.run(main())
     assert order == ["configure returned", "loop ran while resolving", "resolved etcd.example"]
@@ -87,12 +89,12 @@ def test_etcd_host_name_lookup_does_not_block_the_loop(felix, monkeypatch):
 
 def test_literal_addresses_need_no_lookup(felix):
     async def main() -> None:
-        a = addons.Addons(felix)
+        a = felix.settings()
         a.resolver = _never
-        a.configure(_cfg(FELIX_METADATAADDR="10.0.0.10", ETCD_ENDPOINTS="http://10.0.0.1:2379"))
-        assert a.nat.cfg.metadata_addr == "10.0.0.10"
-        assert not a._lookups
-        await a.stop()
+        _, ncfg = a.configure(_cfg(FELIX_METADATAADDR="10.0.0.10", ETCD_ENDPOINTS="http://10.0.0.1:2379"))
+        assert ncfg.metadata_addr == "10.0.0.10"
+        assert not a.pending_lookups()
+        a.stop()
 
     asyncio.run(main())
 
@@ -113,14 +115,14 @@ def test_unanswered_lookup_times_out_to_no_metadata_dnat(caplog):
 def test_newer_config_cancels_the_older_lookup(felix):
     async def main() -> None:
         felix.queue = asyncio.Queue()
-        a = addons.Addons(felix)
+        a = felix.settings()
         a.resolver = _never
         a.configure(_cfg(FELIX_METADATAADDR="old.example"))
-        first = a._lookups["metadata"]
-        a.configure(_cfg(FELIX_METADATAADDR="10.0.0.10"))
+        assert a.pending_lookups() == {"metadata"}
+        _, ncfg = a.configure(_cfg(FELIX_METADATAADDR="10.0.0.10"))
         await asyncio.sleep(0)
-        assert first.cancelled() and "metadata" not in a._lookups
-        assert a.nat.cfg.metadata_addr == "10.0.0.10"
-        await a.stop()
+        assert "metadata" not in a.pending_lookups()
+        assert ncfg.metadata_addr == "10.0.0.10"
+        a.stop()
 
     asyncio.run(main())

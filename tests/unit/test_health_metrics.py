@@ -10,6 +10,7 @@ import urllib.request
 
 from felix.health import HealthServer, felix_readiness
 from felix.metrics import Metrics
+from felix.status import FelixState, FelixStatus, StatusBoard
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -70,33 +71,44 @@ def test_from_config_defaults_to_localhost_and_respects_disabled():
     assert HealthServer.from_config(off, lambda: []) is None and Metrics.from_config(off) is None
 
 
+def _status(syncer: types.SimpleNamespace, local: int = 0, dataplane: list[str] | None = None):
+    board = StatusBoard()
+    status = FelixStatus(board, datastore_state=lambda: syncer.status, datastore_resyncs=lambda: syncer.resyncs,
+                         local_endpoints=lambda: local, dataplane_reasons=lambda: list(dataplane or []))
+    return board, status
+
+
 def test_felix_readiness_reasons():
-    f = types.SimpleNamespace(in_sync=False, programmed=False, last_apply_ok=False, apply_failures=0,
-                              syncer=types.SimpleNamespace(status="wait-for-ready"))
-    assert "wait-for-ready" in felix_readiness(f)[0]
-    f.in_sync, f.syncer.status = True, "in-sync"
-    assert felix_readiness(f) == ["dataplane not programmed yet"]
-    f.programmed, f.apply_failures = True, 2
-    assert "2 in a row" in felix_readiness(f)[0]
-    f.last_apply_ok = True
-    assert felix_readiness(f) == []
-    f.syncer.status = "resyncing"  # etcd went away after the first sync
-    assert "datastore connection lost" in felix_readiness(f)[0]
-    f.syncer.status = "in-sync"
-    f.overlay_dp = types.SimpleNamespace(not_ready_reasons=lambda: ["IPIP is enabled but no ipip"])
-    assert felix_readiness(f) == ["IPIP is enabled but no ipip"]
+    syncer = types.SimpleNamespace(status="wait-for-ready", resyncs=0)
+    reasons: list[str] = []
+    board, status = _status(syncer, dataplane=reasons)
+    assert "wait-for-ready" in felix_readiness(status)[0]
+    board.state, syncer.status = FelixState.PROGRAMMING, "in-sync"
+    assert felix_readiness(status) == ["dataplane not programmed yet"]
+    board.state = FelixState.IN_SYNC
+    board.applied(False, 2)
+    assert board.state is FelixState.FAILED and "2 in a row" in felix_readiness(status)[0]
+    board.applied(True, 0)
+    assert felix_readiness(status) == []
+    syncer.status = "resyncing"  # etcd went away after the first sync
+    assert "datastore connection lost" in felix_readiness(status)[0]
+    syncer.status = "in-sync"
+    reasons.append("IPIP is enabled but no ipip")
+    assert felix_readiness(status) == ["IPIP is enabled but no ipip"]
+    board.state = FelixState.STOPPING
+    assert felix_readiness(status)[0] == "Felix is stopping"
 
 
 async def test_metrics_served_and_counted():
     m = Metrics("127.0.0.1", 0)
     m.start()
     try:
-        felix = types.SimpleNamespace(stats={"updates": 7, "batches": 2}, in_sync=True, programmed=True,
-                                      last_apply_ok=True, syncer=types.SimpleNamespace(resyncs=1),
-                                      calc=types.SimpleNamespace(local={"a": 1, "b": 2}))
-        m.record_felix(felix)
-        felix.stats["updates"] = 10
-        m.record_felix(felix)  # cumulative stats become counter deltas, never double-counted
+        board, status = _status(types.SimpleNamespace(status="in-sync", resyncs=1), local=2)
+        board.state = FelixState.IN_SYNC
+        board.counts.update(updates=7, batches=2)
+        m.record_felix(status)
+        board.counts["updates"] = 10
+        m.record_felix(status)  # cumulative stats become counter deltas, never double-counted
         table = types.SimpleNamespace(table="filter", stats={"last_apply_seconds": 0.02, "restore_errors": 1})
         ipsets = types.SimpleNamespace(stats={"last_apply_seconds": 0.01, "restore_errors": 0},
                                        desired_sets=lambda: {"felix-v4-a": frozenset({"1.1.1.1", "2.2.2.2"})})

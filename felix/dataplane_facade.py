@@ -1,0 +1,179 @@
+"""The Dataplane: every writer of one Felix behind one object, the only thing the daemon applies.
+
+Why a facade: the kernel state Felix owns is split across writers (the filter
+and nat tables per family, the ipsets per family, routes, the overlay devices,
+sysctls), and the order between them matters.  Before this, the daemon applied
+the filter writers and an add-on object reached into them to apply the nat
+tables and the overlay with the same ipset writers.  Here one object holds all
+of them and knows the order:
+
+  ipsets (new sets) -> filter tables -> ipset deletes -> routes   (felix.driver)
+  then: ipsets -> nat tables -> ipset deletes, then overlay devices (+ routes)
+
+The daemon hands desired state over (`push`, `push_nat_overlay`: model only,
+no I/O) and calls `apply()` / `apply_nat_overlay()`; a kernel refusal raises
+DataplaneError and the daemon's ApplyPolicy decides what follows.  Nothing
+here knows the calculators: desired state arrives as felix.desired data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from felix.dataplane.errors import DataplaneError
+from felix.driver import DataplaneDriver
+
+log = logging.getLogger(__name__)
+
+
+class NatPusher:
+    """Hands one family's NatState to its nat IptablesTable and IpsetWriter (model calls only).
+
+    Remembers what it handed over last so chains, hooks and sets that are no
+    longer wanted are removed (the nat table goes back to untouched when there
+    is nothing to NAT).  Apply order stays the caller's: ipsets.apply_updates()
+    -> table.apply() -> ipsets.apply() (which destroys removed sets).
+    """
+
+    def __init__(self, table, ipsets):
+        self.table, self.ipsets = table, ipsets
+        self._chains: set[str] = set()
+        self._hooks: set[str] = set()
+        self._sets: set[str] = set()
+
+    def push(self, st) -> None:
+        for name, members in st.ipsets.items():
+            self.ipsets.set_members(name, members)
+        for name, rules in st.chains.items():
+            self.table.set_chain(name, rules)
+        for builtin, rules in st.hooks.items():
+            self.table.set_hooks(builtin, rules)
+        for builtin in self._hooks - set(st.hooks):
+            self.table.set_hooks(builtin, [])
+        for name in self._chains - set(st.chains):
+            self.table.remove_chain(name)
+        for name in self._sets - set(st.ipsets):
+            self.ipsets.remove(name)
+        self._chains, self._hooks, self._sets = set(st.chains), set(st.hooks), set(st.ipsets)
+
+
+class Dataplane:
+    """Owns the filter writers (a DataplaneDriver), the nat tables, the overlay devices and sysctls.
+
+    `metrics` (optional) is told how long the nat and overlay stages took and
+    which one failed; the filter writers' own stats are read after each batch.
+    """
+
+    def __init__(self, driver: DataplaneDriver, nat_tables: Mapping[int, object], overlay, sysctl,
+                 metrics=None):
+        self.driver = driver
+        self.nat_tables = dict(nat_tables)
+        self._nat_pushers = {v: NatPusher(t, driver.ipsets[v]) for v, t in self.nat_tables.items()}
+        self.overlay = overlay
+        self.sysctl = sysctl
+        self.metrics = metrics
+        self._overlay_state = None
+
+    # ---- the writers, read-only, for metrics ----
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return self.driver.versions
+
+    @property
+    def tables(self) -> Mapping[int, object]:
+        return self.driver.tables
+
+    @property
+    def ipsets(self) -> Mapping[int, object]:
+        return self.driver.ipsets
+
+    @property
+    def routes(self):
+        return self.driver.routes
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        return self.driver.last_timings
+
+    @property
+    def backend_mode(self) -> str:
+        return self.driver.tables[4].backend.mode
+
+    def not_ready_reasons(self) -> list[str]:
+        return self.overlay.not_ready_reasons()
+
+    def routes_settled(self) -> bool:
+        """Every route is programmed (none waits for its interface)."""
+        return not self.driver.routes.stats.get("deferred", 1)
+
+    # ---- model (no I/O) ----
+    def push(self, desired) -> int:
+        """The core calculator's DesiredState: filter chains, ipsets, routes, neighbours."""
+        return self.driver.push(desired)
+
+    def push_nat_overlay(self, nat: Mapping[int, object], overlay_state, datastore_mac: str | None) -> None:
+        """One NatState per family and the OverlayState; `datastore_mac` is what etcd holds as our
+        VXLAN MAC: when it is another, the overlay writer publishes ours again."""
+        for v, pusher in self._nat_pushers.items():
+            pusher.push(nat[v])
+        self._overlay_state = overlay_state
+        mac = self.overlay.vxlan_mac
+        if mac and datastore_mac not in (None, mac):
+            self.overlay.republish_mac()
+
+    def interface_changed(self, name: str) -> None:
+        self.driver.routes.interface_changed(name)
+
+    # ---- kernel ----
+    async def prefetch(self) -> None:
+        await self.driver.prefetch()
+
+    async def apply(self) -> None:
+        await self.driver.apply()
+
+    async def apply_nat_overlay(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        stage = "nat"
+        ipsets = self.driver.ipsets
+        try:
+            await asyncio.gather(*(ipsets[v].apply_updates() for v in self.nat_tables))
+            await asyncio.gather(*(t.apply() for t in self.nat_tables.values()))
+            await asyncio.gather(*(ipsets[v].apply() for v in self.nat_tables))
+            stage = "overlay"
+            await self.overlay.apply(self._overlay_state)
+        except DataplaneError:
+            if self.metrics is not None:
+                self.metrics.observe_apply(stage, loop.time() - t0, ok=False)
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_apply("overlay", self.overlay.stats["last_apply_seconds"])
+
+    async def cleanup_stale(self) -> None:
+        """After the first complete apply: remove what Felix owns and nobody desires."""
+        await self.driver.cleanup_stale()
+        await asyncio.gather(*(t.cleanup_stale() for t in self.nat_tables.values()))
+        await self.overlay.cleanup_stale()
+
+    async def refresh_iptables(self) -> None:
+        await self.driver.refresh_iptables()
+        await asyncio.gather(*(t.refresh() for t in self.nat_tables.values()))
+
+    async def refresh_routes(self) -> None:
+        await self.driver.refresh_routes()
+
+    async def refresh_ipsets(self) -> None:
+        await self.driver.refresh_ipsets()
+
+    async def configure_global(self, v6: bool) -> list[str]:
+        return await self.sysctl.configure_global(v6=v6)
+
+    async def configure_interface(self, name: str, v6: bool) -> list[str]:
+        return await self.sysctl.configure_interface(name, v6=v6)
+
+    def close(self) -> None:
+        self.overlay.close()     # its RouteWriter is the driver's: closed below, once
+        self.driver.routes.close()
+        self.sysctl.close()
