@@ -190,42 +190,33 @@ def _icmp(value: object, what: str, hi: int) -> int:
     return n
 
 
-def render_rule(rule: Mapping, version: int,
-                selector_ipset: Callable[[str, int], str] | None = None) -> RenderedRule:
-    """Validate `rule` and render its matches for IP `version` (`base` None = not for this family).
+def _matches(rule: Mapping, field: str) -> list[tuple[bool, object]]:
+    """(negated, value) for `field` and its `!` form, positive first; [] when neither is set."""
+    pos, neg = rule.get(field), rule.get(_NEGATED[field])
+    if pos is None and neg is None:
+        return []
+    return [x for x in ((False, pos), (True, neg)) if x[1] is not None]
 
-    `selector_ipset(text, version)` names the ipset of a src/dst selector (tiered
-    policy); without it a selector is an error.
-    """
-    for k in rule:
-        if not isinstance(k, str):
-            raise RuleError(f"rule key {k!r} is not a string")
+
+def _action(rule: Mapping) -> tuple[str, str | None]:
+    """(action, log prefix for `log`, else None)."""
     action = rule.get("action", "allow")
     if not isinstance(action, str) or action not in _ACTIONS:
         raise RuleError(f"action {action!r} is not one of allow, deny, next-tier, log")
-    log_prefix = None
-    if action == "log":
-        log_prefix = rule.get("log_prefix", "calico-packet:")
-        try:
-            log_prefix = validate_log_prefix(log_prefix)
-        except ValueError as e:
-            raise RuleError(str(e)) from None
+    if action != "log":
+        return action, None
+    try:
+        return action, validate_log_prefix(rule.get("log_prefix", "calico-packet:"))
+    except ValueError as e:
+        raise RuleError(str(e)) from None
 
-    ipv = rule.get("ip_version")
-    if ipv is not None and (ipv not in (4, 6) or isinstance(ipv, bool)):
-        raise RuleError(f"ip_version {ipv!r} is not 4 or 6")
 
-    def get(field: str) -> list[tuple[bool, object]]:
-        pos, neg = rule.get(field), rule.get(_NEGATED[field])
-        if pos is None and neg is None:
-            return []
-        return [x for x in ((False, pos), (True, neg)) if x[1] is not None]
-
+def _net_args(rule: Mapping) -> tuple[list[str], list[str]]:
+    """(`-s`/`-d` matches, nets the rule must not match that need a line of their own)."""
     args: list[str] = []
     not_nets: list[str] = []
-    # -s / -d first (iptables-save's order), then protocol, then modules.
     for field, flag in (("src_net", "-s"), ("dst_net", "-d")):
-        both = get(field)
+        both = _matches(rule, field)
         for neg, v in both:
             try:
                 cidr = validate_cidr(v)
@@ -235,29 +226,36 @@ def render_rule(rule: Mapping, version: int,
                 not_nets.append(f"{flag} {cidr}")
             else:
                 args.append(f"{'! ' if neg else ''}{flag} {cidr}")
+    return args, not_nets
 
-    protos = get("protocol")
+
+def _proto_arg(rule: Mapping) -> tuple[str | None, str | None, str | None]:
+    """(protocol for port/icmp checks, its iptables name, the `-p` match); a negated protocol
+    allows no protocol-specific match, so it leaves the first two None."""
+    protos = _matches(rule, "protocol")
     if len(protos) > 1:
         raise RuleError("protocol and !protocol together")
-    proto = None
-    proto_arg = None
-    if protos:
-        neg, v = protos[0]
-        proto = _proto(v)
-        proto_arg = _PROTO_NAMES.get(proto, proto)
-        args.append(f"{'! ' if neg else ''}-p {proto_arg}")
-        if neg:
-            proto = proto_arg = None  # a negated protocol allows no protocol-specific match
+    if not protos:
+        return None, None, None
+    neg, v = protos[0]
+    proto = _proto(v)
+    name = _PROTO_NAMES.get(proto, proto)
+    arg = f"{'! ' if neg else ''}-p {name}"
+    return (None, None, arg) if neg else (proto, name, arg)
 
+
+def _set_args(rule: Mapping, version: int, selector_ipset: Callable[[str, int], str] | None) -> list[str]:
+    """`-m set` matches of the tags and selectors."""
+    args = []
     for field, direction in (("src_tag", "src"), ("dst_tag", "dst")):
-        for neg, v in get(field):
+        for neg, v in _matches(rule, field):
             try:
                 tag = validate_name(v, "tag")
             except ValueError as e:
                 raise RuleError(f"{field}: {e}") from None
             args.append(f"-m set {'! ' if neg else ''}--match-set {names.tag_ipset(tag, version)} {direction}")
     for field, direction in (("src_selector", "src"), ("dst_selector", "dst")):
-        for neg, v in get(field):
+        for neg, v in _matches(rule, field):
             if selector_ipset is None:
                 raise RuleError(f"{field} is only supported in tiered policies")
             if not isinstance(v, str):
@@ -267,37 +265,68 @@ def render_rule(rule: Mapping, version: int,
             except ValueError as e:
                 raise RuleError(f"{field}: {e}") from None
             args.append(f"-m set {'! ' if neg else ''}--match-set {set_name} {direction}")
+    return args
 
+
+def _port_lists(rule: Mapping, proto: str | None) -> dict[str, tuple[str, ...]]:
+    """Multiport groups by field (`src_ports`, `!dst_ports`, ...)."""
     ports: dict[str, tuple[str, ...]] = {}
     for field in ("src_ports", "dst_ports"):
-        for neg, v in get(field):
+        for neg, v in _matches(rule, field):
             if proto not in _PORT_PROTOS:
                 raise RuleError(f"{field} needs protocol tcp, udp, sctp or udplite")
             ports[("!" if neg else "") + field] = _port_groups(v, ("!" if neg else "") + field)
+    return ports
 
-    itype = get("icmp_type")
-    icode = get("icmp_code")
-    if itype or icode:
-        if proto not in ("icmp", "icmpv6", "1", "58"):
-            raise RuleError("icmp_type/icmp_code need protocol icmp or icmpv6")
-        if icode and not itype:
-            raise RuleError("icmp_code needs icmp_type")
-        if len(itype) > 1:
-            raise RuleError("icmp_type and !icmp_type together")
-        neg, t = itype[0]
-        t = _icmp(t, "icmp_type", ICMP_TYPE_MAX)
-        spec = str(t)
-        if icode:
-            cneg, c = icode[0]
-            if cneg != neg or len(icode) > 1:
-                raise RuleError("icmp_code must be negated together with icmp_type")
-            spec = f"{t}/{_icmp(c, 'icmp_code', ICMP_CODE_MAX)}"
-        if version == 4:
-            args.append(f"-m icmp {'! ' if neg else ''}--icmp-type {spec}")
-        else:
-            args.append(f"-m icmp6 {'! ' if neg else ''}--icmpv6-type {spec}")
 
-    return RenderedRule(action, " ".join(args) if rule_applies(rule, version) else None, proto_arg,
+def _icmp_args(rule: Mapping, proto: str | None, version: int) -> list[str]:
+    """The `-m icmp`/`-m icmp6` match of icmp_type (and icmp_code), if any."""
+    itype = _matches(rule, "icmp_type")
+    icode = _matches(rule, "icmp_code")
+    if not (itype or icode):
+        return []
+    if proto not in ("icmp", "icmpv6", "1", "58"):
+        raise RuleError("icmp_type/icmp_code need protocol icmp or icmpv6")
+    if icode and not itype:
+        raise RuleError("icmp_code needs icmp_type")
+    if len(itype) > 1:
+        raise RuleError("icmp_type and !icmp_type together")
+    neg, t = itype[0]
+    t = _icmp(t, "icmp_type", ICMP_TYPE_MAX)
+    spec = str(t)
+    if icode:
+        cneg, c = icode[0]
+        if cneg != neg or len(icode) > 1:
+            raise RuleError("icmp_code must be negated together with icmp_type")
+        spec = f"{t}/{_icmp(c, 'icmp_code', ICMP_CODE_MAX)}"
+    if version == 4:
+        return [f"-m icmp {'! ' if neg else ''}--icmp-type {spec}"]
+    return [f"-m icmp6 {'! ' if neg else ''}--icmpv6-type {spec}"]
+
+
+def render_rule(rule: Mapping, version: int,
+                selector_ipset: Callable[[str, int], str] | None = None) -> RenderedRule:
+    """Validate `rule` and render its matches for IP `version` (`base` None = not for this family).
+
+    `selector_ipset(text, version)` names the ipset of a src/dst selector (tiered
+    policy); without it a selector is an error.  Matches come in the order
+    iptables-save prints them: -s / -d, protocol, then modules.
+    """
+    for k in rule:
+        if not isinstance(k, str):
+            raise RuleError(f"rule key {k!r} is not a string")
+    action, log_prefix = _action(rule)
+    ipv = rule.get("ip_version")
+    if ipv is not None and (ipv not in (4, 6) or isinstance(ipv, bool)):
+        raise RuleError(f"ip_version {ipv!r} is not 4 or 6")
+    args, not_nets = _net_args(rule)
+    proto, proto_name, proto_match = _proto_arg(rule)
+    if proto_match:
+        args.append(proto_match)
+    args += _set_args(rule, version, selector_ipset)
+    ports = _port_lists(rule, proto)
+    args += _icmp_args(rule, proto, version)
+    return RenderedRule(action, " ".join(args) if rule_applies(rule, version) else None, proto_name,
                         ports.get("src_ports", ()), ports.get("dst_ports", ()),
                         ports.get("!src_ports", ()), ports.get("!dst_ports", ()), log_prefix,
                         tuple(not_nets))
