@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -98,27 +99,35 @@ def _endpoint_key(c: Cluster, node, wl) -> str:
     return keys[0]
 
 
+# 2 s of a 10/s ping: the longest outage a restart or an etcd outage may cause.
+MAX_LOST = 19
+_SEQ = re.compile(r"icmp_seq=(\d+)")
+
+
 class _Pinger(threading.Thread):
-    """A continuous ping (10/s); records the longest run of lost replies in seconds."""
+    """A continuous ping (10/s); records the longest run of lost replies, counted by icmp_seq (not by
+    the clock, which a busy machine stretches)."""
 
     def __init__(self, src, ip: str):
         super().__init__(daemon=True)
         self.proc = src.popen(["ping", "-i", "0.1", "-W", "1", "-O", ip], stdout=subprocess.PIPE, text=True)
-        self.longest_gap = 0.0
+        self.most_lost = 0
 
     def run(self) -> None:
-        last_ok = None
+        last_seq = None
         for line in self.proc.stdout:
-            now = time.monotonic()
-            if "bytes from" in line:
-                if last_ok is not None:
-                    self.longest_gap = max(self.longest_gap, now - last_ok)
-                last_ok = now
+            m = _SEQ.search(line)
+            if m is None or "bytes from" not in line:
+                continue
+            seq = int(m.group(1))
+            if last_seq is not None and seq > last_seq:
+                self.most_lost = max(self.most_lost, seq - last_seq - 1)
+            last_seq = seq if last_seq is None else max(last_seq, seq)
 
-    def stop(self) -> float:
+    def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
         self.join(5)
-        return self.longest_gap
+        return self.most_lost
 
 
 @pytest.mark.parametrize("service", ["felix", "confd", "bird"])
@@ -140,8 +149,8 @@ def test_kill_service_connectivity_survives(cluster3, service):
         wait_for(lambda b=before: (lambda p: p.isdigit() and p not in ("0", b))(
             a.supervisorctl("pid", service).stdout.strip()), timeout=30, what=f"{service} restarted by supervisord")
         time.sleep(6)
-    gap = pinger.stop()
-    assert gap <= 2.0, f"connectivity dropped for {gap:.1f}s while {service} restarted"
+    lost = pinger.stop()
+    assert lost <= MAX_LOST, f"{lost} replies in a row lost while {service} restarted"
     status = a.supervisorctl("status").stdout
     assert status.count("RUNNING") >= 3, status
 
@@ -180,13 +189,11 @@ def test_etcd_outage_keeps_traffic_and_recovers(cluster3):
     pinger.start()
     c.etcd.stop()
     time.sleep(20)
-    gap = pinger.stop()
-    assert gap <= 2.0, f"traffic dropped for {gap:.1f}s during the etcd outage"
+    lost = pinger.stop()
+    assert lost <= MAX_LOST, f"{lost} replies in a row lost during the etcd outage"
     c.etcd.start()
-    t0 = time.monotonic()
     wl, ip = c.add_workload(b, "ipv4", profile="open")
     wait_for(lambda: c.ping(src, ip), timeout=15, what="new workload reachable after etcd returned")
-    assert time.monotonic() - t0 <= 15
 
 
 def test_mesh_off_with_global_peer_router():
