@@ -2,7 +2,7 @@
 
 Writers never call subprocess directly: they get a runner, so a test can point
 the same writer at a namespace it created (or at a fake that records what
-would have run: `tests.lib.fakes.ScriptedRunner`).
+would have run, kept with the tests in `tests/lib/fakes.py`).
 """
 
 from __future__ import annotations
