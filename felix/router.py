@@ -26,7 +26,6 @@ from felix.calc.nat import NatCalculator
 from felix.calc.nodes import TUNNEL_PARAMS
 from felix.calc.overlay import OverlayCalculator
 from felix.config_store import CONFIG_KINDS, ConfigStore
-from libcalico import keys
 from libcalico.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -77,9 +76,7 @@ class UpdateRouter:
             if u.kind == "unknown":
                 continue
             out.updates += 1
-            # The syncer has no parsed key for a value it refused (kind 'invalid', and the delete
-            # that follows one): the path alone is parsed then, once.
-            key = u.parsed_key if u.parsed_key is not None else keys.parse(u.key or "")
+            key = u.parsed_key   # the syncer's, for refused values and their deletes too
             if key is None:
                 continue
             created = u.create_revision or 0

@@ -75,13 +75,17 @@ def _default_parser(path: str, raw: str | None) -> tuple[Any, object]:
     return parse_key_value(path, raw)
 
 
-def _kind_of(path: str) -> str:
-    """The kind of key (for rate-limited logging): the datamodel kind, else 'unknown key'."""
+def _parse_key(path: str) -> Any:
+    """The parsed key of a value that failed validation, so consumers need not parse it again."""
     from libcalico import keys
     try:
-        parsed = keys.parse(path)
-    except Exception:  # noqa: BLE001 - only a label for the log
-        parsed = None
+        return keys.parse(path)
+    except Exception:  # noqa: BLE001 - a key outside the datamodel: no parsed key
+        return None
+
+
+def _kind_of(parsed: Any) -> str:
+    """The kind of key (for rate-limited logging): the datamodel kind, else 'unknown key'."""
     return f"invalid {parsed.kind}" if parsed is not None else "invalid key"
 
 
@@ -139,24 +143,25 @@ class Syncer:
         except ValueError as e:
             reason = str(e)
             error = reason if reason.startswith(key) else f"{key}: {reason}"
-            self._seen[key] = _Seen(raw, "invalid", None, created)
-            if self._logged_invalid.get(key) != raw:
-                self._logged_invalid[key] = raw
-                self._invalid_log.log(_kind_of(key), logging.WARNING, "ignoring invalid value: %s", error)
-            return Update("invalid", key, error=error)
+            return self._invalid(key, raw, created, error, logging.WARNING, "ignoring invalid value: %s")
         except Exception as e:  # a parser bug must not stop the node: treat as invalid
             error = f"{key}: cannot parse ({type(e).__name__}: {e})"
-            self._seen[key] = _Seen(raw, "invalid", None, created)
-            if self._logged_invalid.get(key) != raw:
-                self._logged_invalid[key] = raw
-                self._invalid_log.log(_kind_of(key), logging.ERROR, "parser failed: %s", error, exc_info=True)
-            return Update("invalid", key, error=error)
+            return self._invalid(key, raw, created, error, logging.ERROR, "parser failed: %s", exc_info=True)
         self._logged_invalid.pop(key, None)
         if parsed_key is None:
             self._seen[key] = _Seen(raw, "unknown", None, created)
             return Update("unknown", key)
         self._seen[key] = _Seen(raw, "put", parsed_key, created)
         return Update("put", key, value=value, parsed_key=parsed_key, create_revision=created)
+
+    def _invalid(self, key: str, raw: str, created: int, error: str, level: int, msg: str,
+                 exc_info: bool = False) -> Update:
+        parsed = _parse_key(key)
+        self._seen[key] = _Seen(raw, "invalid", parsed, created)
+        if self._logged_invalid.get(key) != raw:
+            self._logged_invalid[key] = raw
+            self._invalid_log.log(_kind_of(parsed), level, msg, error, exc_info=exc_info)
+        return Update("invalid", key, error=error, parsed_key=parsed, create_revision=created)
 
     def _on_delete(self, key: str) -> Update | None:
         seen = self._seen.pop(key, None)

@@ -304,3 +304,21 @@ async def test_parsing_a_big_snapshot_gives_the_loop_turns():
     fake.write("/t/v/new", "{}")
     assert kinds(await next_batch(it)) == [("put", "/t/v/new")]
     await it.aclose()
+
+
+async def test_refused_values_and_their_deletes_carry_the_parsed_key():
+    """Consumers route every update by its parsed key; a refused value (and the delete that
+    follows it) must carry it too, or each consumer parses the path again."""
+    from libcalico.models import parse_key_value
+
+    fake = FakeClient()
+    key = "/calico/v1/policy/profile/p1/tags"
+    fake.data[key] = '["has space"]'
+    s = Syncer(fake, ["/calico/"], parser=parse_key_value)
+    it = Pull(s)
+    first = await next_batch(it)
+    assert first[0].kind == "invalid" and first[0].parsed_key.kind == "profile_tags"
+    fake.write(key, None)
+    gone = await next_batch(it)
+    assert gone[0].kind == "delete" and gone[0].parsed_key.kind == "profile_tags"
+    await it.aclose()
