@@ -37,7 +37,7 @@ SWAP_MIN_SIZE = 16  # below this, deltas are always cheap enough
 
 
 def set_prefix(family: int) -> str:
-    """The names this writer owns; felix.calc.names makes every name under it."""
+    """The names this writer owns; felix.names makes every name under it."""
     return f"felix-v{family}-"
 
 

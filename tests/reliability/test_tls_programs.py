@@ -1,6 +1,6 @@
 """etcd with TLS and client-certificate auth: calicoctl, calico-confd and calico-felix all work through it.
 
-Certificates are made by the test (openssl, tests/lib/etcd.make_tls_certs).
+Certificates are made by the test (openssl, calico_testing/etcd.make_tls_certs).
 Every program gets them the way an operator gives them: ETCD_CA_CERT_FILE,
 ETCD_CERT_FILE, ETCD_KEY_FILE.  Without the client certificate each fails
 with one clear line that says what is missing.  And the private key never

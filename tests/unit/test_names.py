@@ -1,4 +1,4 @@
-"""felix.calc.names: user-derived chain/ipset names never meet Felix's own, whatever the id."""
+"""felix.names: user-derived chain/ipset names never meet Felix's own, whatever the id."""
 
 from __future__ import annotations
 
