@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 
 import pytest
 
@@ -48,10 +48,8 @@ async def test_tls_client_cert_from_env(tls_etcd, caplog):
 
 async def test_tls_without_client_cert_fails_clearly(tls_etcd):
     client = DatastoreClient.from_env(env_for(tls_etcd, ETCD_CA_CERT_FILE=tls_etcd.tls["ca"]), timeout=2)
-    t0 = time.monotonic()
     with pytest.raises(DatastoreUnavailable) as info:
-        await client.get("/tls/a")
-    assert time.monotonic() - t0 < 15, "must fail, not hang"
+        await asyncio.wait_for(client.get("/tls/a"), 15)   # must fail, not hang (a hang: TimeoutError)
     msg = str(info.value)
     assert "get /tls/a" in msg and tls_etcd.endpoint.split("//")[1] in msg
     assert "ETCD_CERT_FILE" in msg  # tells the operator what is missing
