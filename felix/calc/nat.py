@@ -19,8 +19,11 @@ Why these shapes:
 - Metadata: TCP to 169.254.169.254:80 arriving from a workload interface is
   DNATed to MetadataAddr:MetadataPort.
 
-Everything from etcd is re-validated as an IP/CIDR before it can become rule
-text; a bad value is recorded in `take_errors()` and treated as absent.
+Values arrive as the syncer parsed them: libcalico models (`Pool`,
+`WorkloadEndpoint` with its `IpNat` entries), never raw JSON, so how the JSON
+is spelled is the model's business alone.  Everything is still re-validated as
+an IP/CIDR before it can become rule text; a bad value (or anything that is
+not a model) is recorded in `take_errors()` and treated as absent.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from felix import names
 from felix.desired import NatState
 
-from .model import _workload_net
+from .model import _get, _workload_net
 from .nodes import NodeAddresses
 
 METADATA_IP = "169.254.169.254"
@@ -74,16 +77,6 @@ class _Claim:
     pairs: tuple[tuple[str, str], ...]     # ((int_ip, ext_ip), ...)
 
 
-def _field(value: object, name: str, default: object = None) -> object:
-    if isinstance(value, Mapping):
-        return value.get(name, default)
-    v = getattr(value, name, default)
-    extra = getattr(value, "model_extra", None)
-    if v is default and extra:
-        v = extra.get(name, default)
-    return v
-
-
 def _claim_pairs(value: object) -> tuple[tuple[str, str], ...]:
     """The endpoint's (int_ip, ext_ip) pairs, or ValueError naming why the whole list is refused.
 
@@ -92,12 +85,12 @@ def _claim_pairs(value: object) -> tuple[tuple[str, str], ...]:
     that is not special to the host (loopback, link-local holds the metadata
     service and the workload gateway).
     """
-    raw = _field(value, "ipv4_nat", None) or []
+    raw = _get(value, "ipv4_nat", None) or []
     if isinstance(raw, str) or not isinstance(raw, list | tuple):
         raise ValueError("ipv4_nat must be a list")
     own: set[str] = set()
     for v in (4, 6):
-        nets = _field(value, f"ipv{v}_nets", None) or []
+        nets = _get(value, f"ipv{v}_nets", None) or []
         if isinstance(nets, str) or not isinstance(nets, list | tuple):
             raise ValueError(f"ipv{v}_nets must be a list")
         for n in nets:
@@ -105,8 +98,8 @@ def _claim_pairs(value: object) -> tuple[tuple[str, str], ...]:
     pairs: dict[str, str] = {}
     for i, n in enumerate(raw):
         try:
-            int_ip = str(ipaddress.IPv4Address(str(_field(n, "int_ip"))))
-            ext = ipaddress.IPv4Address(str(_field(n, "ext_ip")))
+            int_ip = str(ipaddress.IPv4Address(str(_get(n, "int_ip"))))
+            ext = ipaddress.IPv4Address(str(_get(n, "ext_ip")))
         except ValueError as e:
             raise ValueError(f"ipv4_nat[{i}]: {e}") from None
         ext_ip = str(ext)
@@ -224,10 +217,10 @@ class NatCalculator:
             old = self._pools.get(path)
             new = None
             if value is not None:
-                net = ipaddress.ip_network(str(_field(value, "cidr")), strict=False)
+                net = ipaddress.ip_network(str(_get(value, "cidr")), strict=False)
                 if net.version != key.version:
                     raise ValueError(f"pool cidr {net} is not IPv{key.version}")
-                new = (net.version, str(net), bool(_field(value, "masquerade", False)))
+                new = (net.version, str(net), bool(_get(value, "masquerade", False)))
             if new is None:
                 self._pools.pop(path, None)
             else:
@@ -236,7 +229,7 @@ class NatCalculator:
         # workload endpoint of any host: its claims decide who owns an ext_ip
         old_c = self._claims.get(path)
         new_c = None
-        if value is not None and _field(value, "ipv4_nat", None):
+        if value is not None and _get(value, "ipv4_nat", None):
             pairs = _claim_pairs(value)
             if pairs:
                 new_c = _Claim((int(create_revision or 0), path), key.host, pairs)

@@ -14,8 +14,11 @@ are Felix's alone (datamodel.md "VXLAN overlay"):
 - IPIP: `block via bird_ip(H) dev tunl0 onlink` for each block affine to H in
   an IPIP pool.
 
-Every value is re-validated here (IPs, MACs, CIDRs) because it ends up in
-netlink messages; a bad one is recorded in `take_errors()` with its key and
+Values arrive as the syncer parsed them: `Pool` and `BlockAffinity` models,
+and the plain strings libcalico parses bird_ip, the VXLAN MAC and host config
+into; never raw JSON.  Every value is still re-validated here (IPs, MACs,
+CIDRs) because it ends up in netlink messages; a bad one (or a structured
+value that is not a model) is recorded in `take_errors()` with its key and
 treated as absent.
 """
 
@@ -23,11 +26,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from felix.desired import IpipState, OverlayState, VxlanState
 from libcalico.validation import validate_mac
+
+from .model import _get
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,6 @@ def _ipv4(value: object) -> str:
     if s.lower() in ("", "none"):
         raise LookupError  # explicitly unset: treat as absent, not as an error
     return str(ipaddress.IPv4Address(s))
-
-
-def _field(value: object, name: str, default: object = None) -> object:
-    if isinstance(value, Mapping):
-        return value.get(name, default)
-    return getattr(value, name, default)
 
 
 class OverlayCalculator:
@@ -137,8 +135,8 @@ class OverlayCalculator:
             if value is None:
                 new = None
             else:
-                cidr = str(ipaddress.IPv4Network(str(_field(value, "cidr")), strict=False))
-                mode = "vxlan" if _field(value, "vxlan") else "ipip" if _field(value, "ipip") else None
+                cidr = str(ipaddress.IPv4Network(str(_get(value, "cidr")), strict=False))
+                mode = "vxlan" if _get(value, "vxlan") else "ipip" if _get(value, "ipip") else None
                 new = (cidr, mode)
             if new is None:
                 self._pools.pop(path, None)
@@ -149,7 +147,7 @@ class OverlayCalculator:
         if k == "block_affinity":
             if key.version != 4:
                 return False
-            state = _field(value, "state", "confirmed") if value is not None else None
+            state = _get(value, "state", "confirmed") if value is not None else None
             state = getattr(state, "value", state)
             want = value is not None and state == "confirmed"
             h = self._host(host)

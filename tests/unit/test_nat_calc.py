@@ -9,7 +9,7 @@ import pytest
 from felix.calc import nat
 from felix.calc.nat import NatCalculator, NatConfig
 from libcalico import keys
-from libcalico.models import parse_key_value
+from libcalico.models import IpNat, Pool, WorkloadEndpoint, parse_key_value
 
 ME = "node-a"
 
@@ -117,17 +117,31 @@ def test_metadata_dnat_from_workload_interfaces():
 def test_bad_values_never_reach_rules():
     calc = NatCalculator(NatConfig(ME))
     path, _ = ep(ME, "w1")
-    # values that slipped past the model (defense in depth): raw dicts straight to on_update
-    calc.on_update("put", keys.parse(path), {"ipv4_nat": [{"int_ip": "10.65.0.5 -j ACCEPT", "ext_ip": "1.2.3.4"}]})
+    # values that slipped past the model's validation (defense in depth): unvalidated models
+    bad_nat = IpNat.model_construct(int_ip="10.65.0.5 -j ACCEPT", ext_ip="1.2.3.4")
+    calc.on_update("put", keys.parse(path), WorkloadEndpoint.model_construct(
+        state="active", name="caliw1", ipv4_nets=["10.65.0.5/32"], ipv4_nat=[bad_nat]))
     assert calc.desired(4).chains == {}
     assert calc.take_errors()[0][0] == path
-    calc.on_update("put", keys.parse(keys.pool("10.65.0.0/16")), {"cidr": "10.65.0.0/16 -j ACCEPT"})
+    calc.on_update("put", keys.parse(keys.pool("10.65.0.0/16")), Pool.model_construct(cidr="10.65.0.0/16 -j ACCEPT"))
     assert calc.desired(4).ipsets == {}
     assert calc.take_errors()
     with pytest.raises(ValueError):
         NatCalculator(NatConfig(ME, metadata_addr="169.254.1.1 -j ACCEPT"))
     with pytest.raises(ValueError):
         NatCalculator(NatConfig(ME, iface_prefix="cali -j ACCEPT"))
+
+
+def test_plain_dicts_are_refused_on_their_key():
+    """The calculator takes the syncer's models only: raw JSON never reaches a rule."""
+    calc = NatCalculator(NatConfig(ME))
+    pool_key = keys.parse(keys.pool("10.65.0.0/16"))
+    assert not calc.on_update("put", pool_key, {"cidr": "10.65.0.0/16", "masquerade": True})
+    path, val = ep(ME, "w1", [{"int_ip": "10.65.0.5", "ext_ip": "172.31.0.9"}])
+    assert not calc.on_update("put", keys.parse(path), val)
+    assert calc.desired(4).chains == {}
+    errors = _errors(calc)
+    assert set(errors) == {pool_key.path, path} and all("libcalico model" in r for r in errors.values())
 
 
 def test_chain_names_fit_iptables_and_set_names_pass_the_writer():

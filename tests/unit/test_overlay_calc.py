@@ -6,7 +6,7 @@ import json
 
 from felix.calc.overlay import OverlayCalculator, OverlayConfig
 from libcalico import keys
-from libcalico.models import parse_key_value
+from libcalico.models import Pool, parse_key_value
 
 ME = "node-a"
 
@@ -115,6 +115,23 @@ def test_bad_values_are_reported_with_their_key_and_treated_as_absent():
     key, _ = parse_key_value(keys.host_bird_ip("node-b"), None)
     calc.on_update("invalid", key, "bad ip")
     assert not calc.desired().vxlan.neighbours
+
+
+def test_structured_values_are_models_only():
+    """Pools and affinities arrive as the syncer's models: a plain dict is refused on its key,
+    and an unvalidated model is re-validated before its CIDR can become a route."""
+    calc = OverlayCalculator(OverlayConfig(ME))
+    pool_key = keys.parse(keys.pool("10.65.0.0/16"))
+    assert not calc.on_update("put", pool_key, {"cidr": "10.65.0.0/16", "vxlan": "vxlan.calico"})
+    aff_key = keys.parse(keys.block_affinity("node-b", "10.65.0.64/26"))
+    assert not calc.on_update("put", aff_key, {"state": "confirmed"})
+    errors = dict(calc.take_errors())
+    assert set(errors) == {pool_key.path, aff_key.path}
+    assert all("libcalico model" in r for r in errors.values())
+    assert not calc.desired().vxlan.enabled
+    calc.on_update("put", pool_key, Pool.model_construct(cidr="10.65.0.0/16 dev eth0", vxlan="vxlan.calico"))
+    assert [k for k, _ in calc.take_errors()] == [pool_key.path]
+    assert not calc.desired().vxlan.enabled
 
 
 def test_conflicting_vtep_mac_is_skipped_and_reported():
