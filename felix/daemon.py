@@ -231,7 +231,8 @@ class Felix:
         new = self._config.reload()
         set_log_level(new.LogSeverityScreen)
         calcs = self._calcs
-        calcs.core.cfg = self._calc_config(new)
+        if calcs.core.set_config(self._calc_config(new)):
+            self._stale.add(CORE)
         ocfg, ncfg = self._settings.configure(new)
         if calcs.overlay.set_config(ocfg) | calcs.nat.set_config(ncfg):
             self._stale.add(ADDONS)

@@ -87,6 +87,20 @@ class Calculator:
         self.dropped: dict[str, Endpoint] = {}          # local losers holding their own interface
         self.policy = PolicyCalculator(cfg.hostname)    # tiers, label index, host endpoints
 
+    def set_config(self, cfg: CalcConfig) -> bool:
+        """A live config change; True when the desired state may differ.
+
+        Only the rendering of the base and dispatch chains is cached with
+        config in it, so that cache goes.  Endpoints are not re-checked: the
+        hostname, interface prefix and IPv6 support are not live (a change
+        restarts Felix), so what they decided at each put still holds.
+        """
+        if cfg == self.cfg:
+            return False
+        self.cfg = cfg
+        self._dispatch_cache = {}
+        return True
+
     # ---- input ----------------------------------------------------------------------
 
     def take_errors(self) -> list[tuple[str, str]]:

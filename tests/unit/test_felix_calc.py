@@ -170,6 +170,19 @@ def test_endpoint_to_host_action():
         assert d.v4.chains[N.INPUT][-1] == last
 
 
+def test_live_config_change_rerenders_what_depends_on_it():
+    from felix.calc import CalcConfig
+    f = Feed()
+    f.ep("h1", "w1", "cali1", "10.0.0.1", [])
+    before = f.c.desired()
+    assert not f.c.set_config(CalcConfig("h1"))
+    assert f.c.desired().v4.chains[N.INPUT] == before.v4.chains[N.INPUT]
+    assert f.c.set_config(CalcConfig("h1", endpoint_to_host_action="ACCEPT"))
+    after = f.c.desired()
+    assert after.v4.chains[N.INPUT][-1] == "-i cali+ -j ACCEPT"
+    assert after.v4.chains["felix-to-cali1"] is before.v4.chains["felix-to-cali1"]
+
+
 def test_tags_become_cluster_wide_ipsets():
     f = Feed()
     f.profile("web", [{"action": "allow", "src_tag": "db"}], [], tags=["web"])
