@@ -74,7 +74,6 @@ class Dataplane:
         self.overlay = overlay
         self.sysctl = sysctl
         self.metrics = metrics
-        self._overlay_state = None
 
     # ---- the writers, read-only, for metrics ----
     @property
@@ -118,7 +117,7 @@ class Dataplane:
         VXLAN MAC: when it is another, the overlay writer publishes ours again."""
         for v, pusher in self._nat_pushers.items():
             pusher.push(nat[v])
-        self._overlay_state = overlay_state
+        self.overlay.set_state(overlay_state)
         mac = self.overlay.vxlan_mac
         if mac and datastore_mac not in (None, mac):
             self.overlay.republish_mac()
@@ -143,7 +142,7 @@ class Dataplane:
             await asyncio.gather(*(t.apply() for t in self.nat_tables.values()))
             await asyncio.gather(*(ipsets[v].apply() for v in self.nat_tables))
             stage = "overlay"
-            await self.overlay.apply(self._overlay_state)
+            await self.overlay.apply()
         except DataplaneError:
             if self.metrics is not None:
                 self.metrics.observe_apply(stage, loop.time() - t0, ok=False)

@@ -125,17 +125,9 @@ class OverlayDataplane(WriterBase):
     async def load(self) -> None:
         """Nothing to read ahead: the devices are looked up by every apply."""
 
-    async def apply(self, state: OverlayState | None = None) -> bool:
-        """Bring devices, neighbours, fdb and routes to the state; True when the kernel changed.
-
-        `state`, if given, is `set_state(state)` first (the older one-call form).
-        Raises DataplaneError on kernel errors.
-        """
-        if state is not None:
-            self.set_state(state)
-        return await super().apply()
-
     async def _apply(self) -> bool:
+        """Devices, then neighbours, fdb and routes through the RouteWriter; a netlink refusal
+        is a DataplaneError so the daemon's apply policy treats it like any writer's."""
         state = self._state
         if state is None:
             return False

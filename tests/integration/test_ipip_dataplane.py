@@ -57,9 +57,12 @@ async def test_missing_ipip_is_detected_reported_once_and_vxlan_keeps_working(to
     dp = OverlayDataplane(a.name)
     try:
         with caplog.at_level(logging.ERROR, logger="felix.dataplane.overlay"):
-            await dp.apply(c.desired())
-            await dp.apply(c.desired())
-            await dp.apply(c.desired())
+            dp.set_state(c.desired())
+            await dp.apply()
+            dp.set_state(c.desired())
+            await dp.apply()
+            dp.set_state(c.desired())
+            await dp.apply()
         errors = [rec for rec in caplog.records if "ipip" in rec.getMessage()]
         assert len(errors) == 1, [rec.getMessage() for rec in errors]
         assert dp.ipip_supported is False
@@ -85,8 +88,10 @@ async def test_ipip_between_two_subnets(topo):  # noqa: F811
     ca, cb = ipip_calc("host-a"), ipip_calc("host-b")
     da, db = OverlayDataplane(a.name), OverlayDataplane(b.name)
     try:
-        await da.apply(ca.desired())
-        await db.apply(cb.desired())
+        da.set_state(ca.desired())
+        await da.apply()
+        db.set_state(cb.desired())
+        await db.apply()
         assert da.ipip_supported and not da.not_ready_reasons()
         link = a.run("ip", "-d", "link", "show", IPIP_DEV).stdout
         assert "mtu 1440" in link
@@ -102,7 +107,8 @@ async def test_ipip_between_two_subnets(topo):  # noqa: F811
         assert int(re.search(r"^\s*(\d+)\s", out.splitlines()[2]).group(1)) >= 6
         # host B leaves: its routes go
         feed((ca,), keys.block_affinity("host-b", "10.80.0.64/26"), None)
-        await da.apply(ca.desired())
+        da.set_state(ca.desired())
+        await da.apply()
         assert a.run("ip", "route", "show", "10.80.0.64/26").stdout.strip() == ""
     finally:
         da.close()

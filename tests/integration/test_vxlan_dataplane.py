@@ -87,12 +87,16 @@ async def test_vxlan_between_two_subnets(topo):
     da = OverlayDataplane(a.name, on_vxlan_mac=publisher("host-a"))
     db = OverlayDataplane(b.name, on_vxlan_mac=publisher("host-b"))
     try:
-        await da.apply(ca.desired())
-        await db.apply(cb.desired())
+        da.set_state(ca.desired())
+        await da.apply()
+        db.set_state(cb.desired())
+        await db.apply()
         assert set(published) == {"host-a", "host-b"}
         # second round: each side now knows the other's MAC
-        await da.apply(ca.desired())
-        await db.apply(cb.desired())
+        da.set_state(ca.desired())
+        await da.apply()
+        db.set_state(cb.desired())
+        await db.apply()
 
         detail = a.run("ip", "-d", "link", "show", VXLAN_DEV).stdout
         assert "vxlan id 4096" in detail and "local 10.0.1.2" in detail and "dstport 4789" in detail
@@ -119,7 +123,8 @@ async def test_vxlan_between_two_subnets(topo):
         for path, _ in host_keys("host-b", "", "", "10.65.0.64/26"):
             feed((ca,), path, None)
         feed((ca,), keys.host_vxlan_mac("host-b"), None)
-        await da.apply(ca.desired())
+        da.set_state(ca.desired())
+        await da.apply()
         assert a.run("ip", "route", "show", "10.65.0.64/26").stdout.strip() == ""
         assert published["host-b"] not in a.run("ip", "neigh", "show", "dev", VXLAN_DEV).stdout
         assert "10.0.2.2" not in a.run("bridge", "fdb", "show", "dev", VXLAN_DEV).stdout
@@ -138,7 +143,8 @@ async def test_restart_cleans_stale_entries_and_disable_removes_device(topo):
         feed((c,), path, raw)
     feed((c,), keys.host_vxlan_mac("host-b"), "66:00:00:00:00:0b")
     d1 = OverlayDataplane(a.name)
-    await d1.apply(c.desired())
+    d1.set_state(c.desired())
+    await d1.apply()
     mac1 = d1.vxlan_mac
     d1.close()
     # "Felix restarts" and host-b vanished while it was down
@@ -148,7 +154,8 @@ async def test_restart_cleans_stale_entries_and_disable_removes_device(topo):
         feed((c2,), path, raw)
     d2 = OverlayDataplane(a.name)
     try:
-        await d2.apply(c2.desired())
+        d2.set_state(c2.desired())
+        await d2.apply()
         assert d2.vxlan_mac == mac1  # the existing device was kept, not recreated
         assert "66:00:00:00:00:0b" in a.run("bridge", "fdb", "show", "dev", VXLAN_DEV).stdout  # not yet in sync
         assert await d2.cleanup_stale() == 2
@@ -158,11 +165,13 @@ async def test_restart_cleans_stale_entries_and_disable_removes_device(topo):
         assert a.run("ip", "route", "show", "proto", str(FELIX_RT_PROTO)).stdout.strip() == ""
         # VNI change (not live): the device is recreated with the new VNI
         d2.vni = 4097
-        await d2.apply(c2.desired())
+        d2.set_state(c2.desired())
+        await d2.apply()
         assert "vxlan id 4097" in a.run("ip", "-d", "link", "show", VXLAN_DEV).stdout
         # no VXLAN pool any more: device removed
         feed((c2,), keys.pool(POOL), None)
-        await d2.apply(c2.desired())
+        d2.set_state(c2.desired())
+        await d2.apply()
         assert a.run("ip", "link", "show", VXLAN_DEV, check=False).returncode != 0
     finally:
         d2.close()
