@@ -21,11 +21,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from felix.dataplane.errors import DataplaneError
 from felix.driver import DataplaneDriver
 
+if TYPE_CHECKING:
+    from felix.dataplane.ipsets import IpsetWriter
+    from felix.dataplane.iptables import IptablesTable
+    from felix.dataplane.overlay import OverlayDataplane
+    from felix.dataplane.routes import RouteWriter
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Writers:
+    """A Dataplane's writers by role, for readers of their stats and models (metrics).
+
+    Readers get them here, named and typed, instead of probing the facade's
+    attributes: the facade stays free to rearrange how it holds them.  The
+    mappings are read-only; driving a writer stays the facade's job alone.
+    """
+
+    filter_tables: Mapping[int, IptablesTable]
+    nat_tables: Mapping[int, IptablesTable]
+    ipsets: Mapping[int, IpsetWriter]
+    routes: RouteWriter
+    overlay: OverlayDataplane
 
 
 class NatPusher:
@@ -75,22 +100,16 @@ class Dataplane:
         self.sysctl = sysctl
         self.metrics = metrics
 
-    # ---- the writers, read-only, for metrics ----
+    # ---- read-only answers ----
+    def writers(self) -> Writers:
+        return Writers(filter_tables=MappingProxyType(self.driver.tables),
+                       nat_tables=MappingProxyType(self.nat_tables),
+                       ipsets=MappingProxyType(self.driver.ipsets),
+                       routes=self.driver.routes, overlay=self.overlay)
+
     @property
     def versions(self) -> tuple[int, ...]:
         return self.driver.versions
-
-    @property
-    def tables(self) -> Mapping[int, object]:
-        return self.driver.tables
-
-    @property
-    def ipsets(self) -> Mapping[int, object]:
-        return self.driver.ipsets
-
-    @property
-    def routes(self):
-        return self.driver.routes
 
     @property
     def last_timings(self) -> dict[str, float]:

@@ -16,9 +16,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import generate_latest
+
+if TYPE_CHECKING:
+    from felix.dataplane_facade import Dataplane
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +124,21 @@ class Metrics:
         if errs is not None:
             self.count_delta(f"errors:{name}", float(errs), self.errors.labels(name))
 
-    def record_driver(self, driver: object) -> None:
-        """After an apply: per-writer durations/errors and ipset sizes of a felix.driver.DataplaneDriver."""
-        for v, t in getattr(driver, "tables", {}).items():
-            self.record_writer_stats(f"iptables-v{v}-{t.table}", t.stats, v, t.table)
-        for v, t in getattr(driver, "nat_tables", {}).items():
-            self.record_writer_stats(f"iptables-v{v}-{t.table}", t.stats, v, t.table)
-        for v, s in getattr(driver, "ipsets", {}).items():
+    def record_driver(self, dataplane: Dataplane) -> None:
+        """After an apply: per-writer durations/errors and ipset sizes, from `dataplane.writers()`.
+
+        The overlay writer is timed by the facade itself (`observe_apply`), as one stage.
+        """
+        writers = dataplane.writers()
+        for tables in (writers.filter_tables, writers.nat_tables):
+            for v, t in tables.items():
+                self.record_writer_stats(f"iptables-v{v}-{t.table}", t.stats, v, t.table)
+        for v, s in writers.ipsets.items():
             self.record_writer_stats(f"ipsets-v{v}", s.stats)
             desired = s.desired_sets()
             self.ipsets.labels(str(v)).set(len(desired))
             self.ipset_members.labels(str(v)).set(sum(len(m) for m in desired.values()))
-        routes = getattr(driver, "routes", None)
-        if routes is not None:
-            self.record_writer_stats("routes", routes.stats)
+        self.record_writer_stats("routes", writers.routes.stats)
 
     def record_felix(self, status) -> None:
         """Counters and gauges from Felix's read-only `felix.status.FelixStatus` (on the loop, after each round)."""

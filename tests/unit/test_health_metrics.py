@@ -8,6 +8,7 @@ import types
 import urllib.error
 import urllib.request
 
+from felix.dataplane_facade import Writers
 from felix.health import HealthServer, felix_readiness
 from felix.metrics import Metrics
 from felix.status import FelixState, FelixStatus, StatusBoard
@@ -113,7 +114,8 @@ async def test_metrics_served_and_counted():
         ipsets = types.SimpleNamespace(stats={"last_apply_seconds": 0.01, "restore_errors": 0},
                                        desired_sets=lambda: {"felix-v4-a": frozenset({"1.1.1.1", "2.2.2.2"})})
         routes = types.SimpleNamespace(stats={"last_apply_seconds": 0.005, "errors": 0})
-        m.record_driver(types.SimpleNamespace(tables={4: table}, ipsets={4: ipsets}, routes=routes))
+        writers = Writers(filter_tables={4: table}, nat_tables={}, ipsets={4: ipsets}, routes=routes, overlay=None)
+        m.record_driver(types.SimpleNamespace(writers=lambda: writers))
         with m.timed("overlay"):
             pass
         try:
