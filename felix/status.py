@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from libcalico import keys
 from libcalico.datastore import DatastoreError
+from libcalico.resources import FelixStatuses
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,7 @@ def _doc(status: str | tuple[str, str]) -> dict[str, str]:
 class StatusReporter:
     def __init__(self, client, hostname: str, interval: float, ttl: float):
         self.client = client
+        self.statuses = FelixStatuses(client)
         self.hostname = hostname
         self.interval = interval
         self.ttl = max(int(ttl), int(interval) + 1, 2)
@@ -135,8 +135,7 @@ class StatusReporter:
         self._failing = False
 
     async def report_once(self) -> None:
-        doc = json.dumps({"time": _now(), "uptime": round(time.monotonic() - self.started, 1),
-                          "first_update": self._first})
+        doc = {"time": _now(), "uptime": round(time.monotonic() - self.started, 1), "first_update": self._first}
         try:
             if self._lease is not None:
                 try:
@@ -145,8 +144,7 @@ class StatusReporter:
                     self._lease = None
             if self._lease is None:
                 self._lease = await self.client.lease(self.ttl)
-            await self.client.put(keys.felix_status(self.hostname), doc, lease=self._lease)
-            await self.client.put(keys.felix_last_status(self.hostname), doc)
+            await self.statuses.put_status(self.hostname, doc, lease=self._lease)
             self._first = False
             if self._failing:
                 log.info("status reporting to etcd works again")
@@ -171,7 +169,7 @@ class EndpointStatusReporter:
     """
 
     def __init__(self, client, hostname: str, delay: float = 1.0):
-        self.client = client
+        self.statuses = FelixStatuses(client)
         self.hostname = hostname
         self.delay = delay
         self._want: dict[tuple[str, str, str], str] = {}
@@ -188,23 +186,16 @@ class EndpointStatusReporter:
 
     async def _sync(self) -> None:
         if not self._cleaned:
-            prefix = f"{keys.FELIX_STATUS_DIR}{self.hostname}/workload/"
-            _, kvs = await self.client.get_prefix(prefix)
-            for kv in kvs:
-                k = keys.parse(kv.key)
-                if k is not None and k.kind == "felix_endpoint_status":
-                    try:
-                        doc = json.loads(kv.value)
-                    except ValueError:
-                        doc = None      # not ours to trust: rewritten below
-                    self._written[(k.orchestrator, k.workload, k.endpoint)] = doc
+            # invalid ones too (value None): not ours to trust, so rewritten or deleted below
+            for st in await self.statuses.endpoints(self.hostname, include_invalid=True):
+                self._written[(st.key.orchestrator, st.key.workload, st.key.endpoint)] = st.value
             self._cleaned = True
         for ident, doc in list(self._want.items()):
             if self._written.get(ident) != doc:
-                await self.client.put(keys.felix_endpoint_status(self.hostname, *ident), json.dumps(doc))
+                await self.statuses.put_endpoint(self.hostname, *ident, doc)
                 self._written[ident] = doc
         for ident in [i for i in self._written if i not in self._want]:
-            await self.client.delete(keys.felix_endpoint_status(self.hostname, *ident))
+            await self.statuses.delete_endpoint(self.hostname, *ident)
             self._written.pop(ident, None)
 
     async def run(self) -> None:

@@ -14,6 +14,7 @@ Map:
 - `WorkloadEndpoints`, `HostEndpoints`: endpoints Felix programs.
 - `Nodes`: a node's registration (BGP addresses, AS, bird_ip, tunnel addresses).
 - `BgpPeers`: global and per-node peers.
+- `FelixStatuses`: what Felix reports about its host and each local endpoint.
 - `Resources(client)`: all of the above on one client.
 
 Listings skip invalid values unless asked (`include_invalid=True`): show commands
@@ -52,7 +53,7 @@ M = TypeVar("M")
 
 __all__ = [
     "Stored", "Listing", "ResourceError", "PoolOverlap", "AddressConflict", "Conflict",
-    "Pools", "WorkloadEndpoints", "HostEndpoints", "Nodes", "Node", "BgpPeers", "Resources",
+    "Pools", "WorkloadEndpoints", "HostEndpoints", "Nodes", "Node", "BgpPeers", "FelixStatuses", "Resources",
     "BLOCK_PREFIX", "TUNNEL_PARAMS",
 ]
 
@@ -512,6 +513,47 @@ class BgpPeers(_Repo):
         return await self.client.delete(self._path(ip, host))
 
 
+# ---- Felix's status reports ------------------------------------------------------
+
+class FelixStatuses(_Repo):
+    """Felix's reports under `/calico/felix/v1/host/<h>/`: its own liveness document
+    (`status`, under a lease, and `last_reported_status`) and one document per local
+    endpoint (`{"status": "up"|"down"|"error", "reason"?}`).
+
+    The values are plain JSON objects with no model; they are written as `json.dumps`
+    spells them, so readers of these keys see the bytes they always saw.
+    """
+
+    @staticmethod
+    def _json(value: Any) -> str:
+        return json.dumps(value)
+
+    @staticmethod
+    def _dir(host: str) -> str:
+        return keys.felix_status(host).removesuffix("status")  # the builder validates the hostname
+
+    async def put_status(self, host: str, doc: dict, lease: Any = None) -> None:
+        """The liveness document: `status` expires with `lease`, `last_reported_status` stays."""
+        text = self._json(doc)
+        path = keys.felix_status(host)
+        await self.client.put(path, _check(path, text), lease=lease)
+        path = keys.felix_last_status(host)
+        await self.client.put(path, _check(path, text))
+
+    async def endpoints(self, host: str, include_invalid: bool = False) -> Listing:
+        """Every endpoint status the host has written (`Stored.key` names the endpoint)."""
+        return await _list(self.client, f"{self._dir(host)}workload/", ("felix_endpoint_status",),
+                           include_invalid)
+
+    async def put_endpoint(self, host: str, orchestrator: str, workload: str, endpoint: str,
+                           doc: dict) -> None:
+        path = keys.felix_endpoint_status(host, orchestrator, workload, endpoint)
+        await self.client.put(path, _check(path, self._json(doc)))
+
+    async def delete_endpoint(self, host: str, orchestrator: str, workload: str, endpoint: str) -> bool:
+        return await self.client.delete(keys.felix_endpoint_status(host, orchestrator, workload, endpoint))
+
+
 class Resources:
     """Every repository on one client: `Resources(client).pools.list()`."""
 
@@ -522,3 +564,4 @@ class Resources:
         self.host_endpoints = HostEndpoints(client)
         self.nodes = Nodes(client)
         self.bgp_peers = BgpPeers(client)
+        self.felix_statuses = FelixStatuses(client)

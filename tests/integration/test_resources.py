@@ -100,3 +100,20 @@ async def test_bgp_peers_global_and_per_node(res, etcd):
     assert (await res.bgp_peers.get("2001:db8::fe", host="n1")).value.as_num == 65001
     assert await res.bgp_peers.delete("10.0.0.254")
     assert not await res.bgp_peers.delete("10.0.0.254")
+
+
+async def test_felix_statuses(res, etcd):
+    st = res.felix_statuses
+    lease = await res.client.lease(10)
+    await st.put_status("h1", {"time": "t", "uptime": 1.0, "first_update": True}, lease=lease)
+    assert json.loads(etcd.get(keys.felix_status("h1"))) == {"time": "t", "uptime": 1.0, "first_update": True}
+    assert etcd.get(keys.felix_last_status("h1")) == etcd.get(keys.felix_status("h1"))
+    await st.put_endpoint("h1", "k8s", "w1", "eth0", {"status": "up"})
+    assert etcd.get(keys.felix_endpoint_status("h1", "k8s", "w1", "eth0")) == json.dumps({"status": "up"})
+    etcd.put(keys.felix_endpoint_status("h1", "k8s", "w2", "eth0"), "[not an object]")
+    await st.put_endpoint("h2", "k8s", "w3", "eth0", {"status": "down"})  # another host's
+    assert [(s.key.workload, s.value) for s in await st.endpoints("h1")] == [("w1", {"status": "up"})]
+    listed = await st.endpoints("h1", include_invalid=True)
+    assert sorted((s.key.workload, s.valid) for s in listed) == [("w1", True), ("w2", False)]
+    assert await st.delete_endpoint("h1", "k8s", "w2", "eth0")
+    assert [s.key.workload for s in await st.endpoints("h1", include_invalid=True)] == ["w1"]
