@@ -40,7 +40,7 @@ from felix import names
 from libcalico.validation import validate_ifname, validate_ip, validate_name
 
 from .labels import IndexedEndpoint
-from .model import _get
+from .model import model_field
 from .rules import MARK_ACCEPT, MULTIPORT_MAX
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,20 @@ class HostEndpoint:
 
 def host_endpoint_from_value(key: object, value: object) -> HostEndpoint:
     """Re-validate everything that reaches the kernel; ValueError names the field."""
-    name = _get(value, "name")
+    name = model_field(value, "name")
     name = validate_ifname(name) if name not in (None, "") else None
     addrs = {}
     for v in (4, 6):
-        raw = _get(value, f"expected_ipv{v}_addrs") or []
+        raw = model_field(value, f"expected_ipv{v}_addrs") or []
         if isinstance(raw, str) or not isinstance(raw, list | tuple):
             raise ValueError(f"expected_ipv{v}_addrs must be a list")
         addrs[v] = tuple(dict.fromkeys(validate_ip(str(a), v) for a in raw))
     if name is None and not addrs[4] and not addrs[6]:
         raise ValueError("a host endpoint needs a name or expected addresses")
-    pids = _get(value, "profile_ids") or []
+    pids = model_field(value, "profile_ids") or []
     if isinstance(pids, str) or not isinstance(pids, list | tuple):
         raise ValueError("profile_ids must be a list")
-    labels = _get(value, "labels") or {}
+    labels = model_field(value, "labels") or {}
     if not isinstance(labels, Mapping):
         raise ValueError("labels must be a mapping")
     return HostEndpoint(key=key.path, host=key.host, endpoint_id=key.endpoint, name=name,

@@ -33,7 +33,7 @@ from .rules import (
 )
 
 
-def _get(model: object, name: str, default: object = None) -> object:
+def model_field(model: object, name: str, default: object = None) -> object:
     """A field of a libcalico model; a JSON field the model does not declare is in `model_extra`."""
     if not isinstance(model, BaseModel):
         raise TypeError(f"expected a libcalico model, got {type(model).__name__}")
@@ -43,7 +43,7 @@ def _get(model: object, name: str, default: object = None) -> object:
     return v
 
 
-def _workload_net(text: str, version: int) -> str:
+def workload_net(text: str, version: int) -> str:
     """A CIDR a workload may own: Felix routes it to the workload's interface.
 
     Only single addresses (/32, /128, as upstream Calico requires): a wider
@@ -64,24 +64,24 @@ def _workload_net(text: str, version: int) -> str:
 
 def endpoint_from_value(key: object, value: object) -> Endpoint:
     """`key` is a parsed libcalico Key of kind workload_endpoint."""
-    state = _get(value, "state", "active")
+    state = model_field(value, "state", "active")
     state = getattr(state, "value", state)
     if state not in ("active", "inactive"):
         raise ValueError(f"state {state!r} is not active or inactive")
-    iface = validate_ifname(_get(value, "name"))
-    mac = _get(value, "mac")
+    iface = validate_ifname(model_field(value, "name"))
+    mac = model_field(value, "mac")
     mac = validate_mac(str(mac)) if mac not in (None, "") else None
-    pids = _get(value, "profile_ids") or []     # the model reads a legacy `profile_id` into it
+    pids = model_field(value, "profile_ids") or []     # the model reads a legacy `profile_id` into it
     if isinstance(pids, str) or not isinstance(pids, list | tuple):
         raise ValueError("profile_ids must be a list")
     profile_ids = tuple(dict.fromkeys(validate_name(p, "profile id") for p in pids))
     nets = {}
     for v in (4, 6):
-        raw = _get(value, f"ipv{v}_nets") or []
+        raw = model_field(value, f"ipv{v}_nets") or []
         if isinstance(raw, str) or not isinstance(raw, list | tuple):
             raise ValueError(f"ipv{v}_nets must be a list")
-        nets[v] = tuple(dict.fromkeys(_workload_net(str(n), v) for n in raw))
-    labels = _get(value, "labels") or {}
+        nets[v] = tuple(dict.fromkeys(workload_net(str(n), v) for n in raw))
+    labels = model_field(value, "labels") or {}
     if not isinstance(labels, Mapping):
         raise ValueError("labels must be a mapping")
     return Endpoint(
@@ -107,7 +107,7 @@ def checked_rules(value: object, selector_ipset=None) -> dict[str, tuple[dict, .
     may not use selectors."""
     out = {}
     for direction in ("inbound", "outbound"):
-        raw = _get(value, f"{direction}_rules") or []
+        raw = model_field(value, f"{direction}_rules") or []
         if not isinstance(raw, list | tuple):
             raise ValueError(f"{direction}_rules must be a list")
         if len(raw) > MAX_RULES:

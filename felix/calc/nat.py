@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from felix import names
 from felix.desired import NatState
 
-from .model import _get, _workload_net
+from .model import model_field, workload_net
 from .nodes import NodeAddresses
 
 METADATA_IP = "169.254.169.254"
@@ -85,21 +85,21 @@ def _claim_pairs(value: object) -> tuple[tuple[str, str], ...]:
     that is not special to the host (loopback, link-local holds the metadata
     service and the workload gateway).
     """
-    raw = _get(value, "ipv4_nat", None) or []
+    raw = model_field(value, "ipv4_nat", None) or []
     if isinstance(raw, str) or not isinstance(raw, list | tuple):
         raise ValueError("ipv4_nat must be a list")
     own: set[str] = set()
     for v in (4, 6):
-        nets = _get(value, f"ipv{v}_nets", None) or []
+        nets = model_field(value, f"ipv{v}_nets", None) or []
         if isinstance(nets, str) or not isinstance(nets, list | tuple):
             raise ValueError(f"ipv{v}_nets must be a list")
         for n in nets:
-            own.add(str(ipaddress.ip_network(_workload_net(str(n), v)).network_address))
+            own.add(str(ipaddress.ip_network(workload_net(str(n), v)).network_address))
     pairs: dict[str, str] = {}
     for i, n in enumerate(raw):
         try:
-            int_ip = str(ipaddress.IPv4Address(str(_get(n, "int_ip"))))
-            ext = ipaddress.IPv4Address(str(_get(n, "ext_ip")))
+            int_ip = str(ipaddress.IPv4Address(str(model_field(n, "int_ip"))))
+            ext = ipaddress.IPv4Address(str(model_field(n, "ext_ip")))
         except ValueError as e:
             raise ValueError(f"ipv4_nat[{i}]: {e}") from None
         ext_ip = str(ext)
@@ -217,10 +217,10 @@ class NatCalculator:
             old = self._pools.get(path)
             new = None
             if value is not None:
-                net = ipaddress.ip_network(str(_get(value, "cidr")), strict=False)
+                net = ipaddress.ip_network(str(model_field(value, "cidr")), strict=False)
                 if net.version != key.version:
                     raise ValueError(f"pool cidr {net} is not IPv{key.version}")
-                new = (net.version, str(net), bool(_get(value, "masquerade", False)))
+                new = (net.version, str(net), bool(model_field(value, "masquerade", False)))
             if new is None:
                 self._pools.pop(path, None)
             else:
@@ -229,7 +229,7 @@ class NatCalculator:
         # workload endpoint of any host: its claims decide who owns an ext_ip
         old_c = self._claims.get(path)
         new_c = None
-        if value is not None and _get(value, "ipv4_nat", None):
+        if value is not None and model_field(value, "ipv4_nat", None):
             pairs = _claim_pairs(value)
             if pairs:
                 new_c = _Claim((int(create_revision or 0), path), key.host, pairs)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from felix.desired import IpipState, OverlayState, VxlanState
 from libcalico.validation import validate_mac
 
-from .model import _get
+from .model import model_field
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ class OverlayCalculator:
             if value is None:
                 new = None
             else:
-                cidr = str(ipaddress.IPv4Network(str(_get(value, "cidr")), strict=False))
-                mode = "vxlan" if _get(value, "vxlan") else "ipip" if _get(value, "ipip") else None
+                cidr = str(ipaddress.IPv4Network(str(model_field(value, "cidr")), strict=False))
+                mode = "vxlan" if model_field(value, "vxlan") else "ipip" if model_field(value, "ipip") else None
                 new = (cidr, mode)
             if new is None:
                 self._pools.pop(path, None)
@@ -147,7 +147,7 @@ class OverlayCalculator:
         if k == "block_affinity":
             if key.version != 4:
                 return False
-            state = _get(value, "state", "confirmed") if value is not None else None
+            state = model_field(value, "state", "confirmed") if value is not None else None
             state = getattr(state, "value", state)
             want = value is not None and state == "confirmed"
             h = self._host(host)

@@ -55,7 +55,7 @@ from felix.desired import Endpoint, FamilyState
 from libcalico.selectors import SelectorError, parse_selector
 
 from .labels import IndexedEndpoint, LabelIndex
-from .model import _get, checked_rules
+from .model import checked_rules, model_field
 from .rules import MARK_ACCEPT, MARK_NEXT_TIER, render_chains
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,14 @@ def policy_from_value(tier: str, name: str, value: object) -> tuple[PolicyEntry,
 
     Every rule is dry-run rendered for both families so a policy is whole or absent.
     """
-    text = _get(value, "selector")
+    text = model_field(value, "selector")
     if not isinstance(text, str):
         raise ValueError("selector is required")
     try:
         sel = parse_selector(text)
     except SelectorError as e:
         raise ValueError(f"selector: {e}") from None
-    order = _get(value, "order")
+    order = model_field(value, "order")
     if order is None:
         order_f = _INF
     elif isinstance(order, bool) or not isinstance(order, int | float):
@@ -132,7 +132,7 @@ def policy_from_value(tier: str, name: str, value: object) -> tuple[PolicyEntry,
 
 
 def tier_order_from_value(value: object) -> float:
-    order = _get(value, "order")
+    order = model_field(value, "order")
     if order is None or order == "default":
         return _INF
     if isinstance(order, bool) or not isinstance(order, int | float):
