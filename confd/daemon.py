@@ -235,6 +235,30 @@ class Confd:
         """Render one resource and, when its bytes changed, check, install and reload it."""
         st = self.states[r.name]
         st.renders += 1
+        text = self._render_resource(r)
+        if text is None:
+            return
+        data = text.encode()
+        if st.isolated and data == st.failed_full:
+            # Same inputs as when the culprits were found: leave them out again without re-checking.
+            text = self._render_without(r, st.isolated)
+            data = text.encode()
+        elif data == st.last_good:
+            self._set_isolated(r, {})
+        if self._unchanged(r, data):
+            return
+        stage = self._stage_path(r)
+        if not self._staged(r, stage, data):
+            return
+        if r.check_argv(stage):
+            data = await self._checked(r, stage, text, data)
+            if data is None:
+                return
+        await self._install(r, stage, data)
+
+    def _render_resource(self, r: _res.Resource) -> str | None:
+        """The rendered text, or None when there is nothing to install (a failure is recorded)."""
+        st = self.states[r.name]
         try:
             blocked = self.store.blocking_rejections()
             if blocked:
@@ -244,66 +268,69 @@ class Confd:
             text = _render.render(self.env, r.src, ctx)
         except _render.RenderError as e:
             self._fail(r, f"{r.src}: {e}")
-            return
+            return None
         if not text.strip():
             if st.error:
                 log.info("%s: nothing to render for this node now", r.name)
             st.error = None
             self._set_isolated(r, {})
-            return  # e.g. bird6.cfg on a node without IPv6: not written
-        data = text.encode()
-        if st.isolated and data == st.failed_full:
-            # Same inputs as when the culprits were found: leave them out again without re-checking.
-            text = self._render_without(r, st.isolated)
-            data = text.encode()
-        elif data == st.last_good:
-            self._set_isolated(r, {})
-        if data == st.last_good and os.path.exists(r.dest):
-            if st.error:
-                log.info("%s: back to the last good config", r.name)
-            st.error = None
-            st.changed_keys.clear()
-            return
-        stage = self._stage_path(r)
+            return None  # e.g. bird6.cfg on a node without IPv6: not written
+        return text
+
+    def _unchanged(self, r: _res.Resource, data: bytes) -> bool:
+        """True (and the resource healthy again) when `data` is what is already installed."""
+        st = self.states[r.name]
+        if data != st.last_good or not os.path.exists(r.dest):
+            return False
+        if st.error:
+            log.info("%s: back to the last good config", r.name)
+        st.error = None
+        st.changed_keys.clear()
+        return True
+
+    def _staged(self, r: _res.Resource, stage: str, data: bytes) -> bool:
         try:
             self._write_stage(r, stage, data)
         except OSError as e:
             self._fail(r, f"cannot write {stage}: {e}")
-            return
-        argv = r.check_argv(stage)
-        if argv:
-            ok, out = await self._check(r, stage, text)
-            if not ok:
-                isolated = await self._isolate(r, stage, out)
-                if isolated is None:
-                    self._set_isolated(r, {})
-                    with contextlib.suppress(OSError):
-                        os.unlink(stage)
-                    return
-                st.failed_full = data
-                self._set_isolated(r, isolated)
-                text = self._render_without(r, isolated)
-                data = text.encode()
-                if data == st.last_good and os.path.exists(r.dest):
-                    with contextlib.suppress(OSError):
-                        os.unlink(stage)
-                    st.error = None
-                    st.changed_keys.clear()
-                    return
-                try:
-                    self._write_stage(r, stage, data)
-                except OSError as e:
-                    self._fail(r, f"cannot write {stage}: {e}")
-                    return
-                ok, out = await self._check(r, stage, text)
-                if not ok:  # the search's own result failed: never install an unchecked file
-                    self._fail(r, f"check `{' '.join(argv)}` failed: {out}")
-                    with contextlib.suppress(OSError):
-                        os.unlink(stage)
-                    return
-            elif st.isolated:
+            return False
+        return True
+
+    async def _checked(self, r: _res.Resource, stage: str, text: str, data: bytes) -> bytes | None:
+        """What to install after the checker saw the staged file: the full render when it passes,
+        else the render without the keys the checker rejects; None when nothing is to be installed
+        (the staged file is gone then)."""
+        st = self.states[r.name]
+        ok, out = await self._check(r, stage, text)
+        if ok:
+            if st.isolated:
                 log.info("%s: the full config passes its check again; nothing left out", r.name)
                 self._set_isolated(r, {})
+            return data
+        isolated = await self._isolate(r, stage, out)
+        if isolated is None:
+            self._set_isolated(r, {})
+            _unlink(stage)
+            return None
+        st.failed_full = data
+        self._set_isolated(r, isolated)
+        text = self._render_without(r, isolated)
+        data = text.encode()
+        if self._unchanged(r, data):
+            _unlink(stage)
+            return None
+        if not self._staged(r, stage, data):
+            return None
+        ok, out = await self._check(r, stage, text)
+        if not ok:  # the search's own result failed: never install an unchecked file
+            self._fail(r, f"check `{' '.join(r.check_argv(stage))}` failed: {out}")
+            _unlink(stage)
+            return None
+        return data
+
+    async def _install(self, r: _res.Resource, stage: str, data: bytes) -> None:
+        """Swap the checked file in atomically, then reload."""
+        st = self.states[r.name]
         try:
             with open(stage, "rb+") as f:
                 os.fsync(f.fileno())
@@ -514,3 +541,8 @@ def _offending_line(out: str, stage: str, text: str) -> str:
 def _short(keys: set[str], limit: int = 5) -> str:
     ks = sorted(keys)
     return ", ".join(ks[:limit]) + (f" and {len(ks) - limit} more" if len(ks) > limit else "") if ks else "none"
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
