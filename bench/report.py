@@ -48,6 +48,14 @@ BENCHES = {
                      "{dir}/scale-legacy.json"],
 }
 
+# Benchmarks that write their own section of docs/benchmarks.md: each is run as
+# `python SCRIPT --section docs/bench/NAME.md` and the file it writes (its table,
+# plot reference and how it measures) is appended to the document in name order.
+# A run that fails leaves the previous section in place, marked as stale.
+SECTION_BENCHES: dict[str, list[str]] = {
+}
+SECTION_DIR = os.path.join(ROOT, "docs", "bench")
+
 
 def run_bench(name: str, logdir: str) -> tuple[int, float]:
     """Run one benchmark, echoing and logging its output; (exit code, seconds)."""
@@ -334,9 +342,29 @@ def write_doc(table: list[Row], status: dict, scale: dict | None, cluster: dict 
             "  with one `ip -batch`, `calico-felix` spawned; cold start = every route present and both",
             "  per-endpoint chains in the filter table; peak RSS = VmHWM after the first apply and stale",
             "  cleanup. The floor is applied to a second namespace with the same interfaces.", ""]
+    out += sections(status)
     os.makedirs(os.path.dirname(DOC), exist_ok=True)
     with open(DOC, "w") as f:
         f.write("\n".join(out))
+
+
+def sections(status: dict) -> list[str]:
+    """The per-benchmark sections in docs/bench/, in name order, each marked stale if its run failed."""
+    out: list[str] = []
+    if not os.path.isdir(SECTION_DIR):
+        return out
+    for fname in sorted(os.listdir(SECTION_DIR)):
+        if not fname.endswith(".md"):
+            continue
+        name = fname[:-3]
+        with open(os.path.join(SECTION_DIR, fname)) as f:
+            body = f.read().rstrip("\n")
+        out += ["", body]
+        rc = status.get(name, (0, 0.0))[0]
+        if rc != 0:
+            out += ["", f"*(The last `make bench` run of {name} failed with exit {rc}: the figures above are"
+                        " from an earlier run.)*"]
+    return out
 
 
 def main() -> int:
@@ -354,6 +382,10 @@ def main() -> int:
     t0 = time.monotonic()
     for name in BENCHES:
         status[name] = (0, 0.0) if name in reuse else run_bench(name, logdir)
+    for name, argv in SECTION_BENCHES.items():
+        if name not in reuse:
+            BENCHES[name] = argv + ["--section", os.path.join(SECTION_DIR, f"{name}.md")]
+            status[name] = run_bench(name, logdir)
 
     def text(name: str) -> str:
         try:
