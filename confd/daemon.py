@@ -463,7 +463,7 @@ class Confd:
             out.append("not in sync with the datastore yet")
         out += [f"resource: {e}" for e in self.load_errors]
         out += [f"{n}: {st.error}" for n, st in sorted(self.states.items()) if st.error]
-        out += [f"rejected {k}: {v}" for k, v in sorted(self.store.rejected.items())]
+        out += [f"rejected {k}: {v}" for k, v in sorted(self.store.rejected.items()) if self.store.concerns_me(k)]
         out += [f"left out {e}" for e in self.left_out(mine=True)]
         return out
 

@@ -38,6 +38,7 @@ DEFAULT_AS = 64511
 BGP_KINDS = frozenset({
     "bgp_host_ip", "bgp_host_as", "bgp_host_loglevel", "bgp_host_peer", "bgp_global_as",
     "bgp_node_mesh", "bgp_global_loglevel", "bgp_global_peer", "pool", "block_affinity",
+    "bgp_host_rr_cluster_id",
 })
 
 
@@ -110,8 +111,10 @@ class BgpStore:
     def relevant(self, key: keys.Key) -> bool:
         if key.kind not in BGP_KINDS:
             return False
-        if key.kind in ("block_affinity", "bgp_host_peer", "bgp_host_loglevel"):
-            return key.host == self.node.name  # other hosts' peers and blocks are theirs alone
+        if key.kind in ("block_affinity", "bgp_host_loglevel"):
+            return key.host == self.node.name  # other hosts' blocks are theirs alone
+        # Other hosts' own peers matter too: a route reflector serves, as its clients, the hosts
+        # that list its address among their peers.
         return True
 
     def is_claim(self, key: keys.Key) -> bool:
@@ -205,6 +208,12 @@ class BgpStore:
         key = keys.parse(path)
         return key is None or "host" not in key.fields or key.host == self.node.name
 
+    def concerns_me(self, path: str) -> bool:
+        """Whether a rejected key counts against this node's readiness: not another host's own peer or
+        reflector setting (read here only to serve that host as a reflector; its confd reports it)."""
+        key = keys.parse(path)
+        return key is None or key.kind not in ("bgp_host_peer", "bgp_host_rr_cluster_id") or self.mine(path)
+
     def groups(self) -> list[tuple[str, ...]]:
         """The keys that can be left out of a config independently, earliest created first.
 
@@ -218,7 +227,8 @@ class BgpStore:
         for path, (key, _) in self.values.items():
             if key.kind in ("bgp_global_as", "bgp_node_mesh", "bgp_global_loglevel"):
                 continue
-            if key.kind in ("bgp_host_ip", "bgp_host_as", "bgp_host_loglevel"):
+            if key.kind in ("bgp_host_ip", "bgp_host_as", "bgp_host_loglevel", "bgp_host_rr_cluster_id") or (
+                    key.kind == "bgp_host_peer" and key.host != me):
                 if key.host != me:
                     by_host.setdefault(key.host, []).append(path)
                 continue
@@ -261,9 +271,10 @@ class BgpStore:
         debug = None if loglevel == "none" else ("all" if loglevel == "debug" else "states")
         ip4 = mine.get("ip4") or me.ip4
         ip6 = mine.get("ip6") or me.ip6
+        rr = mine.get("rr")
         ctx: dict[str, Any] = {
             "node": {"name": me.name, "ip4": ip4, "ip6": ip6, "as": local_as, "debug": debug,
-                     "router_id": ip4},
+                     "router_id": ip4, "rr_cluster_id": rr},
             "mesh": got.g["mesh"],
         }
         for v, own_ip in ((4, ip4), (6, ip6)):
@@ -272,10 +283,13 @@ class BgpStore:
             mesh = self._mesh_peers(got.hosts, holders, v, own_ip, default_as) if got.g["mesh"] and own_ip else []
             node_peers = _peers("Node", mine.get(f"peers{v}", {}), own_ip)
             glob = _peers("Global", got.global_peers[v], own_ip)
-            kept = _one_session_per_neighbour(node_peers, glob, mesh, findings)
+            reverse = self._reverse_peers(got, holders, v, own_ip, default_as) if rr and own_ip else []
+            kept = _one_session_per_neighbour(node_peers, glob, reverse, mesh, findings)
+            self._reflection(got, holders, v, own_ip, local_as, default_as, rr, kept)
             fam["mesh_peers"] = kept["mesh"]
             fam["global_peers"] = kept["global"]
             fam["node_peers"] = kept["node"]
+            fam["rr_peers"] = kept["reverse"]
             fam["pools"] = [{"cidr": p.cidr, "ipip": p.ipip, "vxlan": p.vxlan, "overlay": p.ipip or p.vxlan,
                              "masquerade": p.masquerade, "disabled": p.disabled}
                             for p in sorted(got.pools[v], key=lambda p: _net_sort(p.cidr))]
@@ -306,7 +320,8 @@ class BgpStore:
                     got.blocks[key.version].append((key.cidr, path))
             else:
                 h = got.hosts.setdefault(key.host, {"ip4": None, "ip6": None, "as": None, "loglevel": None,
-                                                    "peers4": {}, "peers6": {}, "path4": None, "path6": None})
+                                                    "peers4": {}, "peers6": {}, "path4": None, "path6": None,
+                                                    "rr": None, "rr_path": None})
                 if k == "bgp_host_ip":
                     h[f"ip{key.version}"] = value
                     h[f"path{key.version}"] = path
@@ -316,7 +331,56 @@ class BgpStore:
                     h["loglevel"] = value
                 elif k == "bgp_host_peer":
                     h[f"peers{key.version}"][value[0]] = (value[1], path)
+                elif k == "bgp_host_rr_cluster_id":
+                    h["rr"] = value
+                    h["rr_path"] = path
         return got
+
+    def _peers_of(self, got: _Gathered, hname: str, v: int) -> set[str]:
+        """The addresses a host peers with (global peers plus its own node peers), as its confd renders."""
+        return set(got.global_peers[v]) | set(got.hosts.get(hname, {}).get(f"peers{v}", {}))
+
+    def _reverse_peers(self, got: _Gathered, holders: dict[str, str], v: int, own_ip: str,
+                       default_as: Any) -> list[dict[str, Any]]:
+        """A route reflector's sessions to every host that lists this node's address as a peer.
+
+        Those hosts configured the session on their side (a global or node peer); the reflector
+        renders the other end itself, so an operator adds a reflector in one place. Passive: the
+        host, which knows it wants this session, connects; one direction avoids BIRD's collision
+        handling closing a freshly established session.
+        """
+        out = []
+        for hip in sorted(holders, key=lambda i: int(ipaddress.ip_address(i))):
+            hname = holders[hip]
+            if hname == self.node.name or hip == own_ip:
+                continue
+            if own_ip not in self._peers_of(got, hname, v):
+                continue
+            h = got.hosts[hname]
+            out.append({"name": f"RR_{protocol_id(hip)}", "ip": hip, "as": h["as"] or default_as,
+                        "host": hname, "passive": True, "path": h[f"path{v}"]})
+        return out
+
+    def _reflection(self, got: _Gathered, holders: dict[str, str], v: int, own_ip: str | None, local_as: Any,
+                    default_as: Any, rr: str | None, kept: dict[str, list[dict[str, Any]]]) -> None:
+        """Mark the kept sessions for route reflection, and pick one connecting side between nodes.
+
+        On a reflector every iBGP session carries its cluster id; a session to a host that is
+        not itself a reflector is `rr client`.  Reflectors (of this cluster or another) are
+        plain iBGP peers of each other: BIRD reflects client routes to them and theirs to
+        our clients, and the cluster list stops a route coming back into its cluster.
+        A configured peer that is another node which also lists this node is a two-sided
+        session: as in the mesh, the node with the higher address listens.
+        """
+        for kind in ("node", "global", "reverse", "mesh"):
+            for p in kept[kind]:
+                hname = holders.get(p["ip"])
+                h = got.hosts.get(hname) if hname else None
+                ibgp = str(p["as"]) == str(local_as)
+                p["rr_cluster_id"] = rr if rr and ibgp else None
+                p["rr_client"] = bool(rr and ibgp and h is not None and not h.get("rr"))
+                if kind in ("node", "global") and h is not None and own_ip and own_ip in self._peers_of(got, hname, v):
+                    p["passive"] = ipaddress.ip_address(p["ip"]) > ipaddress.ip_address(own_ip)
 
     def _mesh_peers(self, hosts: dict[str, dict[str, Any]], holders: dict[str, str], v: int, own_ip: str,
                     default_as: Any) -> list[dict[str, Any]]:
@@ -423,13 +487,15 @@ class _Gathered:
 
 
 def _one_session_per_neighbour(node_peers: list[dict[str, Any]], glob: list[dict[str, Any]],
-                               mesh: list[dict[str, Any]], findings: list[Finding]) -> dict[str, list[dict[str, Any]]]:
-    """An explicit node peer beats a global one, and either beats the mesh (its AS was written for that
-    neighbour on purpose): two BIRD protocols to one neighbour both come up half-working, or not at all."""
+                               reverse: list[dict[str, Any]], mesh: list[dict[str, Any]],
+                               findings: list[Finding]) -> dict[str, list[dict[str, Any]]]:
+    """An explicit node peer beats a global one, either beats a reflector's session to a host that peers
+    with it, and all beat the mesh (an AS written for that neighbour on purpose wins): two BIRD protocols
+    to one neighbour both come up half-working, or not at all."""
     taken: dict[str, str] = {}
     names: set[str] = set()
-    kept: dict[str, list[dict[str, Any]]] = {"node": [], "global": [], "mesh": []}
-    for kind, plist in (("node", node_peers), ("global", glob), ("mesh", mesh)):
+    kept: dict[str, list[dict[str, Any]]] = {"node": [], "global": [], "reverse": [], "mesh": []}
+    for kind, plist in (("node", node_peers), ("global", glob), ("reverse", reverse), ("mesh", mesh)):
         for p in plist:
             other = taken.get(p["ip"])
             if other is None and p["name"] in names:
@@ -450,7 +516,7 @@ def _peers(prefix: str, peers: dict[str, tuple[int, str]], own_ip: str | None) -
         if ip == own_ip:
             continue  # a node never peers with its own address
         asn, path = peers[ip]
-        out.append({"name": f"{prefix}_{protocol_id(ip)}", "ip": ip, "as": asn, "path": path})
+        out.append({"name": f"{prefix}_{protocol_id(ip)}", "ip": ip, "as": asn, "path": path, "passive": False})
     return out
 
 
@@ -461,6 +527,8 @@ def _recheck(key: keys.Key, value: Any) -> Any:
     k = key.kind
     if k in ("bgp_global_as", "bgp_host_as"):
         return validate_asn(value)
+    if k == "bgp_host_rr_cluster_id":
+        return None if value in (None, "") else validate_ip(value, 4)
     if k in ("bgp_global_loglevel", "bgp_host_loglevel"):
         return validate_loglevel(value)
     if k == "bgp_host_ip":

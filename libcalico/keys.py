@@ -146,6 +146,14 @@ def bgp_host_peer(host: str, ip: str) -> str:
     return f"{bgp_host_dir(host)}peer_v{ip_version(ip)}/{ip}"
 
 
+def bgp_host_rr_cluster_id(host: str) -> str:
+    return f"{bgp_host_dir(host)}rr_cluster_id"
+
+
+def bgp_host_status(host: str, version: int = 4) -> str:
+    return f"{bgp_host_dir(host)}status/v{version}"
+
+
 def bgp_global_as() -> str:
     return f"{BGP_GLOBAL_DIR}as_num"
 
@@ -229,6 +237,8 @@ _PATTERNS: list[tuple[str, re.Pattern]] = [(kind, re.compile(rx + r"\Z")) for ki
     ("bgp_host_as", rf"/calico/bgp/v1/host/{_SEG}/as_num"),
     ("bgp_host_loglevel", rf"/calico/bgp/v1/host/{_SEG}/loglevel"),
     ("bgp_host_peer", rf"/calico/bgp/v1/host/{_SEG}/peer_v([46])/{_SEG}"),
+    ("bgp_host_rr_cluster_id", rf"/calico/bgp/v1/host/{_SEG}/rr_cluster_id"),
+    ("bgp_host_status", rf"/calico/bgp/v1/host/{_SEG}/status/v([46])"),
     ("bgp_global_as", r"/calico/bgp/v1/global/as_num"),
     ("bgp_node_mesh", r"/calico/bgp/v1/global/node_mesh"),
     ("bgp_global_loglevel", r"/calico/bgp/v1/global/loglevel"),
@@ -259,6 +269,8 @@ _FIELDS = {
     "bgp_host_as": ("host",),
     "bgp_host_loglevel": ("host",),
     "bgp_host_peer": ("host", "version", "ip"),
+    "bgp_host_rr_cluster_id": ("host",),
+    "bgp_host_status": ("host", "version"),
     "bgp_global_as": (),
     "bgp_node_mesh": (),
     "bgp_global_loglevel": (),

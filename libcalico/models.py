@@ -71,11 +71,14 @@ PROTOCOL_NAMES = frozenset({"tcp", "udp", "icmp", "icmpv6", "sctp", "udplite"})
 MAX_RULES = 500                    # rules per direction (inbound_rules, outbound_rules)
 MAX_PORT_ENTRIES = 10000           # entries (ports and 'lo:hi' ranges) in one ports list
 MAX_RENDERED_LINES = 5000          # iptables lines one profile/policy renders to, per IP family
-MAX_VALUE_BYTES = {"profile_rules": 128 * 1024, "tier_policy": 128 * 1024}   # checked before JSON parsing
+MAX_VALUE_BYTES = {"profile_rules": 128 * 1024, "tier_policy": 128 * 1024, "bgp_host_status": 256 * 1024}   # checked before JSON parsing
 # 255 is the iptables icmp match's "any type" wildcard, so a rule for type 255
 # would match every ICMP packet: the one bound for icmp_type, model and renderer.
 ICMP_TYPE_MAX = 254
 ICMP_CODE_MAX = 255
+# IPAM block sizes a pool may ask for (prefix lengths), and the default.
+POOL_BLOCK_SIZES = {4: (20, 32), 6: (116, 128)}
+DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 
 
 class InvalidValue(ValueError):
@@ -451,8 +454,28 @@ class Pool(_Model):
     masquerade: bool = False
     ipam: bool = True
     disabled: bool = False
+    # IPAM's block size for this pool (prefix length); None: the default (/26 IPv4, /122 IPv6)
+    block_size: int | None = None
+    # true: hosts never borrow addresses from other hosts' blocks of this pool
+    strict_affinity: bool | None = None
 
     _cidr = field_validator("cidr", mode="before")(classmethod(lambda cls, v: validate_cidr(v)))
+
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _block_size(cls, v: object) -> object:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{v!r} is not a prefix length")
+        return v
+
+    @field_validator("strict_affinity", mode="before")
+    @classmethod
+    def _strict_affinity(cls, v: object) -> object:
+        if v is not None and not isinstance(v, bool):
+            raise ValueError(f"{v!r} is not true or false")
+        return v
 
     @field_validator("masquerade", "ipam", "disabled", mode="before")
     @classmethod
@@ -467,7 +490,17 @@ class Pool(_Model):
     def _one_overlay(self) -> Pool:
         if self.ipip is not None and self.vxlan is not None:
             raise ValueError("a pool can have ipip or vxlan, not both")
+        if self.block_size is not None:
+            lo, hi = POOL_BLOCK_SIZES[self.version]
+            if not lo <= self.block_size <= hi:
+                raise ValueError(f"block_size {self.block_size} is outside /{lo}../{hi} for an IPv{self.version} pool")
         return self
+
+    @property
+    def block_prefix(self) -> int:
+        """The prefix length of the blocks IPAM carves this pool into (never wider than the pool)."""
+        size = self.block_size if self.block_size is not None else DEFAULT_BLOCK_SIZE[self.version]
+        return max(size, int(self.cidr.rsplit("/", 1)[1]))
 
     @property
     def version(self) -> int:
@@ -585,6 +618,17 @@ def _json_object(raw: str) -> dict:
     return data
 
 
+def _rr_cluster_id(raw: str) -> str | None:
+    """A route reflector's cluster id: a dotted quad (BIRD's `rr cluster id`); empty = not a reflector."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        return validate_ip(text, 4)
+    except ValueError:
+        raise ValueError(f"rr_cluster_id {text[:40]!r} is not a dotted-quad cluster id (e.g. 1.0.0.1)") from None
+
+
 def _bgp_host_ip(key: keys.Key, raw: str) -> str | None:
     text = raw.strip()
     if not text and key.version == 6:
@@ -610,6 +654,8 @@ _PARSERS: dict[str, Any] = {
     "bgp_host_as": lambda k, r: validate_asn(r.strip()),
     "bgp_host_loglevel": lambda k, r: validate_loglevel(r),
     "bgp_host_peer": _peer,
+    "bgp_host_rr_cluster_id": lambda k, r: _rr_cluster_id(r),
+    "bgp_host_status": lambda k, r: _json_object(r),
     "bgp_global_as": lambda k, r: validate_asn(r.strip()),
     "bgp_node_mesh": lambda k, r: _model(NodeMesh, r),
     "bgp_global_loglevel": lambda k, r: validate_loglevel(r),

@@ -39,6 +39,8 @@ CASES = [
     (keys.block_affinity(H, "fd00::/122"), "block_affinity", {"host": H, "version": 6, "cidr": "fd00::/122"}),
     (keys.block_allocation("10.65.1.0/26"), "block_allocation", {"version": 4, "cidr": "10.65.1.0/26"}),
     (keys.ipam_handle("h-1"), "ipam_handle", {"handle": "h-1"}),
+    (keys.bgp_host_rr_cluster_id(H), "bgp_host_rr_cluster_id", {"host": H}),
+    (keys.bgp_host_status(H, 6), "bgp_host_status", {"host": H, "version": 6}),
     (keys.felix_status(H), "felix_status", {"host": H}),
     (keys.felix_last_status(H), "felix_last_status", {"host": H}),
     (keys.felix_endpoint_status(H, "k8s", "w", "e"), "felix_endpoint_status",
