@@ -19,10 +19,16 @@ from typing import Any
 
 from calicoctl import netns
 from calicoctl.cli import Action, ArgError, CliError, Context, check, split_options, table, usage_error
-from libcalico import keys
-from libcalico.models import Pool, WorkloadEndpoint
+from libcalico import keys, workload_attach
+from libcalico.models import Pool
 from libcalico.resources import Nodes, Pools, Stored, WorkloadEndpoints
 from libcalico.validation import validate_ifname, validate_ip, validate_name
+from libcalico.workload_attach import (  # noqa: F401 - node remove/stop and tests use them
+    GATEWAY_V4,
+    IFACE_PREFIX,
+    delete_veth,
+    inner_config,
+)
 
 USAGE = """\
 Usage:
@@ -48,8 +54,6 @@ Options:
 """
 
 ORCHESTRATOR = "netns"
-IFACE_PREFIX = "cali"
-GATEWAY_V4 = "169.254.1.1"
 DEFAULT_RUN_DIR = "/var/run/calico"
 _VALUED = ("--interface", "--hostname")
 
@@ -193,74 +197,18 @@ async def _maybe_await(v: Any) -> Any:
 
 
 # ---- kernel side -----------------------------------------------------------------
+# One implementation for every orchestrator: libcalico.workload_attach.
 
 def host_ifname(endpoint_id: str) -> str:
     return f"{IFACE_PREFIX}{endpoint_id[:11]}"
 
 
-def inner_config(iface: str, v4: list[str], v6: list[str], v6_gateway: str | None) -> list[str]:
-    """`ip -batch` lines that address the workload side and point its default routes at the host."""
-    lines = ["link set lo up", f"link set {iface} up"]
-    for ip in v4:
-        lines.append(f"addr add {ip}/32 dev {iface}")
-    if v4:
-        lines.append(f"route replace {GATEWAY_V4} dev {iface} scope link")
-        lines.append(f"route replace default via {GATEWAY_V4} dev {iface}")
-    for ip in v6:
-        lines.append(f"addr add {ip}/128 dev {iface} nodad")
-    if v6 and v6_gateway:
-        lines.append(f"route replace ::/0 via {v6_gateway} dev {iface}")
-    return lines
-
-
 def host_link_local(ifname: str, timeout: float = 3.0) -> str:
     """The host-side veth's fe80:: address (the workload's IPv6 gateway)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        for a in netns.addresses(None, ifname):
-            if a.get("family") == "inet6" and str(a.get("local", "")).startswith("fe80:"):
-                return a["local"]
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    info = netns.link(None, ifname)
-    if info is None or not info.get("address"):
-        raise CliError(f"host interface {ifname} vanished")
-    return netns.eui64_link_local(info["address"])
-
-
-def _set_sysctl(path: str, value: str) -> None:
     try:
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError:
-        pass  # IPv6 disabled here: the gateway then comes from the MAC
-
-
-def create_veth(ns: netns.NamespaceRef, host_if: str, iface: str, v4: list[str], v6: list[str]) -> str:
-    """Make the pair, address the inside; returns the workload-side MAC."""
-    if netns.link(None, host_if) is not None:
-        raise CliError(f"interface {host_if} already exists on this node")
-    if netns.link(ns, iface) is not None:
-        raise CliError(f"interface {iface} already exists in namespace {ns.arg}")
-    netns.run(None, ["ip", "link", "add", host_if, "type", "veth", "peer", "name", iface, "netns", ns.path])
-    try:
-        if v6:
-            # No DAD on the host side: the workload's default route points at its link-local.
-            _set_sysctl(f"/proc/sys/net/ipv6/conf/{host_if}/accept_dad", "0")
-        netns.run(None, ["ip", "link", "set", host_if, "up"])
-        netns.ip_batch(ns, [f"link set {iface} up"])
-        gw6 = host_link_local(host_if) if v6 else None
-        netns.ip_batch(ns, inner_config(iface, v4, v6, gw6))
-        info = netns.link(ns, iface)
-        if info is None:
-            raise CliError(f"{iface} vanished from namespace {ns.arg}")
-        return info["address"]
-    except BaseException:
-        delete_veth(ns, host_if, iface)
-        raise
+        return workload_attach.host_link_local(ifname, timeout)
+    except workload_attach.AttachError as e:
+        raise CliError(str(e)) from None
 
 
 def _valid_ifname(name: str) -> bool:
@@ -269,20 +217,6 @@ def _valid_ifname(name: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def delete_veth(ns: netns.NamespaceRef | None, host_if: str, iface: str = "eth0") -> bool:
-    """Remove the pair (deleting either end removes both); True when something was deleted."""
-    if host_if and netns.link(None, host_if) is not None:
-        netns.run(None, ["ip", "link", "del", host_if], check=False)
-        return True
-    if ns is not None:
-        info = netns.link(ns, iface)
-        if info is not None and info.get("link_type") == "ether" and info.get("linkinfo", {}).get(
-                "info_kind") == "veth":
-            netns.run(ns, ["ip", "link", "del", iface], check=False)
-            return True
-    return False
 
 
 # ---- commands -------------------------------------------------------------------
@@ -301,47 +235,36 @@ async def add(ctx: Context, ns: netns.NamespaceRef, spec: tuple[str, str | None]
     if await find_endpoint(client, host, ns.workload_id) is not None:
         raise CliError(f"namespace {ns.arg} already has an endpoint on host {host}")
     ep_id = uuid.uuid4().hex
-    host_if = host_ifname(ep_id)
-    ipam = _ipam(client)
     kind, ip = spec
     if kind == "ip":
         assert ip is not None
         await _check_in_pool(client, ip)
-        await _maybe_await(ipam.assign(ip, ep_id, host))
-        v4, v6 = ([ip], []) if ipaddress.ip_address(ip).version == 4 else ([], [ip])
+        ips, num4, num6 = [ip], 0, 0
     else:
+        ips = []
         num4 = 1 if kind in ("ipv4", "auto") else 0
         num6 = 1 if kind == "ipv6" or (kind == "auto" and await ipam_pools(client, 6)) else 0
         if kind == "ipv6" and not await ipam_pools(client, 6):
             raise CliError("no enabled IPv6 pool to assign from (see 'calicoctl pool add')")
         if num4 and not await ipam_pools(client, 4):
             raise CliError("no enabled IPv4 pool to assign from (see 'calicoctl pool add')")
-        try:
-            v4, v6 = await _maybe_await(ipam.auto_assign(host, ep_id, num4, num6))
-        except BaseException:
-            await _maybe_await(ipam.release_handle(ep_id))
-            raise
-        v4, v6 = [str(a).split("/")[0] for a in v4], [str(a).split("/")[0] for a in v6]
-        if len(v4) < num4 or len(v6) < num6:
-            await _maybe_await(ipam.release_handle(ep_id))
-            raise CliError("IPAM has no free address in the pools (see 'calicoctl ipam')")
     try:
-        mac = create_veth(ns, host_if, iface, v4, v6)
-        fields: dict[str, Any] = {
-            "state": "active", "name": host_if, "mac": mac, "profile_ids": [],
-            "ipv4_nets": [f"{a}/32" for a in v4], "ipv6_nets": [f"{a}/128" for a in v6],
-        }
-        if v4:
-            fields["ipv4_gateway"] = GATEWAY_V4
-        try:
-            if not await WorkloadEndpoints(client).create(host, ORCHESTRATOR, ns.workload_id, ep_id,
-                                                          WorkloadEndpoint.model_validate(fields)):
-                raise CliError(f"{keys.workload_endpoint(host, ORCHESTRATOR, ns.workload_id, ep_id)} already exists")
-        except BaseException:
-            delete_veth(ns, host_if, iface)
-            raise
+        v4, v6 = await workload_attach.assign_addresses(client, host, ep_id, ips, num4, num6)
+    except workload_attach.AttachError as e:
+        msg = str(e).removeprefix("IPAM: ")
+        if "no free address" in msg:
+            msg = "IPAM has no free address in the pools (see 'calicoctl ipam')"
+        raise CliError(msg) from None
+    attach_spec = workload_attach.EndpointSpec(host=host, orchestrator=ORCHESTRATOR, workload=ns.workload_id,
+                                               endpoint=ep_id, host_ifname=host_ifname(ep_id), netns=ns,
+                                               ifname=iface)
+    try:
+        await workload_attach.attach(client, attach_spec, v4, v6)
+    except workload_attach.AttachError as e:
+        await _ipam(client).release_handle(ep_id)
+        raise CliError(str(e)) from None
     except BaseException:
-        await _maybe_await(ipam.release_handle(ep_id))
+        await _ipam(client).release_handle(ep_id)
         raise
     return await WorkloadEndpoints(client).get(host, ORCHESTRATOR, ns.workload_id, ep_id)
 
@@ -355,15 +278,10 @@ async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, 
         raise CliError(f"namespace {arg} has no endpoint on host {host}")
     # The stored name first; else the one we derive from the endpoint id; else the namespace's end.
     names = [n for n in (ifname(ep), host_ifname(ep.key.endpoint)) if n and _valid_ifname(n)]
-    if not any(delete_veth(None, n) for n in dict.fromkeys(names)) and ns is not None:
-        delete_veth(ns, "")
-    await WorkloadEndpoints(client).delete(ep)
-    ipam = _ipam(client)
-    await _maybe_await(ipam.release_handle(ep.key.endpoint))
-    nets = endpoint_ips(ep)
-    if nets:
-        # Addresses given explicitly by an older tool may carry no handle: free them by address too.
-        await _maybe_await(ipam.release_ips(nets))
+    for n in dict.fromkeys(names):
+        delete_veth(None, n)
+    await workload_attach.detach(client, (host, ORCHESTRATOR, workload_id, ep.key.endpoint), netns_ref=ns,
+                                 handle=ep.key.endpoint, release_endpoint_ips=True)
     return ep
 
 
