@@ -4,6 +4,9 @@
     calico-node --init-only     startup only (registration, pools, tunnel addresses), then exit
     calico-node -ready|--ready  exit 0 when every service is ready (BGP sessions up with networking)
     calico-node -live|--live    exit 0 when every service is alive
+    calico-node -felix-ready -felix-live -bird-ready -bird-live -bird6-ready -bird6-live
+                                Calico's per-service probes, in any combination: exit 0 when each holds
+                                (-bird-live holds while BIRD answers, even with its BGP peers down)
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return health.main("ready")
     if args[0] in ("-live", "--live") and len(args) == 1:
         return health.main("live")
+    probes = health.probe_flags(args)
+    if probes is not None:
+        return health.probe_main(probes)
     if args == ["--log-relay"]:
         from . import logrelay
         return logrelay.main()

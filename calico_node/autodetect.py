@@ -3,13 +3,22 @@
 Split into a pure chooser (unit-testable with plain data) and a reader that
 asks `ip -j addr` in the namespace the node runs in, so a test namespace and a
 real host go through exactly the same selection.
+
+The methods are Calico 3.x's `IP_AUTODETECTION_METHOD` forms: `first-found`,
+`can-reach=<dest>`, `interface=<regex,...>`, `skip-interface=<regex,...>`,
+`cidr=<cidr,...>`.  Their regexes match anywhere in the name (Go's
+MatchString, as Calico does); the classic `IP_AUTODETECT_INTERFACE` keeps its
+whole-name match.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Interfaces whose addresses are never the host's own: bridges and tunnels of
@@ -59,3 +68,115 @@ def read_addresses() -> list[Address]:
     if r.returncode != 0:
         raise RuntimeError(f"ip -j addr show failed: {r.stderr.strip()}")
     return parse_ip_json(r.stdout)
+
+
+METHODS = ("first-found", "can-reach", "interface", "skip-interface", "cidr")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One parsed autodetection method; `text` is what the operator wrote (for log lines)."""
+
+    kind: str  # one of METHODS
+    text: str = "first-found"
+    patterns: tuple[re.Pattern[str], ...] = ()
+    fullmatch: bool = False  # the classic IP_AUTODETECT_INTERFACE form
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    dest: str = ""
+
+
+FIRST_FOUND = Method("first-found")
+
+
+def parse_method(raw: str, family: int) -> Method:
+    """`IP_AUTODETECTION_METHOD` text -> Method; ValueError says what is wrong with it."""
+    text = raw.strip()
+    if not text or text == "first-found":
+        return FIRST_FOUND
+    kind, sep, arg = text.partition("=")
+    kind = kind.strip()
+    arg = arg.strip()
+    if kind not in METHODS or kind == "first-found":
+        raise ValueError(f"unknown method {text!r}: expected first-found, can-reach=<dest>, interface=<regex>, "
+                         "skip-interface=<regex> or cidr=<cidr,...>")
+    if not sep or not arg:
+        raise ValueError(f"{kind} needs a value ({kind}=...)")
+    if len(arg) > 1024:
+        raise ValueError(f"{kind}: value longer than 1024 characters")
+    if kind == "can-reach":
+        return Method(kind, text, dest=_reach_dest(arg, family))
+    if kind == "cidr":
+        nets = []
+        for part in arg.split(","):
+            try:
+                net = ipaddress.ip_network(part.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"cidr: {part.strip()!r} is not a CIDR") from None
+            if net.version != family:
+                raise ValueError(f"cidr: {part.strip()} is not an IPv{family} CIDR")
+            nets.append(net)
+        return Method(kind, text, cidrs=tuple(nets))
+    pats = []
+    for part in arg.split(","):
+        try:
+            pats.append(re.compile(part.strip()))
+        except re.error as e:
+            raise ValueError(f"{kind}: bad regular expression {part.strip()!r}: {e}") from None
+    return Method(kind, text, patterns=tuple(pats))
+
+
+def _reach_dest(arg: str, family: int) -> str:
+    try:
+        addr = ipaddress.ip_address(arg)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", arg):
+            raise ValueError(f"can-reach: {arg!r} is neither an IP address nor a host name") from None
+        return arg
+    if addr.version != family:
+        raise ValueError(f"can-reach: {arg} is not an IPv{family} address")
+    return str(addr)
+
+
+def classic_interface(pattern: re.Pattern[str]) -> Method:
+    """IP_AUTODETECT_INTERFACE: one regex that must match the whole interface name."""
+    return Method("interface", f"interface={pattern.pattern}", patterns=(pattern,), fullmatch=True)
+
+
+def _matches(m: Method, name: str) -> bool:
+    return any((p.fullmatch(name) if m.fullmatch else p.search(name)) for p in m.patterns)
+
+
+def route_source(dest: str, family: int) -> str:
+    """The source address the kernel picks to reach `dest` (a connected UDP socket sends nothing)."""
+    fam = socket.AF_INET if family == 4 else socket.AF_INET6
+    infos = socket.getaddrinfo(dest, 53, fam, socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"{dest} has no IPv{family} address")
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.connect(infos[0][4])
+        return s.getsockname()[0]
+
+
+def choose_by(method: Method, addrs: list[Address], family: int,
+              source: Callable[[str, int], str] = route_source) -> Address | None:
+    """The address `method` picks among `addrs` (kernel order); None when nothing qualifies."""
+    if method.kind == "can-reach":
+        src = source(method.dest, family)
+        for a in addrs:
+            if a.family == family and a.address == src:
+                return a
+        return None
+    for a in addrs:
+        if a.family != family or a.scope != "global":
+            continue
+        if method.kind == "interface":
+            if not _matches(method, a.ifname):
+                continue
+        elif EXCLUDED_IFACES.match(a.ifname):
+            continue
+        if method.kind == "skip-interface" and _matches(method, a.ifname):
+            continue
+        if method.kind == "cidr" and not any(ipaddress.ip_address(a.address) in n for n in method.cidrs):
+            continue
+        return a
+    return None

@@ -1,4 +1,6 @@
-"""`calico-node -ready` / `-live`: one answer for the container's health check.
+"""`calico-node -ready` / `-live`: one answer for the container's health check;
+`-felix-ready -bird-ready -bird6-ready -felix-live -bird-live -bird6-live`
+(any combination): Calico's per-service probes.
 
 Aggregates what each service can tell: Felix's own health endpoint when it is
 enabled (else supervisord's view of the process),
@@ -72,14 +74,15 @@ def service_check(name: str, kind: str, state: NodeState) -> str | None:
 def problems(state: NodeState, kind: str,
              states: Callable[[str], dict[str, str]] = process_states,
              http_check: Callable[[str, int, str], str | None] = felix_http,
-             check: Callable[[str, str, NodeState], str | None] = service_check) -> list[str]:
-    """Every reason the node is not ready/live, one per service; empty = healthy."""
+             check: Callable[[str, str, NodeState], str | None] = service_check,
+             only: tuple[str, ...] | None = None) -> list[str]:
+    """Every reason the node is not ready/live, one per service (of `only`, else all); empty = healthy."""
     try:
         procs = states(state.socket)
     except (OSError, xmlrpc.client.Error) as e:
         return [f"supervisord: not answering on {state.socket}: {e}"]
     out: list[str] = []
-    for name in state.services:
+    for name in state.services if only is None else only:
         st = procs.get(name, "MISSING")
         if name == "felix" and state.felix_health_enabled:
             reason = http_check(state.felix_health_host, state.felix_health_port,
@@ -100,12 +103,64 @@ def problems(state: NodeState, kind: str,
     return out
 
 
+# Calico's per-service probe flags: (service, kind).  Liveness and readiness are split so a
+# node whose BGP peer is down is not ready (-bird-ready) but is not restarted (-bird-live).
+PROBES = {f"-{svc}-{kind}": (svc, kind) for svc in ("felix", "bird", "bird6") for kind in ("ready", "live")}
+
+
+def probe_flags(args: list[str]) -> list[tuple[str, str]] | None:
+    """`-felix-ready -bird-live ...` (or with `--`) -> [(service, kind)]; None if any arg is not one."""
+    out = []
+    for a in args:
+        flag = a[1:] if a.startswith("--") else a
+        if flag not in PROBES:
+            return None
+        if PROBES[flag] not in out:
+            out.append(PROBES[flag])
+    return out or None
+
+
+def service_problems(state: NodeState, probes: list[tuple[str, str]], **checks) -> list[str]:
+    """What each asked probe finds wrong; a service this node does not run fails its probe."""
+    out: list[str] = []
+    for svc, kind in probes:
+        if svc not in state.services:
+            why = (f"BGP networking is off: CALICO_NETWORKING_BACKEND={state.backend}" if not state.networking
+                   else "no IPv6 address (IP6)" if svc == "bird6" else "no IPv4 address (IP=none)")
+            out.append(f"{svc}: not run by this node ({why})")
+            continue
+        out += problems(state, kind, only=(svc,), **checks)
+    return out
+
+
+def _state(run_dir: str, what: str) -> NodeState | None:
+    try:
+        return read_state(run_dir)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"calico/node is not {what}: no node state in {run_dir} ({e})")
+        return None
+
+
+def probe_main(probes: list[tuple[str, str]]) -> int:
+    """`calico-node -felix-live -bird-live`: exit 0 when every asked probe holds."""
+    run_dir = os.environ.get("CALICO_RUN_DIR", "").strip() or DEFAULT_RUN_DIR
+    what = " and ".join(sorted({k for _, k in probes}))
+    state = _state(run_dir, what)
+    if state is None:
+        return 1
+    found = service_problems(state, probes)
+    asked = ", ".join(f"{s}-{k}" for s, k in probes)
+    if found:
+        print(f"calico/node is not {what} ({asked}): " + "; ".join(found))
+        return 1
+    print(f"calico/node is {what} ({asked})")
+    return 0
+
+
 def main(kind: str) -> int:
     run_dir = os.environ.get("CALICO_RUN_DIR", "").strip() or DEFAULT_RUN_DIR
-    try:
-        state = read_state(run_dir)
-    except (OSError, ValueError, TypeError) as e:
-        print(f"calico/node is not {kind}: no node state in {run_dir} ({e})")
+    state = _state(run_dir, kind)
+    if state is None:
         return 1
     found = problems(state, kind)
     if found:

@@ -14,7 +14,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from libcalico import router_id
 from libcalico.validation import validate_asn, validate_ip, validate_name
+
+from . import autodetect, default_pools
 
 DEFAULT_RUN_DIR = "/var/run/calico"
 DEFAULT_LOG_DIR = "/var/log/calico"
@@ -22,6 +25,8 @@ DEFAULT_CONF_DIR = "/etc/calico"
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 5
 AUTODETECT = "autodetect"
+NONE = "none"  # IP=none: an IPv6-only node
+BACKENDS = ("bird", "vxlan", "none")
 
 
 class SettingsError(ValueError):
@@ -53,10 +58,15 @@ class NodeSettings:
     """What the environment asked for; `ip`/`ip6` may still say "autodetect"."""
 
     nodename: str
-    ip: str  # IPv4, or AUTODETECT
+    ip: str  # IPv4, AUTODETECT, or "" for an IPv6-only node (IP=none)
     ip6: str  # IPv6, AUTODETECT, or "" for none
     as_num: int | None
-    networking: bool = True
+    networking: bool = True  # BGP (BIRD + confd) runs: CALICO_NETWORKING_BACKEND=bird
+    backend: str = "bird"
+    router_id: str = ""  # CALICO_ROUTER_ID as given: "", "hash" or an IPv4
+    autodetect4: autodetect.Method = autodetect.FIRST_FOUND
+    autodetect6: autodetect.Method = autodetect.FIRST_FOUND
+    pools: tuple[default_pools.DefaultPool, ...] = ()
     disable_file_logging: bool = False
     no_default_pools: bool = False
     wait_for_datastore: bool = False
@@ -74,13 +84,23 @@ def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
     env = dict(os.environ if env is None else env)
     ip, ip6 = _addresses(env)
     dirs = _dirs(env)
+    backend = _backend(env)
+    rid = _router_id(env, ip, backend)
+    classic = _interface_pattern(env)
+    try:
+        pools = default_pools.from_env(env)
+    except default_pools.PoolEnvError as e:
+        raise SettingsError(str(e)) from None
     return NodeSettings(
         nodename=_nodename(env), ip=ip, ip6=ip6, as_num=_as_num(env),
-        networking=_bool(env, "CALICO_NETWORKING", True),
+        networking=backend == "bird", backend=backend, router_id=rid,
+        autodetect4=_method(env, "IP_AUTODETECTION_METHOD", 4, classic),
+        autodetect6=_method(env, "IP6_AUTODETECTION_METHOD", 6, classic),
+        pools=pools,
         disable_file_logging=_bool(env, "CALICO_DISABLE_FILE_LOGGING", False),
         no_default_pools=_bool(env, "NO_DEFAULT_POOLS", False),
         wait_for_datastore=_bool(env, "WAIT_FOR_DATASTORE", False),
-        autodetect_interface=_interface_pattern(env),
+        autodetect_interface=classic,
         run_dir=dirs["CALICO_RUN_DIR"], log_dir=dirs["CALICO_LOG_DIR"], conf_dir=dirs["CALICO_CONF_DIR"],
         log_max_bytes=_int(env, "CALICO_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, 1024),
         log_backups=_int(env, "CALICO_LOG_BACKUPS", DEFAULT_LOG_BACKUPS, 0),
@@ -99,10 +119,12 @@ def _nodename(env: Mapping[str, str]) -> str:
 
 
 def _addresses(env: Mapping[str, str]) -> tuple[str, str]:
-    """IP and IP6: an address, or AUTODETECT; IPv4 autodetects when unset, IPv6 stays off ("")."""
+    """IP and IP6: an address, AUTODETECT, or off (""); IPv4 autodetects when unset, IPv6 stays off."""
     ip = env.get("IP", "").strip()
     if ip.lower() in ("", AUTODETECT):
         ip = AUTODETECT
+    elif ip.lower() == NONE:
+        ip = ""
     else:
         try:
             ip = validate_ip(ip, 4)
@@ -116,7 +138,48 @@ def _addresses(env: Mapping[str, str]) -> tuple[str, str]:
             ip6 = validate_ip(ip6, 6)
         except ValueError as e:
             raise SettingsError(f"IP6: {e}") from None
+    if not ip and not ip6:
+        raise SettingsError("IP=none: an IPv6-only node needs IP6 (an address or autodetect)")
     return ip, ip6
+
+
+def _backend(env: Mapping[str, str]) -> str:
+    """CALICO_NETWORKING_BACKEND (Calico 3.x) and the classic CALICO_NETWORKING switch, which must agree."""
+    raw = env.get("CALICO_NETWORKING_BACKEND", "").strip()
+    classic = _bool(env, "CALICO_NETWORKING", True)
+    if not raw:
+        return "bird" if classic else "none"
+    backend = raw.lower()
+    if backend not in BACKENDS:
+        raise SettingsError(f"CALICO_NETWORKING_BACKEND={raw[:64]!r}: expected bird, vxlan or none")
+    if not classic and backend == "bird":
+        raise SettingsError("CALICO_NETWORKING_BACKEND=bird contradicts CALICO_NETWORKING=false")
+    return backend
+
+
+def _router_id(env: Mapping[str, str], ip: str, backend: str) -> str:
+    """CALICO_ROUTER_ID; an IPv6-only node running BIRD cannot start without one."""
+    try:
+        rid = router_id.parse(env.get("CALICO_ROUTER_ID", ""))
+    except ValueError as e:
+        raise SettingsError(f"CALICO_ROUTER_ID: {e}") from None
+    if not ip and not rid and backend == "bird":
+        raise SettingsError("CALICO_ROUTER_ID: an IPv6-only node (IP=none) running BGP needs a router id: "
+                            "set CALICO_ROUTER_ID=hash or an IPv4 address")
+    return rid
+
+
+def _method(env: Mapping[str, str], name: str, family: int,
+            classic: re.Pattern[str] | None) -> autodetect.Method:
+    raw = env.get(name, "").strip()
+    if raw and classic is not None:
+        raise SettingsError(f"{name} and IP_AUTODETECT_INTERFACE are both set: use {name}=interface=<regex> alone")
+    if not raw:
+        return autodetect.classic_interface(classic) if classic is not None else autodetect.FIRST_FOUND
+    try:
+        return autodetect.parse_method(raw, family)
+    except ValueError as e:
+        raise SettingsError(f"{name}: {e}") from None
 
 
 def _as_num(env: Mapping[str, str]) -> int | None:

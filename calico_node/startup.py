@@ -23,6 +23,8 @@ from libcalico.models import Pool
 from libcalico.resources import TUNNEL_PARAMS, AddressConflict, Conflict, Nodes, Pools
 
 from . import autodetect
+from .default_pools import DefaultPool
+from .default_pools import from_env as default_pools_from_env
 from .settings import AUTODETECT, NodeSettings
 
 log = logging.getLogger("calico-node")
@@ -104,26 +106,29 @@ async def ensure_defaults(client: DatastoreClient) -> None:
             log.info("Set default %s = %s", key, value)
 
 
-def resolve_ips(settings: NodeSettings, read: Callable[[], list[autodetect.Address]] = autodetect.read_addresses
-                ) -> StartupResult:
-    """Concrete IP/IP6: validated values pass through, `autodetect` picks from the interfaces."""
+def resolve_ips(settings: NodeSettings, read: Callable[[], list[autodetect.Address]] = autodetect.read_addresses,
+                source: Callable[[str, int], str] = autodetect.route_source) -> StartupResult:
+    """Concrete IP/IP6: validated values pass through, `autodetect` picks by the family's method."""
     ip, ip6 = settings.ip, settings.ip6
     addrs: list[autodetect.Address] | None = None
     if ip == AUTODETECT or ip6 == AUTODETECT:
         addrs = read()
-    if ip == AUTODETECT:
-        found = autodetect.choose(addrs or [], 4, settings.autodetect_interface)
+    out = {4: ip, 6: ip6}
+    for v, var, method in ((4, "IP", settings.autodetect4), (6, "IP6", settings.autodetect6)):
+        if out[v] != AUTODETECT:
+            continue
+        mvar = "IP_AUTODETECTION_METHOD" if v == 4 else "IP6_AUTODETECTION_METHOD"
+        try:
+            found = autodetect.choose_by(method, addrs or [], v, source)
+        except OSError as e:
+            raise StartupError(f"{mvar}={method.text}: cannot find the route to {method.dest}: {e}") from None
         if found is None:
-            raise StartupError("IP: no global IPv4 address found to autodetect (set IP, or IP_AUTODETECT_INTERFACE)")
-        ip = found.address
-        log.info("Autodetected IPv4 %s/%d on %s", ip, found.prefixlen, found.ifname)
-    if ip6 == AUTODETECT:
-        found = autodetect.choose(addrs or [], 6, settings.autodetect_interface)
-        if found is None:
-            raise StartupError("IP6: no global IPv6 address found to autodetect (set IP6, or leave it empty)")
-        ip6 = found.address
-        log.info("Autodetected IPv6 %s/%d on %s", ip6, found.prefixlen, found.ifname)
-    return StartupResult(ip=ip, ip6=ip6)
+            raise StartupError(f"{var}: no global IPv{v} address found by {mvar}={method.text} "
+                               f"(set {var}{', or IP=none for an IPv6-only node' if v == 4 else ''})")
+        out[v] = found.address
+        log.info("Autodetected IPv%d %s/%d on %s using %s", v, found.address, found.prefixlen, found.ifname,
+                 method.text)
+    return StartupResult(ip=out[4], ip6=out[6])
 
 
 def warn_if_not_local(result: StartupResult, read: Callable[[], list[autodetect.Address]] = autodetect.read_addresses
@@ -142,32 +147,58 @@ async def register_host(client: DatastoreClient, settings: NodeSettings, result:
     """Register this host's addresses and AS, refusing an address another host peers from
     (two BGP speakers on one IP break the mesh); check and write are one guarded transaction."""
     host = settings.nodename
+    nodes = Nodes(client)
+    await warn_if_moved(nodes, host, result)
     try:
-        reg = await Nodes(client).register(host, result.ip, result.ip6 or None, settings.as_num)
+        reg = await nodes.register(host, result.ip or None, result.ip6 or None, settings.as_num)
     except AddressConflict as e:
         raise StartupError(f"{e}; refusing to start") from None
     except Conflict as e:
         raise StartupError(str(e)) from None
     if reg.as_removed:
         log.info("AS unset: removed %s (the global AS applies)", keys.bgp_host_as(host))
-    log.info("Registered host %s: IPv4 %s, IPv6 %s, AS %s", host, result.ip, result.ip6 or "none",
+    log.info("Registered host %s: IPv4 %s, IPv6 %s, AS %s", host, result.ip or "none", result.ip6 or "none",
              settings.as_num or "global")
 
 
-DEFAULT_POOLS = (
-    Pool(cidr=DEFAULT_POOL_V4, masquerade=True, ipam=True, disabled=False),
-    Pool(cidr=DEFAULT_POOL_V6, masquerade=False, ipam=True, disabled=False),
-)
+async def warn_if_moved(nodes: Nodes, host: str, result: StartupResult) -> None:
+    """This node's name registered with other addresses: a renamed or cloned machine, or a moved
+    IP.  Calico warns and re-registers (the operator may mean it); so do we."""
+    try:
+        old = await nodes.get(host)
+    except (DatastoreError, ValueError) as e:
+        log.debug("could not read the old registration of %s: %s", host, e)
+        return
+    if old is None:
+        return
+    for var, was, now in (("IP", old.raw.get("v4") or old.ip4, result.ip),
+                          ("IP6", old.raw.get("v6") or old.ip6, result.ip6)):
+        if was and was != (now or ""):
+            log.warning("Node %s is already registered with %s %s; it now registers %s (another machine using "
+                        "this node name?)", host, var, was, now or "none")
+
+
+def pool_model(spec: DefaultPool) -> Pool:
+    """The stored pool for a default-pool spec; block size only where the pool model has one."""
+    fields = {"cidr": spec.cidr, "masquerade": spec.nat_outgoing, "ipam": True, "disabled": False,
+              "ipip": "tunl0" if spec.ipip else None, "vxlan": "vxlan.calico" if spec.vxlan else None}
+    if "block_size" in Pool.model_fields:
+        fields["block_size"] = spec.block_size
+    return Pool(**fields)
+
+
+DEFAULT_POOLS = tuple(pool_model(p) for p in default_pools_from_env({}))
 
 
 async def ensure_default_pools(client: DatastoreClient, settings: NodeSettings) -> None:
     if settings.no_default_pools:
         return
     pools = Pools(client)
-    for pool in DEFAULT_POOLS:
+    for pool in (tuple(pool_model(p) for p in settings.pools) if settings.pools else DEFAULT_POOLS):
         # Only into an empty pool directory: an operator's pool written meanwhile wins.
         if await pools.create_if_none(pool):
-            log.info("Created default IPv%d pool %s", pool.version, pool.cidr)
+            log.info("Created default IPv%d pool %s (%s)", pool.version, pool.cidr,
+                     pool.overlay or "no overlay")
 
 
 def _in_pools(ip: str, pools: list[Pool]) -> bool:

@@ -60,6 +60,7 @@ class NodeState:
     felix_health_enabled: bool
     felix_health_host: str
     felix_health_port: int
+    backend: str = "bird"  # CALICO_NETWORKING_BACKEND (older node.json files lack it)
 
 
 def template_dir(env: dict[str, str] | None = None) -> Path:
@@ -73,10 +74,11 @@ def template_dir(env: dict[str, str] | None = None) -> Path:
 
 
 def services_for(settings: NodeSettings, ip6: str) -> list[str]:
-    """felix always; confd and bird only with networking; bird6 only with an IPv6 address too."""
+    """felix always; confd and BIRD only with the bird backend; bird only with an IPv4 address
+    (IP=none: an IPv6-only node), bird6 only with an IPv6 one."""
     if not settings.networking:
         return ["felix"]
-    return ["felix", "bird"] + (["bird6"] if ip6 else []) + ["confd"]
+    return ["felix"] + (["bird"] if settings.ip else []) + (["bird6"] if ip6 else []) + ["confd"]
 
 
 def bin_prefix() -> str:
@@ -146,7 +148,7 @@ def write_config(settings: NodeSettings, ip: str, ip6: str, templates: Path | No
     state = NodeState(nodename=settings.nodename, ip=ip, ip6=ip6, networking=settings.networking,
                       services=services, socket=str(run / SOCKET_FILE), run_dir=settings.run_dir,
                       conf_dir=settings.conf_dir, felix_health_enabled=enabled,
-                      felix_health_host=host, felix_health_port=port)
+                      felix_health_host=host, felix_health_port=port, backend=settings.backend)
     (run / STATE_FILE).write_text(json.dumps(asdict(state), indent=1) + "\n")
     return run / CONF_FILE
 
@@ -158,6 +160,7 @@ def program_env(settings: NodeSettings, ip: str, ip6: str) -> dict[str, str]:
                CALICO_RUN_DIR=settings.run_dir, CALICO_LOG_DIR=settings.log_dir,
                CALICO_CONF_DIR=settings.conf_dir,
                CALICO_NETWORKING="true" if settings.networking else "false",
+               CALICO_NETWORKING_BACKEND=settings.backend,
                PYTHONUNBUFFERED="1")
     env.setdefault("FELIX_FELIXHOSTNAME", settings.nodename)
     for src, dst in (("ETCD_ENDPOINTS", "FELIX_ETCDENDPOINTS"), ("ETCD_CA_CERT_FILE", "FELIX_ETCDCAFILE"),

@@ -43,6 +43,7 @@ from libcalico.models import (
     HostEndpoint,
     InvalidValue,
     Pool,
+    ProfileRules,
     WorkloadEndpoint,
     parse_key_value,
     to_json,
@@ -54,6 +55,7 @@ M = TypeVar("M")
 __all__ = [
     "Stored", "Listing", "ResourceError", "PoolOverlap", "AddressConflict", "Conflict",
     "Pools", "WorkloadEndpoints", "HostEndpoints", "Nodes", "Node", "BgpPeers", "FelixStatuses", "Resources",
+    "Profile", "Profiles", "Tiers", "Policies", "checked_put",
     "BLOCK_PREFIX", "TUNNEL_PARAMS",
 ]
 
@@ -420,7 +422,7 @@ class Nodes(_Repo):
         return bool((await self.client.get_prefix(keys.host_dir(name)))[1]
                     or (await self.client.get_prefix(keys.bgp_host_dir(name)))[1])
 
-    async def register(self, name: str, ip4: str, ip6: str | None, as_num: int | None) -> Registration:
+    async def register(self, name: str, ip4: str | None, ip6: str | None, as_num: int | None) -> Registration:
         """Write the node's addresses and AS, refusing an address another node registered.
 
         Check and write are one transaction guarded on the whole BGP host
@@ -438,8 +440,9 @@ class Nodes(_Repo):
                         key = keys.bgp_host_ip(other.name, v)
                         raise AddressConflict(f"IP{'' if v == 4 else '6'} {mine[v]} is already used by node "
                                               f"{other.name!r} ({key})", other.name, key)
-            ops = [op_put(keys.host_bird_ip(name), ip4),
-                   op_put(keys.bgp_host_ip(name, 4), ip4),
+            # ip4 None: an IPv6-only node has no bird_ip and no IPv4 registration
+            ops = [op_put(keys.host_bird_ip(name), ip4) if ip4 else op_delete(keys.host_bird_ip(name)),
+                   op_put(keys.bgp_host_ip(name, 4), ip4) if ip4 else op_delete(keys.bgp_host_ip(name, 4)),
                    op_put(keys.bgp_host_ip(name, 6), ip6 or ""),
                    op_put(keys.bgp_host_as(name), str(as_num)) if as_num is not None
                    else op_delete(keys.bgp_host_as(name))]
@@ -554,6 +557,118 @@ class FelixStatuses(_Repo):
         return await self.client.delete(keys.felix_endpoint_status(host, orchestrator, workload, endpoint))
 
 
+# ---- profiles, tiers and policies -------------------------------------------------
+
+@dataclass
+class Profile:
+    """A profile's three keys as read: rules, tags and labels (None when that key is absent).
+
+    `revision` is the store revision of the read: `unchanged_since(profile_dir, revision)`
+    guards a later write of the whole profile.
+    """
+
+    name: str
+    rules: ProfileRules | None = None
+    tags: list[str] | None = None
+    labels: dict[str, str] | None = None
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) of invalid values
+    revision: int = 0
+
+
+def checked_put(path: str, value: Any) -> Any:
+    """A transaction put of `value` (a model, list, dict or plain text) validated as readers will.
+
+    Callers that write several resources in one transaction build their ops
+    with this, so a batch can never contain a value Felix or confd would refuse.
+    """
+    text = value if isinstance(value, str) else to_json(value)
+    return op_put(path, _check(path, text))
+
+
+class Profiles(_Repo):
+    """Profiles (`/calico/v1/policy/profile/<id>/{rules,tags,labels}`)."""
+
+    @staticmethod
+    def _fold(out: dict[str, Profile], kv: KV) -> None:
+        k = keys.parse(kv.key)
+        if k is None or k.kind not in ("profile_rules", "profile_tags", "profile_labels"):
+            return
+        prof = out.setdefault(k.profile, Profile(k.profile))
+        try:
+            _, val = parse_key_value(kv.key, kv.value)
+        except InvalidValue as e:
+            prof.errors.append((kv.key, e.reason))
+            return
+        setattr(prof, k.kind.removeprefix("profile_"), val)
+
+    async def list(self) -> Listing:
+        """Every profile (any of its keys stored), sorted by name."""
+        rev, kvs = await self.client.get_prefix(keys.PROFILE_DIR)
+        out: dict[str, Profile] = {}
+        for kv in kvs:
+            self._fold(out, kv)
+        for p in out.values():
+            p.revision = rev
+        return Listing((out[n] for n in sorted(out)), rev)
+
+    async def get(self, name: str) -> Profile | None:
+        rev, kvs = await self.client.get_prefix(keys.profile_dir(name))
+        out: dict[str, Profile] = {}
+        for kv in kvs:
+            self._fold(out, kv)
+        prof = out.get(name)
+        if prof is not None:
+            prof.revision = rev
+        return prof
+
+    @staticmethod
+    def write_ops(name: str, rules: ProfileRules, tags: list[str] | None,
+                  labels: dict[str, str] | None) -> list:
+        """Ops that make the profile exactly this: an absent tags/labels key is deleted."""
+        ops = [checked_put(keys.profile_rules(name), rules)]
+        for path, val in ((keys.profile_tags(name), tags), (keys.profile_labels(name), labels)):
+            ops.append(op_delete(path) if val is None else checked_put(path, val))
+        return ops
+
+    async def users(self, name: str) -> list[str]:
+        """Keys of the valid endpoints (workload and host) that name this profile."""
+        wl = await WorkloadEndpoints(self.client).list()
+        hs = await HostEndpoints(self.client).list()
+        return [s.path for s in [*wl, *hs] if name in s.value.profile_ids]
+
+    async def delete(self, name: str) -> bool:
+        return bool(await self.client.delete_prefix(keys.profile_dir(name)))
+
+
+class Tiers(_Repo):
+    """Tier metadata (`/calico/v1/policy/tier/<tier>/metadata`); a tier without it is not in force."""
+
+    async def list(self, include_invalid: bool = False) -> Listing:
+        out = await _list(self.client, keys.TIER_DIR, ("tier_metadata",), include_invalid)
+        out.sort(key=lambda s: s.key.tier)
+        return out
+
+    async def get(self, name: str) -> Stored | None:
+        return await _get(self.client, keys.tier_metadata(name), "tier_metadata")
+
+    async def policy_names(self, name: str) -> list[str]:
+        _, kvs = await self.client.get_prefix(keys.tier_policy(name, "_").removesuffix("_"))
+        return sorted(k.policy for kv in kvs if (k := keys.parse(kv.key)) is not None and k.kind == "tier_policy")
+
+
+class Policies(_Repo):
+    """Tiered policies (`/calico/v1/policy/tier/<tier>/policy/<name>`)."""
+
+    async def list(self, tier: str | None = None, include_invalid: bool = False) -> Listing:
+        prefix = keys.TIER_DIR if tier is None else keys.tier_policy(tier, "_").removesuffix("_")
+        out = await _list(self.client, prefix, ("tier_policy",), include_invalid)
+        out.sort(key=lambda s: (s.key.tier, s.key.policy))
+        return out
+
+    async def get(self, tier: str, name: str) -> Stored | None:
+        return await _get(self.client, keys.tier_policy(tier, name), "tier_policy")
+
+
 class Resources:
     """Every repository on one client: `Resources(client).pools.list()`."""
 
@@ -565,3 +680,6 @@ class Resources:
         self.nodes = Nodes(client)
         self.bgp_peers = BgpPeers(client)
         self.felix_statuses = FelixStatuses(client)
+        self.profiles = Profiles(client)
+        self.tiers = Tiers(client)
+        self.policies = Policies(client)
