@@ -41,6 +41,11 @@ GROUPS: dict[str, str] = {
     "status": "calicoctl.status",
     "checksystem": "calicoctl.checksystem",
     "diags": "calicoctl.diags",
+    "create": "calicoctl.manifest_create",
+    "apply": "calicoctl.manifest_apply",
+    "replace": "calicoctl.manifest_replace",
+    "delete": "calicoctl.manifest_delete",
+    "get": "calicoctl.manifest_get",
 }
 
 TOP_USAGE = """\
@@ -57,6 +62,13 @@ Datastore commands:
   ipam          Inspect and release IP address assignments
   config        Get and set Felix configuration
   version       Show the calicoctl version
+
+Resource commands (YAML/JSON documents, apiVersion v1):
+  create        Create resources from a file (-f FILE, - = stdin)
+  apply         Create or replace resources from a file
+  replace       Replace existing resources from a file
+  delete        Delete resources from a file, or one by KIND NAME
+  get           Show resources of one kind (-o ps|wide|yaml|json)
 
 Node commands:
   container     Connect network namespaces to this node (the namespace orchestrator)

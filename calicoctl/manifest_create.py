@@ -1,0 +1,5 @@
+"""`calicoctl create`: see calicoctl.manifest (declarative resources, one transaction per batch)."""
+
+from calicoctl.manifest import command
+
+USAGE, parse = command("create")
