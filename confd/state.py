@@ -427,6 +427,7 @@ class BgpStore:
         """This host's blocks that may be announced: inside a pool of the family, of that pool's block
         size (as IPAM allocates them), and not claimed first by another host."""
         nets = [(ipaddress.ip_network(p.cidr), p.cidr) for p in pools]
+        sizes_by_cidr = {p.cidr: p.block_prefix for p in pools}  # each pool's own block size
         out = []
         for cidr, path in blocks:
             net = ipaddress.ip_network(cidr)
@@ -434,7 +435,7 @@ class BgpStore:
             if not inside:
                 findings.append(Finding(path, f"block {cidr} is inside no IPv{v} pool", mine=True))
                 continue
-            sizes = {max(BLOCK_PREFIX[v], pn.prefixlen) for pn, _ in inside}
+            sizes = {sizes_by_cidr.get(pc) or max(BLOCK_PREFIX[v], pn.prefixlen) for pn, pc in inside}
             if net.prefixlen not in sizes:
                 want = " or ".join(f"/{n}" for n in sorted(sizes))
                 findings.append(Finding(path, f"block {cidr} is not a block of pool {inside[0][1]} "
@@ -470,6 +471,7 @@ class PoolView:
     vxlan: bool
     masquerade: bool
     disabled: bool
+    block_prefix: int = 0  # the pool's IPAM block size (0: the default)
 
 
 def _net_sort(cidr: str) -> tuple:
@@ -551,7 +553,7 @@ def _recheck(key: keys.Key, value: Any) -> Any:
         if validate_cidr(value.cidr, key.version) != key.cidr:
             raise ValueError(f"cidr {value.cidr} does not match the key's {key.cidr}")
         return PoolView(key.cidr, value.ipip is not None, value.vxlan is not None, bool(value.masquerade),
-                        bool(value.disabled))
+                        bool(value.disabled), value.block_prefix)
     if k == "block_affinity":
         if not isinstance(value, BlockAffinity):
             raise TypeError(f"expected a block affinity, got {value!r}")

@@ -23,6 +23,15 @@ def pool_json(cidr: str, **extra) -> str:
     return json.dumps({"cidr": cidr, **extra})
 
 
+def slots(rec: dict) -> dict[str, str]:
+    """ordinal (as text) -> handle of a classic block record, checking its invariants on the way."""
+    allocs, attrs = rec["allocations"], rec["attributes"]
+    assert len(allocs) == ipaddress.ip_network(rec["cidr"]).num_addresses
+    assert rec["unallocated"] == [i for i, a in enumerate(allocs) if a is None]
+    assert sorted({a for a in allocs if a is not None}) == list(range(len(attrs))), "unused attribute entries"
+    return {str(i): attrs[a]["handle_id"] for i, a in enumerate(allocs) if a is not None}
+
+
 @pytest.fixture
 async def client(etcd_env):
     c = DatastoreClient.from_env(timeout=5)
@@ -45,10 +54,11 @@ async def test_assign_from_host_block_and_release(client, etcd):
     assert "10.65.0.0" not in v4  # the pool's network address is never handed out
     assert json.loads(etcd.get(keys.block_affinity("h1", "10.65.0.0/26"))) == {"state": "confirmed"}
     rec = json.loads(etcd.get(keys.block_allocation("10.65.0.0/26")))
-    assert rec["affinity"] == "host:h1" and sorted(rec["allocations"].values()) == ["wl1"] * 3
-    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["blocks"] == {"10.65.0.0/26": 3}
+    assert rec["affinity"] == "host:h1" and sorted(slots(rec).values()) == ["wl1"] * 3
+    assert json.loads(etcd.get(keys.ipam_handle("wl1"))) == {"id": "wl1", "block": {"10.65.0.0/26": 3}}
+    assert rec["strictAffinity"] is False and rec["attributes"] == [{"handle_id": "wl1", "secondary": {}}]
     info = await ipam.get_assignment(v4[0])
-    assert info == {"ip": v4[0], "handle": "wl1", "block": "10.65.0.0/26", "host": "h1"}
+    assert info == {"ip": v4[0], "handle": "wl1", "block": "10.65.0.0/26", "host": "h1", "attrs": {}}
     # a second host gets its own block
     v4b, _ = await ipam.auto_assign("h2", "wl2", num4=1)
     assert await ipam.host_blocks("h2") == ["10.65.0.64/26"]
@@ -57,7 +67,7 @@ async def test_assign_from_host_block_and_release(client, etcd):
     assert await ipam.release_ips([v4[0], "10.99.0.1", "junk"]) == ["10.99.0.1", "junk"]
     assert await ipam.get_assignment(v4[0]) is None
     assert await ipam.release_ips([v4[0]]) == [v4[0]]  # not assigned any more
-    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["blocks"] == {"10.65.0.0/26": 2}
+    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["block"] == {"10.65.0.0/26": 2}
     assert sorted(await ipam.release_handle("wl1")) == sorted(v4[1:])
     assert etcd.get(keys.ipam_handle("wl1")) is None
     assert await ipam.release_handle("wl1") == []
@@ -156,7 +166,7 @@ async def test_release_host_affinities(client, etcd):
     assert etcd.keys(keys.ipam_host_dir("gone")) == []
     assert etcd.get(keys.block_allocation(blocks[1])) is None  # empty block back to the pool
     kept = json.loads(etcd.get(keys.block_allocation(blocks[0])))
-    assert kept["affinity"] is None and len(kept["allocations"]) == 63  # addresses kept
+    assert kept["affinity"] is None and len(slots(kept)) == 63  # addresses kept
     v4n, _ = await ipam.auto_assign("new", "n", num4=1)
     assert await ipam.host_blocks("new") == [blocks[1]]
 
@@ -202,7 +212,7 @@ def _check_consistent(etcd, expect: dict[str, str]) -> None:
         elif key.kind == "block_allocation":
             rec = json.loads(v)
             net = ipaddress.ip_network(rec["cidr"])
-            for o, h in rec["allocations"].items():
+            for o, h in slots(rec).items():
                 allocated[str(net.network_address + int(o))] = h
     for cidr, hosts in affinity_hosts.items():
         assert len(hosts) == 1, f"block {cidr} owned by {hosts}"
@@ -210,7 +220,7 @@ def _check_consistent(etcd, expect: dict[str, str]) -> None:
         assert rec["affinity"] == f"host:{hosts[0]}"
     assert allocated == expect
     for handle in set(expect.values()):
-        assert json.loads(data[keys.ipam_handle(handle)])["blocks"] == {
+        assert json.loads(data[keys.ipam_handle(handle)])["block"] == {
             str(ipaddress.ip_network(f"{ip}/26", strict=False)): 1 for ip, h in expect.items() if h == handle}
 
 
@@ -287,7 +297,7 @@ class _LostReply:
 
 
 def _allocations(etcd, cidr: str) -> dict[str, str]:
-    return json.loads(etcd.get(keys.block_allocation(cidr)))["allocations"]
+    return slots(json.loads(etcd.get(keys.block_allocation(cidr))))
 
 
 @pytest.mark.parametrize("applied", [True, False])
@@ -299,7 +309,7 @@ async def test_lost_commit_reply_neither_leaks_nor_doubles(client, etcd, applied
     held = sorted(_allocations(etcd, "10.65.0.0/26"))
     assert [str(ipaddress.ip_network("10.65.0.0/26").network_address + int(o)) for o in held] == sorted(
         v4, key=ipaddress.ip_address), "the block must hold exactly the addresses returned"
-    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["blocks"] == {"10.65.0.0/26": 2}
+    assert json.loads(etcd.get(keys.ipam_handle("wl1")))["block"] == {"10.65.0.0/26": 2}
 
     ipam = Ipam(_LostReply(client, applied))
     await ipam.assign("10.65.0.40", "wl2", "h1")
