@@ -1,9 +1,12 @@
 """`calicoctl checksystem`: can this host run calico-node?
 
-Read-only: it looks at /proc, /sys and the kernel config, finds binaries the
-way the node will (through PATH), and asks etcd one question.  Nothing is
-created, so it is safe on a production host.  Everything missing is listed,
-not just the first thing, so one run tells an operator all there is to fix.
+Read-only by default: it looks at /proc, /sys and the kernel config, finds
+binaries the way the node will (through PATH), and asks etcd one question.
+Nothing is created, so it is safe on a production host.  Everything missing is
+listed, not just the first thing, so one run tells an operator all there is to
+fix.  `--fix` changes only what the node itself would change at start (the
+forwarding sysctls) and loads missing kernel modules with modprobe; then it
+checks again, so the report shows the state after the fixes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from calicoctl.cli import Action, Context, split_options, table, usage_error
 
 USAGE = """\
 Usage:
-  calicoctl checksystem [--no-datastore]
+  calicoctl checksystem [--no-datastore] [--fix]
 
 Check this host for what calico-node needs: kernel features (iptables or
 nftables for IPv4 and IPv6, ipset and the iptables set match, conntrack,
@@ -29,6 +32,9 @@ and whether etcd answers.  Exits 1 and names what is missing when anything is.
 
 Options:
   --no-datastore   Skip the etcd check.
+  --fix            Fix what can be fixed first: enable IPv4/IPv6 forwarding
+                   (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding) and load
+                   missing kernel modules (modprobe); then check.
 """
 
 BINARIES = ("ip", "iptables", "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save",
@@ -202,13 +208,69 @@ def report(checks: list[Check]) -> tuple[str, int]:
     return text + "\nSystem meets the requirements of calico-node.", 0
 
 
+# sysctls calico-node needs (and sets itself at start): (name, path under /proc, wanted value)
+SYSCTLS = (("net.ipv4.ip_forward", "sys/net/ipv4/ip_forward", "1"),
+           ("net.ipv6.conf.all.forwarding", "sys/net/ipv6/conf/all/forwarding", "1"))
+# kernel features a module can provide: (check name, module)
+MODULES = (("kernel: ipset", "ip_set"), ("kernel: iptables set match", "xt_set"),
+           ("kernel: conntrack", "nf_conntrack"), ("kernel: veth", "veth"), ("kernel: vxlan", "vxlan"),
+           ("kernel: ipip", "ipip"))
+
+
+def fix(kernel: Kernel, checks: list[Check], env: Mapping[str, str] | None = None) -> list[Check]:
+    """Apply the fixes; one row per thing changed or tried (nothing when all was fine).
+
+    A fix that fails is a WARNING row: the checks that follow say whether what it
+    was for is still missing."""
+    out = []
+    for name, rel, want in SYSCTLS:
+        path = f"{kernel.proc}/{rel}"
+        try:
+            with open(path) as f:
+                have = f.read().strip()
+        except OSError:
+            continue  # no IPv6 in this kernel/namespace: nothing to fix
+        if have == want:
+            continue
+        try:
+            with open(path, "w") as f:
+                f.write(want)
+            out.append(Check(f"fix: {name}", OK, f"{have} -> {want}"))
+        except OSError as e:
+            out.append(Check(f"fix: {name}", WARN, f"cannot write {path}: {e.strerror or e}"))
+    bad = {c.name for c in checks if c.result in (MISSING, WARN)}
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    modprobe = shutil.which("modprobe", path=path)
+    for name, mod in MODULES:
+        if name not in bad:
+            continue
+        if modprobe is None:
+            out.append(Check(f"fix: load {mod}", WARN, "modprobe not in PATH"))
+            continue
+        try:
+            r = subprocess.run([modprobe, mod], capture_output=True, text=True, timeout=30)
+            ok = r.returncode == 0
+            detail = "loaded" if ok else " ".join((r.stderr or r.stdout).split())[:200]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            ok, detail = False, str(e)
+        out.append(Check(f"fix: load {mod}", OK if ok else WARN, detail))
+    return out
+
+
 def parse(args: list[str]) -> Action:
-    words, opts = split_options(args, flags=("--no-datastore",), usage=USAGE)
+    words, opts = split_options(args, flags=("--no-datastore", "--fix"), usage=USAGE)
     if words:
         raise usage_error(USAGE, words, "checksystem")
 
     async def checksystem(ctx: Context) -> int:
-        text, rc = report(await run_checks(datastore=not opts.get("--no-datastore")))
+        datastore = not opts.get("--no-datastore")
+        fixes: list[Check] = []
+        if opts.get("--fix"):
+            kernel = Kernel()
+            fixes = fix(kernel, await run_checks(datastore=False, kernel=kernel))
+        text, rc = report(fixes + await run_checks(datastore=datastore))
+        if opts.get("--fix") and not fixes:
+            text += "\nNothing needed fixing."
         ctx.print(text)
         return rc
 

@@ -16,12 +16,14 @@ SUBCOMMANDS: dict[str, str] = {
     "stop": "calicoctl.node_stop",
     "remove": "calicoctl.node_remove",
     "show": "calicoctl.node_show",
+    "status": "calicoctl.status",
 }
 
 USAGE_HEAD = """\
 Usage:
   calicoctl node <subcommand> [<args>...]
   calicoctl node <subcommand> --help
+  calicoctl node --ip=<IP> [--as=<AS_NUM>] [<run options>...]   (the classic form of 'node run')
 """
 
 
@@ -44,6 +46,9 @@ def parse(args: list[str]) -> Action:
     if not args or args[0] in ("--help", "-h"):
         raise HelpRequested(_usage())
     sub = args[0]
+    if sub.startswith("--"):
+        # The classic start form `calicoctl node --ip=... [--as=...]` is `node run`.
+        return importlib.import_module(SUBCOMMANDS["run"]).parse(args)
     if sub not in SUBCOMMANDS:
         raise ArgError(f"unknown command 'node {sub}' (see 'calicoctl node --help')")
     return importlib.import_module(SUBCOMMANDS[sub]).parse(args[1:])

@@ -28,7 +28,7 @@ USAGE = """\
 Usage:
   calicoctl profile show [--detailed]
   calicoctl profile add <PROFILE>
-  calicoctl profile remove <PROFILE>
+  calicoctl profile remove <PROFILE> [--no-check]
   calicoctl profile <PROFILE> tag show
   calicoctl profile <PROFILE> tag (add|remove) <TAG>
   calicoctl profile <PROFILE> rule json
@@ -50,6 +50,7 @@ Description:
 
 Options:
   --detailed           Also list the endpoints that use each profile
+  --no-check           Remove the profile even if endpoints still use it
   --at=<POSITION>      Rule position, 1 = first (default for add: append)
 
 Profile and tag names: letters, digits, '-', '_' and '.'.
@@ -103,13 +104,21 @@ def _parse_add(rest: list[str]) -> Action:
     return add
 
 
-def _parse_remove(rest: list[str]) -> Action:
+def _parse_remove(rest: list[str], no_check: bool) -> Action:
     if len(rest) != 1:
         raise usage_error(USAGE, ["remove", *rest], "profile")
     name = _profile_name(rest[0])
 
     async def remove(ctx: Context) -> int:
         client = await ctx.client()
+        if not no_check:
+            from libcalico.resources import Profiles
+
+            users = await Profiles(client).users(name)
+            if users:
+                shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+                raise CliError(f"profile {name} is in use by endpoint(s) {shown}; "
+                               "use --no-check to remove it anyway")
         if not await client.delete_prefix(keys.profile_dir(name)):
             raise CliError(f"profile {name} not found")
         ctx.print(f"Deleted profile {name}")
@@ -328,7 +337,7 @@ def _rules_edit(name: str, cmd: str, direction: str, at: str | None, rule: dict 
 
 
 def parse(args: list[str]) -> Action:
-    words, opts = split_options(args, flags=("--detailed",), valued=("--at",), usage=USAGE)
+    words, opts = split_options(args, flags=("--detailed", "--no-check"), valued=("--at",), usage=USAGE)
     if not words:
         raise usage_error(USAGE, [], "profile")
     first, rest = words[0], words[1:]
@@ -340,8 +349,10 @@ def parse(args: list[str]) -> Action:
         return _parse_show(rest, opts)
     if first == "add":
         return _parse_add(rest)
+    if opts.get("--no-check") and first != "remove":
+        raise ArgError("--no-check only applies to 'profile remove'")
     if first == "remove":
-        return _parse_remove(rest)
+        return _parse_remove(rest, bool(opts.get("--no-check")))
     name = _profile_name(first)
     if not rest:
         raise usage_error(USAGE, words, "profile")

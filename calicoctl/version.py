@@ -15,10 +15,20 @@ Show the version of calicoctl (the calico-node-py package).
 
 
 def package_version() -> str:
+    """The installed package's version; from a source tree that is not installed, setup.cfg's."""
     try:
         return metadata.version("calico-node-py")
     except metadata.PackageNotFoundError:
-        return "unknown"
+        return _source_version() or "unknown"
+
+
+def _source_version() -> str | None:
+    import configparser
+    import os
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"))
+    return cfg.get("metadata", "version", fallback=None)
 
 
 def parse(args: list[str]) -> Action:
