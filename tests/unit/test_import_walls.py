@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROGRAMS = {"felix", "confd", "bird_control", "calicoctl", "calico_node"}
+PROGRAMS = {"felix", "confd", "bird_control", "calicoctl", "calico_node", "calico_cni", "calico_libnetwork"}
 ALLOWED = {("confd", "bird_control"), ("calicoctl", "bird_control"), ("calico_node", "bird_control")}
 
 
