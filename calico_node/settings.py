@@ -76,6 +76,7 @@ class NodeSettings:
     conf_dir: str = DEFAULT_CONF_DIR
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
+    libnetwork: bool = False  # CALICO_LIBNETWORK_ENABLED: the Docker network + IPAM driver runs too
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -104,6 +105,7 @@ def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
         run_dir=dirs["CALICO_RUN_DIR"], log_dir=dirs["CALICO_LOG_DIR"], conf_dir=dirs["CALICO_CONF_DIR"],
         log_max_bytes=_int(env, "CALICO_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, 1024),
         log_backups=_int(env, "CALICO_LOG_BACKUPS", DEFAULT_LOG_BACKUPS, 0),
+        libnetwork=_bool(env, "CALICO_LIBNETWORK_ENABLED", False),
         env=env,
     )
 

@@ -76,9 +76,10 @@ def template_dir(env: dict[str, str] | None = None) -> Path:
 def services_for(settings: NodeSettings, ip6: str) -> list[str]:
     """felix always; confd and BIRD only with the bird backend; bird only with an IPv4 address
     (IP=none: an IPv6-only node), bird6 only with an IPv6 one."""
+    extra = ["libnetwork"] if settings.libnetwork else []  # the Docker driver, with or without BGP
     if not settings.networking:
-        return ["felix"]
-    return ["felix"] + (["bird"] if settings.ip else []) + (["bird6"] if ip6 else []) + ["confd"]
+        return ["felix"] + extra
+    return ["felix"] + (["bird"] if settings.ip else []) + (["bird6"] if ip6 else []) + ["confd"] + extra
 
 
 def bin_prefix() -> str:

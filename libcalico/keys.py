@@ -30,6 +30,7 @@ IPAM_HOST_DIR = "/calico/ipam/v2/host/"
 IPAM_ASSIGN_DIR = "/calico/ipam/v2/assignment/"
 IPAM_HANDLE_DIR = "/calico/ipam/v2/handle/"
 FELIX_STATUS_DIR = "/calico/felix/v1/host/"
+LIBNETWORK_DIR = "/calico/libnetwork/v1/"  # the Docker driver's own state (Docker networks, profiles it made)
 
 
 class KeyError_(ValueError):
@@ -86,6 +87,18 @@ def host_vxlan_mac(host: str) -> str:
 def workload_endpoint(host: str, orchestrator: str, workload: str, endpoint: str) -> str:
     return (f"{host_dir(host)}workload/{_seg(orchestrator, 'orchestrator')}/"
             f"{_seg(workload, 'workload')}/endpoint/{_seg(endpoint, 'endpoint id')}")
+
+
+def libnetwork_networks() -> str:
+    return f"{LIBNETWORK_DIR}host/"
+
+
+def libnetwork_network(host: str, network_id: str) -> str:
+    return f"{LIBNETWORK_DIR}host/{_seg(host, 'hostname')}/network/{_seg(network_id, 'network id')}"
+
+
+def libnetwork_profile(profile: str) -> str:
+    return f"{LIBNETWORK_DIR}profile/{_seg(profile, 'profile')}"
 
 
 def workload_dir(host: str) -> str:
