@@ -66,6 +66,27 @@ def _die_with_parent() -> None:
         pass
 
 
+def status_publisher(ipv6: bool, sock: str, env: dict[str, str] | None = None):
+    """The publisher of this node's BGP sessions to etcd, or None without a datastore or node name."""
+    env = dict(os.environ) if env is None else env
+    host = env.get("NODENAME") or env.get("HOSTNAME")
+    if not host or not (env.get("ETCD_ENDPOINTS") or env.get("ETCD_AUTHORITY")) \
+            or env.get("CALICO_BGP_STATUS", "true").lower() == "false":
+        return None
+    from bird_control.status import EtcdGateway, Publisher
+    from libcalico.etcdconf import ConfigError
+
+    try:
+        gateway = EtcdGateway.from_env(env)
+    except ConfigError as e:
+        say("calico-bird", f"not publishing BGP status: {e}")
+        return None
+    if "/" in host or host in (".", ".."):
+        say("calico-bird", f"not publishing BGP status: {host!r} is not a valid node name")
+        return None
+    return Publisher(host, 6 if ipv6 else 4, sock, gateway, say=lambda m: say("calico-bird", m))
+
+
 async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
     """Wait for the config, run BIRD as a child until it exits; the exit status for supervisord."""
     prog = "bird6" if ipv6 else "bird"
@@ -112,9 +133,16 @@ async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
         return 2
     assert child.stdout is not None and child.stderr is not None
     relays = [asyncio.create_task(_relay(child.stdout, prog)), asyncio.create_task(_relay(child.stderr, prog))]
+    publisher = status_publisher(ipv6, sock)
+    publishing = asyncio.create_task(publisher.run()) if publisher else None
     rc = await child.wait()
+    if publishing is not None:
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
     await asyncio.gather(*relays, return_exceptions=True)
     if stopping:
+        if publisher is not None:
+            await publisher.clear()
         say("calico-bird", f"{prog} stopped (exit {rc})")
         return 0
     say("calico-bird", f"{prog} died (exit {rc}); exiting so supervisord restarts it")

@@ -70,7 +70,11 @@ def peer_actions(words: list[str], opts: dict, usage: str, group: str, host: str
         check(validate_bgp_ip, ip, what="peer IP")  # what BgpPeers.put would refuse
 
         async def add(ctx: Context) -> int:
-            await BgpPeers(await ctx.client()).put(ip, asn, host=host)
+            client = await ctx.client()
+            await BgpPeers(client).put(ip, asn, host=host)
+            note = await node_peer_note(client, ip, host)
+            if note:
+                ctx.print(note)
             return 0
 
         return add
@@ -103,6 +107,33 @@ def peer_actions(words: list[str], opts: dict, usage: str, group: str, host: str
 
         return show
     raise usage_error(usage, words, group)
+
+
+async def node_peer_note(client, ip: str, host: str | None) -> str | None:
+    """What peering with a node's own address means: the shortcut for route reflectors.
+
+    A peer that is another node's address needs nothing on that node: if it is a route
+    reflector it renders the reverse session itself, with the peering node as its client.
+    """
+    _, kvs = await client.get_prefix(keys.BGP_HOST_DIR)
+    owner = None
+    rr: dict[str, str] = {}
+    for kv in kvs:
+        k = keys.parse(kv.key)
+        if k is None:
+            continue
+        if k.kind == "bgp_host_ip" and (kv.value or "").strip() == ip:
+            owner = k.host
+        elif k.kind == "bgp_host_rr_cluster_id" and (kv.value or "").strip():
+            rr[k.host] = kv.value.strip()
+    if owner is None:
+        return None
+    who = "every node" if host is None else f"node {host}"
+    if owner in rr:
+        return (f"{ip} is node {owner}, a route reflector (cluster {rr[owner]}): {who} peers with it and it "
+                f"serves {'them' if host is None else 'it'} as rr client(s); {owner} itself skips its own address.")
+    return (f"{ip} is node {owner}, which is not a route reflector: without the node-to-node mesh it passes no "
+            f"routes on (make it one with 'calicoctl node bgp route-reflector set <CLUSTER_ID> --hostname={owner}').")
 
 
 def _ip_sort(text: str) -> tuple:
