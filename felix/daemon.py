@@ -68,7 +68,26 @@ class Felix:
     # ---- read-only answers for FelixStatus ----
 
     def local_endpoints(self) -> int:
-        return len(self._calcs.core.local) if self._calcs is not None else 0
+        """Local workload and host endpoints (real Felix's felix_active_local_endpoints counts both)."""
+        if self._calcs is None:
+            return 0
+        return len(self._calcs.core.local) + len(self._calcs.core.policy.hosts.local())
+
+    def calc_counts(self) -> dict[str, int]:
+        """What the calculators already hold, counted for metrics (felix_cluster_*, active policies)."""
+        if self._calcs is None:
+            return {}
+        core = self._calcs.core
+        policy = core.policy
+        prefix = self._config.current.InterfacePrefix if self._config.current is not None else "cali"
+        active = policy.hosts.used_policies(prefix)
+        for key in core.local:
+            active.update(policy.matching_policies(key))
+        hosts = {ep.host for ep in core.endpoints.values()}
+        hosts.update(h for h in map(core.nodes.owner, core.nodes.addresses()) if h is not None)
+        hosts.update(h.host for h in policy.hosts.all.values())
+        return {"local_policies": len(active), "hosts": len(hosts), "workload_endpoints": len(core.endpoints),
+                "host_endpoints": len(policy.hosts.all)}
 
     def dataplane_reasons(self) -> list[str]:
         return self.dataplane.not_ready_reasons() if self.dataplane is not None else []
@@ -188,6 +207,7 @@ class Felix:
         for name in new_ifaces:
             if name in self._ifaces_up:
                 await self.dataplane.configure_interface(name, v6=cfg.Ipv6Support)
+        t_apply = time.monotonic()
         try:
             if dirty:
                 await self._push()
@@ -202,12 +222,12 @@ class Felix:
             if refresh_sets:
                 await self.dataplane.refresh_ipsets()
             self._policy.succeeded()
-            self._board.applied(True, 0)
+            self._board.applied(True, 0, time.monotonic() - t_apply)
         except DataplaneError as e:
             try:
                 self._policy.failed(e)          # raises FelixExit once failures reach the limit
             finally:
-                self._board.applied(False, self._policy.failures)
+                self._board.applied(False, self._policy.failures, time.monotonic() - t_apply)
         self._servers.record(self.status, self.dataplane)
         if dirty:
             log.debug("batch applied in %.1f ms (%s)", (time.monotonic() - t0) * 1000,
@@ -341,7 +361,7 @@ class Felix:
         else:
             raise FelixExit(1, "could not program the dataplane at start")
         self._board.state = FelixState.IN_SYNC
-        self._board.applied(True, 0)
+        self._board.applied(True, 0, t1 - t0)
         # Started only now: its initial dump reports every existing interface
         # (sysctls are written then), and it must not slow the first apply.
         self._start_interface_monitor(cfg.InterfacePrefix)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from felix.dataplane.errors import DataplaneError
 from felix.driver import DataplaneDriver
 
 if TYPE_CHECKING:
@@ -87,18 +86,16 @@ class NatPusher:
 class Dataplane:
     """Owns the filter writers (a DataplaneDriver), the nat tables, the overlay devices and sysctls.
 
-    `metrics` (optional) is told how long the nat and overlay stages took and
-    which one failed; the filter writers' own stats are read after each batch.
+    Metrics read the writers' own stats through `writers()` after each batch;
+    the daemon times the whole apply.
     """
 
-    def __init__(self, driver: DataplaneDriver, nat_tables: Mapping[int, object], overlay, sysctl,
-                 metrics=None):
+    def __init__(self, driver: DataplaneDriver, nat_tables: Mapping[int, object], overlay, sysctl):
         self.driver = driver
         self.nat_tables = dict(nat_tables)
         self._nat_pushers = {v: NatPusher(t, driver.ipsets[v]) for v, t in self.nat_tables.items()}
         self.overlay = overlay
         self.sysctl = sysctl
-        self.metrics = metrics
 
     # ---- read-only answers ----
     def writers(self) -> Writers:
@@ -152,22 +149,11 @@ class Dataplane:
         await self.driver.apply()
 
     async def apply_nat_overlay(self) -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        stage = "nat"
         ipsets = self.driver.ipsets
-        try:
-            await asyncio.gather(*(ipsets[v].apply_updates() for v in self.nat_tables))
-            await asyncio.gather(*(t.apply() for t in self.nat_tables.values()))
-            await asyncio.gather(*(ipsets[v].apply() for v in self.nat_tables))
-            stage = "overlay"
-            await self.overlay.apply()
-        except DataplaneError:
-            if self.metrics is not None:
-                self.metrics.observe_apply(stage, loop.time() - t0, ok=False)
-            raise
-        if self.metrics is not None:
-            self.metrics.observe_apply("overlay", self.overlay.stats["last_apply_seconds"])
+        await asyncio.gather(*(ipsets[v].apply_updates() for v in self.nat_tables))
+        await asyncio.gather(*(t.apply() for t in self.nat_tables.values()))
+        await asyncio.gather(*(ipsets[v].apply() for v in self.nat_tables))
+        await self.overlay.apply()
 
     async def cleanup_stale(self) -> None:
         """After the first complete apply: remove what Felix owns and nobody desires."""

@@ -1,32 +1,139 @@
-"""Felix's Prometheus metrics (prometheus-client), served on PrometheusMetricsHost:Port.
+"""Felix's Prometheus metrics, served on PrometheusMetricsHost:Port at /metrics.
+
+Names, types and labels are real Felix's (Calico's Felix metric reference)
+wherever this Felix has the same concept, so dashboards and alerts written for
+Calico work unchanged: `felix_active_local_endpoints`,
+`felix_cluster_num_hosts`, `felix_iptables_restore_errors`,
+`felix_int_dataplane_apply_time_seconds`, `felix_resyncs_started`, ...
+Concepts real Felix does not have are not invented here.
+
+Why a hand-written exposition instead of prometheus-client's: real Felix is
+a Go program, whose client exports a counter under its own name
+(`felix_resyncs_started`), where the Python client would say
+`felix_resyncs_started_total` and add `_created` series; a summary carries
+quantiles (0.5, 0.9, 0.99), which the Python client's Summary lacks.
+prometheus-client still holds the values and supplies the process_* series
+(the Go client exports those too, under the same names).
 
 Why a private CollectorRegistry: several Felix instances (tests, one per
-namespace) can live in one process without clashing, and the page shows
-felix_* series only (plus the client's own process metrics if asked).
-
-The daemon calls the small recording methods below; nothing here reads the
-daemon's internals from the exporter thread, so no locking is needed beyond
-what prometheus-client does itself.
+namespace) can live in one process without clashing.  The daemon records on
+its own loop after each round; the exporter thread only renders.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from felix.names import set_prefix
 
 if TYPE_CHECKING:
     from felix.dataplane_facade import Dataplane
 
 log = logging.getLogger(__name__)
 
-APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+QUANTILES = (0.5, 0.9, 0.99)  # the Go client's default objectives, as Felix's summaries use
+SUMMARY_WINDOW = 512          # recent observations the quantiles are computed over
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The syncer's status -> real Felix's felix_resync_state values (api.SyncStatus).
+RESYNC_STATE = {"wait-for-ready": 1, "resyncing": 2, "in-sync": 3}
+
+# Every felix_* family this Felix exports, with its Prometheus type: the contract the dashboard
+# in docs/grafana-dashboard.json and its test are held to.
+EXPORTED = {
+    "felix_active_local_endpoints": "gauge",
+    "felix_active_local_policies": "gauge",
+    "felix_active_local_selectors": "gauge",
+    "felix_active_local_tags": "gauge",
+    "felix_cluster_num_hosts": "gauge",
+    "felix_cluster_num_workload_endpoints": "gauge",
+    "felix_cluster_num_host_endpoints": "gauge",
+    "felix_resync_state": "gauge",
+    "felix_resyncs_started": "counter",
+    "felix_calc_graph_updates_processed": "counter",
+    "felix_int_dataplane_apply_time_seconds": "summary",
+    "felix_int_dataplane_failures": "counter",
+    "felix_iptables_chains": "gauge",
+    "felix_iptables_rules": "gauge",
+    "felix_iptables_restore_calls": "counter",
+    "felix_iptables_restore_errors": "counter",
+    "felix_iptables_save_calls": "counter",
+    "felix_ipsets_calico": "gauge",
+    "felix_ipsets_total": "gauge",
+    "felix_ipset_calls": "counter",
+    "felix_ipset_errors": "counter",
+}
+
+
+class QuantileSummary(Collector):
+    """A Go-style summary: count and sum since start, quantiles over the recent window."""
+
+    def __init__(self, name: str, documentation: str, window: int = SUMMARY_WINDOW):
+        self.name = name
+        self.documentation = documentation
+        self._recent: deque[float] = deque(maxlen=window)
+        self._count = 0
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self._recent.append(max(0.0, float(value)))
+            self._count += 1
+            self._sum += max(0.0, float(value))
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            recent = sorted(self._recent)
+            count, total = self._count, self._sum
+        m = Metric(self.name, self.documentation, "summary")
+        for q in QUANTILES:
+            # nearest rank; NaN with no observations, as the Go client reports an empty summary
+            value = recent[max(0, math.ceil(q * len(recent)) - 1)] if recent else math.nan
+            m.add_sample(self.name, {"quantile": floatToGoString(q)}, value)
+        m.add_sample(self.name + "_sum", {}, total)
+        m.add_sample(self.name + "_count", {}, count)
+        return [m]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def render_go_style(registry: CollectorRegistry) -> str:
+    """The text exposition as Felix's Go client writes it: felix_* counters under their own names,
+    no `_created` series; other families (process_*) as the Python client names them."""
+    out: list[str] = []
+    for metric in registry.collect():
+        name, mtype = metric.name, metric.type
+        felix_counter = mtype == "counter" and name.startswith("felix_")
+        shown = name + "_total" if mtype == "counter" and not felix_counter else name
+        mtype = "untyped" if mtype == "unknown" else mtype
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {mtype}\n")
+        for s in metric.samples:
+            if s.name.endswith("_created"):
+                continue
+            sample = name if felix_counter and s.name == name + "_total" else s.name
+            out.append(f"{sample}{_labels(s.labels)} {floatToGoString(s.value)}\n")
+    return "".join(out)
 
 
 class Metrics:
@@ -37,22 +144,46 @@ class Metrics:
         self.port = port
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.apply_duration = Histogram("felix_apply_duration_seconds", "Time to apply one batch, per writer",
-                                        ["writer"], buckets=APPLY_BUCKETS, registry=r)
-        self.updates = Counter("felix_updates_processed", "Datastore updates processed", registry=r)
-        self.batches = Counter("felix_batches_processed", "Syncer batches processed", registry=r)
-        self.active_endpoints = Gauge("felix_active_local_endpoints", "Local workload endpoints", registry=r)
-        self.ipset_members = Gauge("felix_ipset_members", "Members of Felix's ipsets", ["family"], registry=r)
-        self.ipsets = Gauge("felix_ipsets", "Felix's ipsets", ["family"], registry=r)
-        self.resyncs = Counter("felix_resyncs", "Datastore resyncs (reconnects or compactions)", registry=r)
-        self.errors = Counter("felix_writer_errors", "Failed applies, per writer", ["writer"], registry=r)
-        self.restore_failures = Counter("felix_iptables_restore_failures",
-                                        "Failed iptables-restore runs", ["family", "table"], registry=r)
-        self.in_sync = Gauge("felix_in_sync", "1 when in sync with the datastore", registry=r)
-        self.ready = Gauge("felix_ready", "1 when the dataplane is programmed without error", registry=r)
+        ProcessCollector(registry=r)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, list(labels), registry=r)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, registry=r)
+
+        self.local_endpoints = gauge("felix_active_local_endpoints", "Number of active endpoints on this host.")
+        self.local_policies = gauge("felix_active_local_policies", "Number of active policies on this host.")
+        self.local_selectors = gauge("felix_active_local_selectors", "Number of active selectors on this host.")
+        self.local_tags = gauge("felix_active_local_tags", "Number of active tags on this host.")
+        self.cluster_hosts = gauge("felix_cluster_num_hosts", "Total number of Calico hosts in the cluster.")
+        self.cluster_workload_endpoints = gauge("felix_cluster_num_workload_endpoints",
+                                                "Total number of workload endpoints cluster-wide.")
+        self.cluster_host_endpoints = gauge("felix_cluster_num_host_endpoints",
+                                            "Total number of host endpoints cluster-wide.")
+        self.resync_state = gauge("felix_resync_state", "Current datastore state.")
+        self.resyncs = counter("felix_resyncs_started", "Number of times Felix has started resyncing with the "
+                                                        "datastore.")
+        self.updates = counter("felix_calc_graph_updates_processed",
+                               "Number of datastore updates processed by the calculation graph.")
+        self.apply_time = QuantileSummary("felix_int_dataplane_apply_time_seconds",
+                                          "Time in seconds that it took to apply a dataplane update.")
+        r.register(self.apply_time)
+        self.dataplane_failures = counter("felix_int_dataplane_failures",
+                                          "Number of times dataplane updates failed and will be retried.")
+        self.iptables_chains = gauge("felix_iptables_chains", "Number of active iptables chains.",
+                                     ("ip_version", "table"))
+        self.iptables_rules = gauge("felix_iptables_rules", "Number of active iptables rules.",
+                                    ("ip_version", "table"))
+        self.restore_calls = counter("felix_iptables_restore_calls", "Number of iptables-restore calls.")
+        self.restore_errors = counter("felix_iptables_restore_errors", "Number of iptables-restore errors.")
+        self.save_calls = counter("felix_iptables_save_calls", "Number of iptables-save calls.")
+        self.ipsets_calico = gauge("felix_ipsets_calico", "Number of active Calico IP sets.")
+        self.ipsets_total = gauge("felix_ipsets_total", "Total number of active IP sets.")
+        self.ipset_calls = counter("felix_ipset_calls", "Number of ipset commands executed.")
+        self.ipset_errors = counter("felix_ipset_errors", "Number of ipset command failures.")
         self._last: dict[str, float] = {}
-        self._server = None
-        self._thread = None
+        self._server: ThreadingHTTPServer | None = None
 
     @classmethod
     def from_config(cls, cfg: object) -> Metrics | None:
@@ -64,9 +195,29 @@ class Metrics:
 
     # ---- serving ----
     def start(self) -> None:
-        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "metrics are at /metrics")
+                    return
+                body = metrics.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's name
+                pass  # a scrape every few seconds is not worth a log line
+
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        self._server = server
         if self.port == 0:
-            self.port = self._server.server_address[1]
+            self.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, name="felix-metrics", daemon=True).start()
         log.info("Prometheus metrics on http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:
@@ -80,26 +231,9 @@ class Metrics:
             threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
 
     def render(self) -> str:
-        return generate_latest(self.registry).decode()
+        return render_go_style(self.registry)
 
     # ---- recording ----
-    @contextmanager
-    def timed(self, writer: str) -> Iterator[None]:
-        """Time one apply of `writer`; an exception counts as that writer's error and propagates."""
-        t0 = time.monotonic()
-        try:
-            yield
-        except Exception:
-            self.errors.labels(writer).inc()
-            raise
-        finally:
-            self.apply_duration.labels(writer).observe(time.monotonic() - t0)
-
-    def observe_apply(self, writer: str, seconds: float, ok: bool = True) -> None:
-        self.apply_duration.labels(writer).observe(max(0.0, seconds))
-        if not ok:
-            self.errors.labels(writer).inc()
-
     def count_delta(self, counter_key: str, total: float, counter) -> None:
         """Advance a Counter to a cumulative `total` kept elsewhere (writer stats, syncer.resyncs)."""
         last = self._last.get(counter_key, 0.0)
@@ -107,44 +241,60 @@ class Metrics:
             counter.inc(total - last)
         self._last[counter_key] = max(total, last)
 
-    def record_writer_stats(self, name: str, stats: Mapping[str, float], family: int | None = None,
-                            table: str | None = None) -> None:
-        """Fold one writer's cumulative `.stats` into the metrics after an apply.
-
-        Read by name (a `felix.dataplane.writer.WriterStats` is a Mapping) so one
-        method serves every writer's own counters: restore_errors (restore
-        writers) or errors (netlink writers).
-        """
-        if "last_apply_seconds" in stats:
-            self.observe_apply(name, float(stats["last_apply_seconds"]))
-        if table is not None and "restore_errors" in stats:
-            self.count_delta(f"restore:{family}:{table}", float(stats["restore_errors"]),
-                             self.restore_failures.labels(str(family), table))
-        errs = stats.get("restore_errors", stats.get("errors"))
-        if errs is not None:
-            self.count_delta(f"errors:{name}", float(errs), self.errors.labels(name))
-
     def record_driver(self, dataplane: Dataplane) -> None:
-        """After an apply: per-writer durations/errors and ipset sizes, from `dataplane.writers()`.
-
-        The overlay writer is timed by the facade itself (`observe_apply`), as one stage.
-        """
+        """After an apply: iptables and ipset calls, errors and sizes, from `dataplane.writers()`
+        (each writer's cumulative `.stats` mapping and its desired model)."""
         writers = dataplane.writers()
+        restores = restore_errors = saves = 0.0
         for tables in (writers.filter_tables, writers.nat_tables):
             for v, t in tables.items():
-                self.record_writer_stats(f"iptables-v{v}-{t.table}", t.stats, v, t.table)
+                restores += float(t.stats.get("restores", 0))
+                restore_errors += float(t.stats.get("restore_errors", 0))
+                saves += float(t.stats.get("saves", 0))
+                chains = t.chains()
+                self.iptables_chains.labels(str(v), t.table).set(len(chains))
+                self.iptables_rules.labels(str(v), t.table).set(sum(len(rules) for rules in chains.values()))
+        self.count_delta("iptables_restores", restores, self.restore_calls)
+        self.count_delta("iptables_restore_errors", restore_errors, self.restore_errors)
+        self.count_delta("iptables_saves", saves, self.save_calls)
+        calls = errors = 0.0
+        n_sets = 0
+        selectors: set[str] = set()
+        tags: set[str] = set()
         for v, s in writers.ipsets.items():
-            self.record_writer_stats(f"ipsets-v{v}", s.stats)
+            calls += float(s.stats.get("restores", 0)) + float(s.stats.get("saves", 0))
+            errors += float(s.stats.get("restore_errors", 0))
             desired = s.desired_sets()
-            self.ipsets.labels(str(v)).set(len(desired))
-            self.ipset_members.labels(str(v)).set(sum(len(m) for m in desired.values()))
-        self.record_writer_stats("routes", writers.routes.stats)
+            n_sets += len(desired)
+            prefix = set_prefix(v)
+            for name in desired:
+                ident = name.removeprefix(prefix)
+                if ident.startswith("s:"):
+                    selectors.add(ident)     # a rule selector's set (felix.names.selector_ipset)
+                elif not ident.startswith("i:"):
+                    tags.add(ident)          # a tag's set; i: sets are Felix's own
+        self.count_delta("ipset_calls", calls, self.ipset_calls)
+        self.count_delta("ipset_errors", errors, self.ipset_errors)
+        # This Felix manages only its own sets: every set it knows of is a Calico one.
+        self.ipsets_calico.set(n_sets)
+        self.ipsets_total.set(n_sets)
+        # Active selectors and tags: those with a set, i.e. used by a rule of a local endpoint's policy.
+        self.local_selectors.set(len(selectors))
+        self.local_tags.set(len(tags))
 
     def record_felix(self, status) -> None:
         """Counters and gauges from Felix's read-only `felix.status.FelixStatus` (on the loop, after each round)."""
         self.count_delta("updates", float(status.updates), self.updates)
-        self.count_delta("batches", float(status.batches), self.batches)
         self.count_delta("resyncs", float(status.resyncs), self.resyncs)
-        self.in_sync.set(1 if status.in_sync else 0)
-        self.ready.set(1 if status.ready else 0)
-        self.active_endpoints.set(status.local_endpoints)
+        self.count_delta("apply_errors", float(status.apply_errors), self.dataplane_failures)
+        self.resync_state.set(RESYNC_STATE.get(status.datastore, 0))
+        applies = float(status.applies + status.apply_errors)
+        if applies > self._last.get("applies", 0.0) and status.last_apply_seconds is not None:
+            self.apply_time.observe(status.last_apply_seconds)
+        self._last["applies"] = max(applies, self._last.get("applies", 0.0))
+        counts = status.calc_counts()
+        self.local_endpoints.set(status.local_endpoints)
+        for gauge, key in ((self.local_policies, "local_policies"), (self.cluster_hosts, "hosts"),
+                           (self.cluster_workload_endpoints, "workload_endpoints"),
+                           (self.cluster_host_endpoints, "host_endpoints")):
+            gauge.set(counts.get(key, 0))

@@ -17,7 +17,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from libcalico.datastore import DatastoreError
@@ -45,10 +45,14 @@ class StatusBoard:
         self.state = FelixState.WAIT_FOR_READY
         self.apply_failures = 0
         self.counts = {"batches": 0, "updates": 0, "applies": 0, "apply_errors": 0}
+        self.last_apply_seconds: float | None = None
 
-    def applied(self, ok: bool, failures: int) -> None:
+    def applied(self, ok: bool, failures: int, seconds: float | None = None) -> None:
+        """One dataplane apply ended; `seconds` is how long it took (felix_int_dataplane_apply_time_seconds)."""
         self.apply_failures = failures
         self.counts["applies" if ok else "apply_errors"] += 1
+        if seconds is not None:
+            self.last_apply_seconds = seconds
         if self.state in (FelixState.IN_SYNC, FelixState.FAILED):
             self.state = FelixState.IN_SYNC if ok else FelixState.FAILED
 
@@ -64,8 +68,10 @@ class FelixStatus:
 
     def __init__(self, board: StatusBoard, datastore_state: Callable[[], str],
                  datastore_resyncs: Callable[[], int], local_endpoints: Callable[[], int] = lambda: 0,
-                 dataplane_reasons: Callable[[], list[str]] = lambda: []):
+                 dataplane_reasons: Callable[[], list[str]] = lambda: [],
+                 calc_counts: Callable[[], Mapping[str, int]] = lambda: {}):
         self._board = board
+        self._calc_counts = calc_counts
         self._datastore_state = datastore_state
         self._datastore_resyncs = datastore_resyncs
         self._local_endpoints = local_endpoints
@@ -105,8 +111,25 @@ class FelixStatus:
         return self._board.counts["batches"]
 
     @property
+    def applies(self) -> int:
+        return self._board.counts["applies"]
+
+    @property
+    def apply_errors(self) -> int:
+        return self._board.counts["apply_errors"]
+
+    @property
+    def last_apply_seconds(self) -> float | None:
+        return self._board.last_apply_seconds
+
+    @property
     def local_endpoints(self) -> int:
         return self._local_endpoints()
+
+    def calc_counts(self) -> Mapping[str, int]:
+        """Sizes the calculators hold (cluster hosts and endpoints, local policies), for metrics;
+        computed on demand, so only a Felix with metrics enabled pays for them."""
+        return self._calc_counts()
 
     def dataplane_reasons(self) -> list[str]:
         return list(self._dataplane_reasons())

@@ -114,10 +114,9 @@ class DataplaneFactory:
     datastore overrides one of them, it is discarded and the kernel read again.
     """
 
-    def __init__(self, netns: str | None, publish_mac: Callable[[str], Awaitable[None]], metrics=None):
+    def __init__(self, netns: str | None, publish_mac: Callable[[str], Awaitable[None]]):
         self.netns = netns
         self.publish_mac = publish_mac
-        self.metrics = metrics
         self._prefetch: asyncio.Task | None = None
 
     @staticmethod
@@ -170,7 +169,7 @@ class DataplaneFactory:
         nat_tables = {v: IptablesTable(v, "nat", t.runner, t.backend, lock_wait=t.lock_wait)
                       for v, t in driver.tables.items()}
         overlay = OverlayDataplane.from_config(cfg, self.netns, driver.routes, on_vxlan_mac=self.publish_mac)
-        dp = Dataplane(driver, nat_tables, overlay, SysctlWriter(self.netns), metrics=self.metrics)
+        dp = Dataplane(driver, nat_tables, overlay, SysctlWriter(self.netns))
         log.info("iptables backend: %s", dp.backend_mode)
         failed = await dp.configure_global(v6=cfg.Ipv6Support)
         if failed:
@@ -229,11 +228,12 @@ def build_felix(boot: Config, environ: dict[str, str] | None = None, netns: str 
 
     status = FelixStatus(board, datastore_state=lambda: syncer.status, datastore_resyncs=lambda: syncer.resyncs,
                          local_endpoints=lambda: felix.local_endpoints(),
-                         dataplane_reasons=lambda: felix.dataplane_reasons())
+                         dataplane_reasons=lambda: felix.dataplane_reasons(),
+                         calc_counts=lambda: felix.calc_counts())
     servers = Servers(HealthServer.from_config(boot, lambda: felix_readiness(status)), metrics)
     felix = Felix(
         boot=boot, client=client, syncer=syncer, config=config, router=router, board=board, settings=settings,
-        dataplanes=DataplaneFactory(netns, publish_mac, metrics),
+        dataplanes=DataplaneFactory(netns, publish_mac),
         build_calculators=lambda cfg: build_calculators(hostname, cfg, settings, netns),
         build_reporters=lambda cfg: build_reporters(client, hostname, cfg),
         interface_monitor=lambda prefix, callback: InterfaceMonitor(netns, prefix, callback),

@@ -49,9 +49,9 @@ def test_readiness_503_until_in_sync_then_200_and_metrics(fh):
     code, text = fetch(fh, "http://127.0.0.1:9091/metrics")
     assert code == 200
     lines = [ln for ln in text.splitlines() if ln.startswith("felix")]
-    assert any(ln.startswith("felix_updates_processed_total ") for ln in lines)
-    assert "felix_in_sync 1.0" in lines and "felix_ready 1.0" in lines
-    assert any(ln.startswith('felix_apply_duration_seconds_count{writer="iptables-v4-filter"}') for ln in lines)
+    assert any(ln.startswith("felix_calc_graph_updates_processed ") for ln in lines)
+    assert "felix_resync_state 3.0" in lines
+    assert any(ln.startswith("felix_int_dataplane_apply_time_seconds_count ") for ln in lines)
     # bound to loopback only
     assert "127.0.0.1:9099" in fh.host.run("ss", "-ltnH").stdout
     assert fh.felix_alive()

@@ -187,11 +187,11 @@ def test_xtables_lock_held_10s_felix_retries_reports_and_applies_atomically(netn
         assert tables <= {before, after}, "a half-applied table was visible while the lock was held"
         assert 503 in seen_states, "readiness never reported the failing apply"
         metrics = _get(fh.host, "http://127.0.0.1:9091/metrics")[1]
-        m = re.search(r'felix_iptables_restore_failures_total\{family="4",table="filter"\} (\S+)', metrics)
+        m = re.search(r'^felix_iptables_restore_errors (\S+)$', metrics, re.M)
         assert m and float(m.group(1)) >= 1, "the failed restore is counted in the metrics"
         print(f"xtables lock: readiness codes seen {sorted(s for s in seen_states if isinstance(s, int))}; "
               + " ".join(line for line in metrics.splitlines()
-                         if line.startswith("felix_iptables_restore_failures_total")))
+                         if line.startswith("felix_iptables_restore_errors ")))
     finally:
         fh.close()
 

@@ -100,41 +100,62 @@ def test_felix_readiness_reasons():
     assert felix_readiness(status)[0] == "Felix is stopping"
 
 
-async def test_metrics_served_and_counted():
+async def test_metrics_served_and_counted_under_real_felix_names():
     m = Metrics("127.0.0.1", 0)
     m.start()
     try:
         board, status = _status(types.SimpleNamespace(status="in-sync", resyncs=1), local=2)
+        status._calc_counts = lambda: {"local_policies": 3, "hosts": 4, "workload_endpoints": 9,
+                                       "host_endpoints": 1}
         board.state = FelixState.IN_SYNC
         board.counts.update(updates=7, batches=2)
+        board.applied(True, 0, 0.02)
         m.record_felix(status)
         board.counts["updates"] = 10
+        board.applied(False, 1, 0.5)
         m.record_felix(status)  # cumulative stats become counter deltas, never double-counted
-        table = types.SimpleNamespace(table="filter", stats={"last_apply_seconds": 0.02, "restore_errors": 1})
-        ipsets = types.SimpleNamespace(stats={"last_apply_seconds": 0.01, "restore_errors": 0},
-                                       desired_sets=lambda: {"felix-v4-a": frozenset({"1.1.1.1", "2.2.2.2"})})
-        routes = types.SimpleNamespace(stats={"last_apply_seconds": 0.005, "errors": 0})
-        writers = Writers(filter_tables={4: table}, nat_tables={}, ipsets={4: ipsets}, routes=routes, overlay=None)
+        m.record_felix(status)  # no new apply: no new observation
+        table = types.SimpleNamespace(table="filter", stats={"restores": 3, "restore_errors": 1, "saves": 2},
+                                      chains=lambda: {"felix-a": ["x", "y"], "felix-b": ["z"]})
+        ipsets = types.SimpleNamespace(stats={"restores": 2, "saves": 1, "restore_errors": 0},
+                                       desired_sets=lambda: {"felix-v4-a": frozenset({"1.1.1.1"}),
+                                                             "felix-v4-s:abc": frozenset(),
+                                                             "felix-v4-i:masq-ipam-pools": frozenset()})
+        writers = Writers(filter_tables={4: table}, nat_tables={}, ipsets={4: ipsets}, routes=None, overlay=None)
         m.record_driver(types.SimpleNamespace(writers=lambda: writers))
-        with m.timed("overlay"):
-            pass
-        try:
-            with m.timed("overlay"):
-                raise ValueError("x")
-        except ValueError:
-            pass
+        m.record_driver(types.SimpleNamespace(writers=lambda: writers))
         code, text = await get(f"http://127.0.0.1:{m.port}/metrics")
         assert code == 200
         lines = text.splitlines()
-        assert "felix_updates_processed_total 10.0" in lines
-        assert "felix_active_local_endpoints 2.0" in lines
-        assert "felix_resyncs_total 1.0" in lines
-        assert 'felix_ipset_members{family="4"} 2.0' in lines
-        assert 'felix_ipsets{family="4"} 1.0' in lines
-        assert 'felix_iptables_restore_failures_total{family="4",table="filter"} 1.0' in lines
-        assert 'felix_writer_errors_total{writer="overlay"} 1.0' in lines
-        assert 'felix_apply_duration_seconds_count{writer="overlay"} 2.0' in lines
-        assert 'felix_apply_duration_seconds_count{writer="routes"} 1.0' in lines
-        assert sum(1 for line in lines if line.startswith("felix")) >= 10
+        for line in ("felix_calc_graph_updates_processed 10.0", "felix_active_local_endpoints 2.0",
+                     "felix_resyncs_started 1.0", "felix_resync_state 3.0", "felix_int_dataplane_failures 1.0",
+                     "felix_active_local_policies 3.0", "felix_cluster_num_hosts 4.0",
+                     "felix_cluster_num_workload_endpoints 9.0", "felix_cluster_num_host_endpoints 1.0",
+                     "felix_active_local_selectors 1.0", "felix_active_local_tags 1.0",
+                     "felix_ipsets_calico 3.0", "felix_ipset_calls 3.0", "felix_ipset_errors 0.0",
+                     "felix_iptables_restore_calls 3.0", "felix_iptables_restore_errors 1.0",
+                     "felix_iptables_save_calls 2.0",
+                     'felix_iptables_chains{ip_version="4",table="filter"} 2.0',
+                     'felix_iptables_rules{ip_version="4",table="filter"} 3.0',
+                     "felix_int_dataplane_apply_time_seconds_count 2.0",
+                     'felix_int_dataplane_apply_time_seconds{quantile="0.5"} 0.02',
+                     'felix_int_dataplane_apply_time_seconds{quantile="0.99"} 0.5',
+                     "# TYPE felix_iptables_restore_errors counter",
+                     "# TYPE felix_int_dataplane_apply_time_seconds summary"):
+            assert line in lines, line
+        # Go-style: counters under their own names, no _total/_created twins; process_* as Go's client has them
+        from felix.metrics import EXPORTED
+        counters = [n for n, t in EXPORTED.items() if t == "counter"]
+        assert not any("_created" in line or line.split()[0] in [c + "_total" for c in counters] for line in lines)
+        assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
+        assert (await get(f"http://127.0.0.1:{m.port}/other"))[0] == 404
     finally:
         m.stop()
+
+
+def test_every_exported_family_is_declared_with_its_type():
+    m = Metrics("127.0.0.1", 0)
+    types_seen = {line.split()[2]: line.split()[3] for line in m.render().splitlines()
+                  if line.startswith("# TYPE felix_")}
+    from felix.metrics import EXPORTED
+    assert types_seen == EXPORTED
