@@ -68,17 +68,18 @@ class Plan:
 
 # ---- document helpers ---------------------------------------------------------------
 
-def _obj(doc: dict, name: str, allowed: set[str], required: bool = False) -> dict:
+def _obj(doc: dict, name: str, allowed: set[str], required: bool = False, parent: str = "") -> dict:
     value = doc.get(name)
+    path = f"{parent}.{name}" if parent else name
     if value is None:
         if required:
-            raise FieldError(name, "is required")
+            raise FieldError(path, "is required")
         return {}
     if not isinstance(value, dict):
-        raise FieldError(name, "must be an object")
+        raise FieldError(path, "must be an object")
     for k in value:
         if k not in allowed:
-            raise FieldError(f"{name}.{k}", f"unknown field (known: {', '.join(sorted(allowed)) or 'none'})")
+            raise FieldError(f"{path}.{k}", f"unknown field (known: {', '.join(sorted(allowed)) or 'none'})")
     return value
 
 
@@ -170,10 +171,10 @@ class IpPoolKind(Kind):
 
     def _plan(self, md: dict, spec: dict) -> Plan:
         cidr = _check(validate_cidr, _req(md, "metadata", "cidr"), "metadata.cidr")
-        ipip = _obj(spec, "ipip", {"enabled", "mode"}) if "ipip" in spec else {}
+        ipip = _obj(spec, "ipip", {"enabled", "mode"}, parent="spec") if "ipip" in spec else {}
         if ipip.get("mode") not in (None, "always"):
             raise FieldError("spec.ipip.mode", f"{ipip.get('mode')!r}: only 'always' is supported")
-        vxlan = _obj(spec, "vxlan", {"enabled"}) if "vxlan" in spec else {}
+        vxlan = _obj(spec, "vxlan", {"enabled"}, parent="spec") if "vxlan" in spec else {}
         value: dict[str, Any] = {"cidr": cidr}
         if _bool(ipip.get("enabled"), "spec.ipip.enabled", default=bool(ipip)):
             value["ipip"] = "tunl0"
@@ -546,7 +547,7 @@ class NodeKind(Kind):
 
     def _plan(self, md: dict, spec: dict) -> Plan:
         name = _name(_req(md, "metadata", "name"), "metadata.name", "node name")
-        bgp = _obj(spec, "bgp", {"asNumber", "ipv4Address", "ipv6Address", "routeReflectorClusterID"})
+        bgp = _obj(spec, "bgp", {"asNumber", "ipv4Address", "ipv6Address", "routeReflectorClusterID"}, parent="spec")
         ip4 = self._addr(bgp.get("ipv4Address"), 4, "spec.bgp.ipv4Address")
         ip6 = self._addr(bgp.get("ipv6Address"), 6, "spec.bgp.ipv6Address")
         if ip4 is None:

@@ -89,6 +89,9 @@ def rule_to_stored(doc: Any, where: str) -> dict[str, Any]:
         if loc:
             name = loc[0].replace("!", "not_")
             field = f"{where}.{DOC_FIELD.get(name, name)}" + "".join(f"[{p}]" for p in loc[1:])
+        if msg.startswith("[") and "]: " in msg:  # a list validator named the item: make it part of the path
+            index, _, msg = msg.partition(": ")
+            field += index
         raise FieldError(field, msg) from None
     return rule.model_dump(by_alias=True, exclude_none=True)
 
