@@ -343,14 +343,14 @@ def parse(args: list[str]) -> Action:
     first, rest = words[0], words[1:]
     if opts.get("--detailed") and first != "show":
         raise ArgError("--detailed only applies to 'profile show'")
+    if opts.get("--no-check") and first != "remove":
+        raise ArgError("--no-check only applies to 'profile remove'")
     if "--at" in opts and (len(rest) < 2 or rest[0] != "rule" or rest[1] not in ("add", "remove")):
         raise ArgError("--at only applies to 'profile <PROFILE> rule add|remove'")
     if first == "show":
         return _parse_show(rest, opts)
     if first == "add":
         return _parse_add(rest)
-    if opts.get("--no-check") and first != "remove":
-        raise ArgError("--no-check only applies to 'profile remove'")
     if first == "remove":
         return _parse_remove(rest, bool(opts.get("--no-check")))
     name = _profile_name(first)
