@@ -61,6 +61,13 @@ def _int_range(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def _tunnel_mtu(v: str) -> int | None:
+    """A tunnel device MTU; 0 or "none" (Calico's auto) = derive it from the host's uplink."""
+    if v.strip().lower() in ("", "0", "none", "auto"):
+        return None
+    return _int_range(576, 65535)(v)
+
+
 def _secs(v: str) -> float:
     try:
         n = float(v.strip())
@@ -230,10 +237,10 @@ PARAMS: dict[str, Param] = {p.name.lower(): p for p in [
     Param("VXLANEnabled", _auto_bool, None, live=False),
     Param("VXLANVNI", _int_range(1, (1 << 24) - 1), 4096, live=False),
     Param("VXLANPort", _int_range(1, 65535), 4789, live=False),
-    Param("VXLANMTU", _int_range(576, 65535), 1410, live=False),
+    Param("VXLANMTU", _tunnel_mtu, None, live=False),   # None: the uplink's MTU minus 50
     Param("VXLANTunnelAddr", _opt_ipv4, None),
     Param("IpInIpEnabled", _bool, False, live=False),
-    Param("IpInIpMtu", _int_range(576, 65535), 1440, live=False),
+    Param("IpInIpMtu", _tunnel_mtu, None, live=False),  # None: the uplink's MTU minus 20
     Param("IpInIpTunnelAddr", _opt_ipv4, None),
     Param("MetadataAddr", _metadata_addr, "127.0.0.1"),
     Param("MetadataPort", _int_range(1, 65535), 8775),

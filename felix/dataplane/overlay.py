@@ -8,7 +8,10 @@ RouteWriter calls.  Pass the daemon's RouteWriter to share one netlink socket
 and one apply; without one, a private writer is made.
 
 VXLAN device: VNI, UDP port, `local` = this host's bird_ip, `nolearning` (the
-fdb is programmed, never learned), MTU, address VXLANTunnelAddr/32.  The
+fdb is programmed, never learned), MTU (VXLANMTU / IpInIpMtu; unset, the
+uplink's MTU minus 50 / 20: `libcalico.mtu`'s rule, so the workload
+interfaces CNI and calicoctl make fit through the tunnel), address
+VXLANTunnelAddr/32.  The
 kernel picks its MAC; `on_vxlan_mac(mac)` is called whenever it is new (the
 daemon writes it to /calico/v1/host/<host>/vxlan_tunnel_mac).  A change of
 VNI/port/local recreates the device (the kernel cannot change them live).
@@ -25,6 +28,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +39,7 @@ from felix.dataplane.errors import DataplaneError
 from felix.dataplane.routes import NUD_PERMANENT, PRIO_OVERLAY, RouteWriter
 from felix.dataplane.writer import WriterBase, WriterStats
 from felix.desired import IPIP_DEV, VXLAN_DEV, OverlayState
+from libcalico import mtu as libcalico_mtu
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +64,19 @@ class OverlayDataplane(WriterBase):
     stats: OverlayStats
 
     def __init__(self, netns: str | None = None, routes: RouteWriter | None = None, vni: int = 4096,
-                 port: int = 4789, mtu: int = 1410, ipip_mtu: int = 1440,
-                 on_vxlan_mac: Callable[[str], Awaitable[None] | None] | None = None):
+                 port: int = 4789, mtu: int | None = None, ipip_mtu: int | None = None,
+                 on_vxlan_mac: Callable[[str], Awaitable[None] | None] | None = None,
+                 uplink_mtu: Callable[[], int] | None = None):
         super().__init__(OverlayStats())
         self.netns = netns
         self._own_routes = routes is None
         self.routes = routes if routes is not None else RouteWriter(netns)
-        self.vni, self.port, self.mtu, self.ipip_mtu = int(vni), int(port), int(mtu), int(ipip_mtu)
+        self.vni, self.port = int(vni), int(port)
+        # None: derived at each apply from the uplink, as libcalico.mtu derives workload MTUs
+        self.mtu_setting = {"vxlan": mtu, "ipip": ipip_mtu}
+        self._uplink_mtu = uplink_mtu or (lambda: libcalico_mtu.uplink_mtu(self._run_ip))
+        self.mtu: int | None = mtu            # what vxlan.calico was last given
+        self.ipip_mtu: int | None = ipip_mtu  # what tunl0 was last given
         self.on_vxlan_mac = on_vxlan_mac
         self.vxlan_mac: str | None = None          # MAC of our vxlan.calico, once it exists
         self._published_mac: str | None = None
@@ -82,6 +93,19 @@ class OverlayDataplane(WriterBase):
                     on_vxlan_mac: Callable[[str], Awaitable[None] | None] | None = None) -> OverlayDataplane:
         return cls(netns, routes, vni=cfg.VXLANVNI, port=cfg.VXLANPort, mtu=cfg.VXLANMTU,
                    ipip_mtu=cfg.IpInIpMtu, on_vxlan_mac=on_vxlan_mac)
+
+    def _run_ip(self, argv: list[str], **kw):
+        """subprocess.run inside our namespace (libcalico.mtu reads links and routes with `ip`)."""
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return subprocess.run(prefix + list(argv), timeout=10, **kw)
+
+    async def _tunnel_mtu(self, encap: str) -> int:
+        """The configured MTU, else the uplink's MTU minus the encapsulation's overhead."""
+        configured = self.mtu_setting[encap]
+        if configured is not None:
+            return int(configured)
+        uplink = await asyncio.to_thread(self._uplink_mtu)
+        return max(libcalico_mtu.MIN_MTU, uplink - libcalico_mtu.OVERHEAD[encap])
 
     async def _conn(self) -> AsyncIPRoute:
         if self._ipr is None:
@@ -196,6 +220,7 @@ class OverlayDataplane(WriterBase):
             self._vxlan_waiting = reason
             return
         self._vxlan_waiting = None
+        self.mtu = await self._tunnel_mtu("vxlan")
         if link is not None and not self._vxlan_matches(link, vx.local_ip):
             log.info("%s has other VXLAN parameters than wanted (vni %d, port %d, local %s): recreating",
                      VXLAN_DEV, self.vni, self.port, vx.local_ip)
@@ -269,6 +294,7 @@ class OverlayDataplane(WriterBase):
             self.routes.interface_changed(IPIP_DEV)
         self.ipip_supported = True
         idx = link["index"]
+        self.ipip_mtu = await self._tunnel_mtu("ipip")
         if link.get("mtu") != self.ipip_mtu:
             await ipr.link("set", index=idx, mtu=self.ipip_mtu)
         await self._sync_addr(idx, ip.tunnel_addr)

@@ -24,7 +24,7 @@ def test_defaults(tmp_path):
     assert c.IptablesBackend == "auto" and c.EndpointReportingEnabled is False
     assert c.HealthPort == 9099 and c.PrometheusMetricsPort == 9091
     assert ("tcp", 22) in c.FailsafeInboundHostPorts and ("udp", 53) in c.FailsafeOutboundHostPorts
-    assert c.VXLANVNI == 4096 and c.VXLANMTU == 1410 and c.IpInIpMtu == 1440
+    assert c.VXLANVNI == 4096 and c.VXLANMTU is None and c.IpInIpMtu is None  # derived from the uplink
     assert c.etcd_endpoints() == ["http://127.0.0.1:2379"]
     assert c.warnings == []
 
