@@ -12,17 +12,26 @@ ever addressed):
                `calico-node` with its own run/log/conf dirs.
     workload:  an empty namespace given to `calicoctl container add`.
 
-Used by tests/system and by `make demo`. `close()` removes every namespace and
-process, and is safe to call twice.
+Used by tests/system, bench/ and `make demo`. `close()` removes every namespace
+and process, and is safe to call twice.
+
+Scale: any number of nodes up to 250 per subnet (`Cluster(n_nodes=50)`); the
+helpers below that watch many nodes read BIRD's control sockets and /proc
+directly instead of running a calicoctl per node, so watching 50 nodes costs
+the machine little.  Route reflectors: `use_route_reflectors(...)` turns the
+mesh off, marks reflector nodes and makes them every node's global peers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +45,39 @@ BIN = os.path.join(ROOT, ".venv", "bin")
 def _bin(name: str) -> str:
     path = os.path.join(BIN, name)
     return path if os.path.exists(path) else name
+
+
+_SEQ = re.compile(r"icmp_seq=(\d+)")
+
+
+class Pinger(threading.Thread):
+    """A continuous ping (10/s); records the longest run of lost replies and all lost replies, counted
+    by icmp_seq (not by the clock, which a busy machine stretches)."""
+
+    def __init__(self, src, ip: str):
+        super().__init__(daemon=True)
+        self.proc = src.popen(["ping", "-i", "0.1", "-W", "1", "-O", ip], stdout=subprocess.PIPE, text=True)
+        self.most_lost = 0
+        self.lost = 0
+        self.received = 0
+
+    def run(self) -> None:
+        last_seq = None
+        for line in self.proc.stdout:
+            m = _SEQ.search(line)
+            if m is None or "bytes from" not in line:
+                continue
+            seq = int(m.group(1))
+            self.received += 1
+            if last_seq is not None and seq > last_seq:
+                self.most_lost = max(self.most_lost, seq - last_seq - 1)
+                self.lost += seq - last_seq - 1
+            last_seq = seq if last_seq is None else max(last_seq, seq)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        self.join(5)
+        return self.most_lost
 
 
 @dataclass
@@ -59,6 +101,46 @@ class Node:
     def supervisorctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         conf = os.path.join(self.dirs["run"], "supervisord.conf")
         return sh(_bin("supervisorctl"), "-c", conf, *args, ns=self.ns.name, check=check)
+
+    @property
+    def bird_socket(self) -> str:
+        return os.path.join(self.dirs["run"], "bird.ctl")
+
+    def bgp_sessions(self) -> dict[str, str]:
+        """{BIRD protocol name: BGP state} of this node's BGP sessions; {} when BIRD does not answer.
+
+        Read straight from the control socket (a unix socket is reachable from any
+        namespace), so polling many nodes costs no calicoctl process per poll.
+        """
+        from bird_control.protocol import BirdClient, BirdError, BirdUnavailable
+
+        async def read() -> dict[str, str]:
+            async with BirdClient(self.bird_socket, timeout=3.0) as bird:
+                return {p.name: ("Established" if p.established else (p.bgp_state or p.state))
+                        for p in await bird.show_protocols(all=True) if p.proto == "BGP"}
+        try:
+            return asyncio.run(read())
+        except (BirdUnavailable, BirdError, OSError, TimeoutError):
+            return {}
+
+    def established(self) -> int:
+        return sum(1 for s in self.bgp_sessions().values() if s == "Established")
+
+    def usage(self) -> tuple[int, int, int]:
+        """(resident memory in kB, CPU clock ticks used, process count) of every process in the node's
+        namespace: calico-node's programs and BIRD (the node is its namespace)."""
+        rss = ticks = n = 0
+        for pid in self.ns.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    rss += next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+                n += 1
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue  # exited meanwhile, or a kernel thread without VmRSS
+        return rss, ticks, n
 
     def log(self, service: str) -> str:
         path = os.path.join(self.dirs["log"], service, "current")
@@ -174,22 +256,74 @@ class Cluster:
         except FileNotFoundError:
             return ""
 
-    def wait_ready(self, timeout: float = 60, bgp: bool = True) -> float:
-        """Wait until every node reports ready (and, with bgp, a mesh session per other node)."""
+    def wait_ready(self, timeout: float = 60, bgp: bool = True, sessions: dict[str, int] | None = None,
+                   nodes: list[Node] | None = None) -> float:
+        """Wait until every node reports ready (and, with bgp, its BGP sessions Established).
+
+        `sessions` maps node name -> how many Established sessions make it ready (default: one
+        per other node, the full mesh); `nodes` limits the wait to some nodes.
+        """
         t0 = time.monotonic()
-        for node in self.nodes:
-            wait_for(lambda node=node: self._node_ready(node, bgp), timeout=timeout,
+        for node in nodes or self.nodes:
+            want = (sessions or {}).get(node.name, len(self.nodes) - 1)
+            wait_for(lambda node=node, want=want: self._node_ready(node, bgp, want), timeout=timeout,
                      what=f"{node.name} ready")
         return time.monotonic() - t0
 
-    def _node_ready(self, node: Node, bgp: bool) -> bool:
+    def _node_ready(self, node: Node, bgp: bool, want: int | None = None) -> bool:
         if node.proc is not None and node.proc.poll() is not None:
             raise AssertionError(f"calico-node on {node.name} exited: {self.node_output(node)[-2000:]}")
         if not bgp:
             r = node.supervisorctl("status")
             return r.returncode == 0
-        st = node.ctl("status", check=False).stdout
-        return st.count("Established") >= len(self.nodes) - 1
+        want = len(self.nodes) - 1 if want is None else want
+        return node.established() >= want
+
+    # ---- route reflectors ---------------------------------------------------------
+    def use_route_reflectors(self, reflectors: list[Node], cluster_id: str = "1.0.0.1",
+                             as_num: int = 64511) -> dict[str, int]:
+        """Mesh off; `reflectors` reflect for `cluster_id` and are every node's global peers.
+
+        Written before or after the nodes start (registration may not have happened yet, so
+        the keys are written directly).  Returns the sessions each node has when all is up:
+        a client one per reflector, a reflector one per other node.
+        """
+        etcd = self.etcd
+        assert etcd is not None
+        etcd.put("/calico/bgp/v1/global/node_mesh", '{"enabled": false}')
+        for r in reflectors:
+            etcd.put(f"/calico/bgp/v1/host/{r.name}/rr_cluster_id", cluster_id)
+            etcd.put(f"/calico/bgp/v1/global/peer_v4/{r.ip}", f'{{"ip": "{r.ip}", "as_num": "{as_num}"}}')
+        names = {r.name for r in reflectors}
+        return {n.name: (len(self.nodes) - 1 if n.name in names else len(reflectors)) for n in self.nodes}
+
+    def kill_node(self, node: Node) -> None:
+        """The whole node dies at once (SIGKILL to every process in its namespace): no BGP Cease is sent,
+        the peers notice only by hold timer or TCP reset. Its namespace and address stay."""
+        for sig_pid in node.ns.pids():
+            try:
+                os.kill(sig_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if node.proc is not None:
+            try:
+                node.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        node.proc = None
+
+    def kill_bird(self, node: Node) -> int:
+        """SIGKILL this node's BIRD only (supervisord restarts it through the shim); its old pid."""
+        for pid in node.ns.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and os.path.basename(argv[0]) == b"bird" and node.bird_socket.encode() in argv:
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        raise AssertionError(f"no BIRD running on {node.name}")
 
     # ---- workloads -------------------------------------------------------------
     def add_workload(self, node: Node, ip: str = "ipv4", profile: str | None = None) -> tuple[Netns, str]:
@@ -212,6 +346,13 @@ class Cluster:
 
     # ---- teardown --------------------------------------------------------------
     def close(self) -> None:
+        # Every node is asked to stop first, then waited for: 50 nodes stop in the time of one.
+        for node in self.nodes:
+            if node.proc and node.proc.poll() is None:
+                try:
+                    node.proc.send_signal(signal.SIGTERM)
+                except OSError:
+                    pass
         for node in self.nodes:
             try:
                 self.stop_node(node, timeout=10)

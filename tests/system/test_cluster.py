@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
 from calico_testing.cluster import Cluster
+from calico_testing.cluster import Pinger as _Pinger
 from calico_testing.netns import wait_for
 
 pytestmark = pytest.mark.slow
@@ -101,34 +99,6 @@ def _endpoint_key(c: Cluster, node, wl) -> str:
 
 # 2 s of a 10/s ping: the longest outage a restart or an etcd outage may cause.
 MAX_LOST = 19
-_SEQ = re.compile(r"icmp_seq=(\d+)")
-
-
-class _Pinger(threading.Thread):
-    """A continuous ping (10/s); records the longest run of lost replies, counted by icmp_seq (not by
-    the clock, which a busy machine stretches)."""
-
-    def __init__(self, src, ip: str):
-        super().__init__(daemon=True)
-        self.proc = src.popen(["ping", "-i", "0.1", "-W", "1", "-O", ip], stdout=subprocess.PIPE, text=True)
-        self.most_lost = 0
-
-    def run(self) -> None:
-        last_seq = None
-        for line in self.proc.stdout:
-            m = _SEQ.search(line)
-            if m is None or "bytes from" not in line:
-                continue
-            seq = int(m.group(1))
-            if last_seq is not None and seq > last_seq:
-                self.most_lost = max(self.most_lost, seq - last_seq - 1)
-            last_seq = seq if last_seq is None else max(last_seq, seq)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        self.join(5)
-        return self.most_lost
-
 
 @pytest.mark.parametrize("service", ["felix", "confd", "bird"])
 def test_kill_service_connectivity_survives(cluster3, service):
