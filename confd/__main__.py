@@ -11,7 +11,7 @@ import socket
 import sys
 
 from confd.daemon import Confd, Settings, check_ready
-from libcalico import etcdconf, logsafe
+from libcalico import etcdconf, logsafe, router_id
 from libcalico.validation import validate_ip, validate_name
 
 log = logging.getLogger("confd")
@@ -31,7 +31,12 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
                 ips[v] = validate_ip(raw, v)
             except ValueError as e:
                 log.error("ignoring %s: %s", var, e)
-    return Settings(host=host, ip4=ips[4], ip6=ips[6],
+    try:
+        rid = router_id.resolve(env.get("CALICO_ROUTER_ID") or "", host, None)
+    except ValueError as e:
+        log.error("ignoring CALICO_ROUTER_ID: %s", e)
+        rid = None
+    return Settings(host=host, ip4=ips[4], ip6=ips[6], router_id=rid,
                     run_dir=env.get("CALICO_RUN_DIR") or "/var/run/calico",
                     conf_dir=env.get("CALICO_CONF_DIR") or "/etc/calico")
 

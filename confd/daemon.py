@@ -53,6 +53,7 @@ class Settings:
     ip6: str | None
     run_dir: str
     conf_dir: str
+    router_id: str | None = None
 
     @property
     def confd_dir(self) -> str:
@@ -95,7 +96,7 @@ class Confd:
         self.s = settings
         self._clock = clock
         self._sleep = sleep
-        self.store = store or BgpStore(Node(settings.host, settings.ip4, settings.ip6))
+        self.store = store or BgpStore(Node(settings.host, settings.ip4, settings.ip6, settings.router_id))
         self.resources: list[_res.Resource] = []
         self.load_errors: list[str] = []
         self.env = None

@@ -79,9 +79,12 @@ class Node:
     name: str
     ip4: str | None = None
     ip6: str | None = None
+    router_id: str | None = None  # CALICO_ROUTER_ID resolved (libcalico.router_id); None: the IPv4
 
     def __post_init__(self) -> None:
         validate_name(self.name, "hostname")
+        if self.router_id is not None:
+            validate_ip(self.router_id, 4)
         if self.ip4 is not None:
             validate_ip(self.ip4, 4)
         if self.ip6 is not None:
@@ -274,11 +277,13 @@ class BgpStore:
         rr = mine.get("rr")
         ctx: dict[str, Any] = {
             "node": {"name": me.name, "ip4": ip4, "ip6": ip6, "as": local_as, "debug": debug,
-                     "router_id": ip4, "rr_cluster_id": rr},
+                     "router_id": me.router_id or ip4, "rr_cluster_id": rr},
             "mesh": got.g["mesh"],
         }
         for v, own_ip in ((4, ip4), (6, ip6)):
-            fam: dict[str, Any] = {"version": v, "ip": own_ip, "enabled": own_ip is not None and ip4 is not None}
+            # BIRD needs a router id: an IPv6-only node has one only from CALICO_ROUTER_ID
+            fam: dict[str, Any] = {"version": v, "ip": own_ip,
+                                   "enabled": own_ip is not None and ctx["node"]["router_id"] is not None}
             holders = self._address_holders(got.hosts, v, findings)
             mesh = self._mesh_peers(got.hosts, holders, v, own_ip, default_as) if got.g["mesh"] and own_ip else []
             node_peers = _peers("Node", mine.get(f"peers{v}", {}), own_ip)

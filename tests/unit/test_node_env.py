@@ -182,7 +182,8 @@ def test_default_pools_from_the_environment():
     assert (v4.cidr, v4.block_size, v4.vxlan, v4.ipip, v4.nat_outgoing) == ("10.244.0.0/16", 24, True, False, False)
     assert (v6.cidr, v6.block_size, v6.nat_outgoing) == ("fd00:10::/48", 120, True)
     m = startup.pool_model(v4)
-    assert (m.overlay, m.vxlan, m.masquerade) == ("vxlan", "vxlan.calico", False)
+    assert (m.overlay, m.vxlan, m.masquerade, m.block_size) == ("vxlan", "vxlan.calico", False, 24)
+    assert startup.pool_model(v6).block_size == 120
     ipip = startup.pool_model(settings.from_env(env(CALICO_IPV4POOL_IPIP="always")).pools[0])
     assert ipip.overlay == "ipip"
     assert settings.from_env(env(CALICO_IPV4POOL_IPIP="Never", CALICO_IPV4POOL_VXLAN="off")).pools[0].ipip is False
@@ -222,3 +223,33 @@ def test_block_size_larger_than_the_pool_is_refused():
 
 def test_pool_env_module_alone_matches_the_settings():
     assert default_pools.from_env({}) == settings.from_env(env()).pools
+
+
+def test_confd_renders_an_ipv6_only_node_with_the_hashed_router_id(tmp_path):
+    """confd reads CALICO_ROUTER_ID itself (as Calico's does) and BIRD6 accepts the config."""
+    import shutil
+    import subprocess
+
+    from confd.__main__ import settings_from_env
+    from confd.render import PACKAGE_TEMPLATES, render_text
+    from confd.state import BgpStore, Node
+    from libcalico import keys
+
+    s = settings_from_env({"NODENAME": "v6only", "IP": "none", "IP6": "fd00::1", "CALICO_ROUTER_ID": "hash"})
+    assert (s.ip4, s.router_id) == (None, router_id.hash_router_id("v6only"))
+    store = BgpStore(Node(s.host, s.ip4, s.ip6, s.router_id)).load_raw({
+        keys.bgp_node_mesh(): '{"enabled": true}', keys.bgp_host_ip("v6only", 6): "fd00::1", keys.bgp_host_ip("other", 6): "fd00::2",
+        keys.bgp_host_ip("other", 4): "10.0.0.2"})
+    v6 = render_text(PACKAGE_TEMPLATES, "bird6.cfg.j2", store.context())
+    assert f"router id {s.router_id};" in v6 and "fd00::2" in v6
+    assert not render_text(PACKAGE_TEMPLATES, "bird.cfg.j2", store.context()).strip()  # no IPv4: no bird.cfg
+    path = tmp_path / "bird6.cfg"
+    path.write_text(v6)
+    r = subprocess.run([shutil.which("bird6") or "bird6", "-p", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # without a router id an IPv6-only node renders nothing (BIRD would refuse the file)
+    bare = BgpStore(Node("v6only", None, "fd00::1")).load_raw({keys.bgp_host_ip("v6only", 6): "fd00::1"})
+    assert not render_text(PACKAGE_TEMPLATES, "bird6.cfg.j2", bare.context()).strip()
+    # an explicit IPv4 router id wins over the node's address; a bad one is ignored, not fatal
+    assert settings_from_env({"NODENAME": "n", "IP": "10.0.0.1", "CALICO_ROUTER_ID": "1.2.3.4"}).router_id == "1.2.3.4"
+    assert settings_from_env({"NODENAME": "n", "IP": "10.0.0.1", "CALICO_ROUTER_ID": "x"}).router_id is None
