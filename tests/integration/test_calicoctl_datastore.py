@@ -11,38 +11,10 @@ import sys
 
 import pytest
 
-from calicoctl.cli import run
+from tests.lib.calicoctl_run import ctl, getj, ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CALICOCTL = os.path.join(ROOT, ".venv", "bin", "calicoctl")
-
-
-class Result:
-    def __init__(self, rc: int, out: str, err: str):
-        self.rc, self.out, self.err = rc, out, err
-
-    def __repr__(self) -> str:
-        return f"Result(rc={self.rc}, out={self.out!r}, err={self.err!r})"
-
-
-def ctl(*argv: str, stdin: str = "") -> Result:
-    """Run calicoctl in-process (same code path as the console script, minus the fork)."""
-    out, err = io.StringIO(), io.StringIO()
-    rc = run(list(argv), stdout=out, stdin=io.StringIO(stdin), stderr=err)
-    return Result(rc, out.getvalue(), err.getvalue())
-
-
-def ok(*argv: str, stdin: str = "") -> str:
-    r = ctl(*argv, stdin=stdin)
-    assert r.rc == 0, r
-    assert r.err == "", r
-    return r.out
-
-
-def getj(etcd, key: str):
-    raw = etcd.get(key)
-    assert raw is not None, f"{key} not written"
-    return json.loads(raw)
 
 
 def test_pool_add_show_remove(etcd_env):
