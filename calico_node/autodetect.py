@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # Interfaces whose addresses are never the host's own: bridges and tunnels of
-# container runtimes, workload veths and Calico's own devices.
-EXCLUDED_IFACES = re.compile(r"^(docker|cbr|virbr|lxcbr|veth|cali|tunl|flannel|vxlan\.calico|lo\Z)")
+# container runtimes, workload veths and Calico's own devices (Calico's list).
+EXCLUDED_IFACES = re.compile(r"^(docker|cbr|dummy|virbr|lxcbr|veth|cali|tunl|flannel|kube-ipvs|cni|"
+                             r"vxlan\.calico|vxlan-v6\.calico|wireguard\.cali|wg-v6\.cali|lo\Z)")
 
 
 @dataclass(frozen=True)
