@@ -53,7 +53,7 @@ import ipaddress
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from libcalico import keys
@@ -286,15 +286,22 @@ class Ipam:
 
     async def blocks(self, version: int | None = None) -> list[Block]:
         """Every readable block record (corrupt ones are logged and left out), in address order."""
+        return (await self._blocks_and_keys(version))[0]
+
+    async def _blocks_and_keys(self, version: int | None) -> tuple[list[Block], list[Network]]:
+        """(readable blocks, the CIDR of every block key): a corrupt record still occupies its range."""
         prefix = keys.IPAM_ASSIGN_DIR if version is None else f"{keys.IPAM_ASSIGN_DIR}ipv{version}/block/"
         _, kvs = await self.client.get_prefix(prefix)
-        out = []
+        out, taken = [], []
         for kv in kvs:
+            k = keys.parse(kv.key)
+            if k is not None and k.kind == "block_allocation":
+                taken.append(_net(k.cidr))
             try:
                 out.append(Block.from_kv(kv))
             except RecordError as e:
                 log.warning("%s", e)
-        return sorted(out, key=lambda b: (b.net.version, b.net))
+        return sorted(out, key=lambda b: (b.net.version, b.net)), taken
 
     async def _find_block(self, ip: str, pools: list[Pool] | None = None) -> Block | None:
         """The block holding ip: the one its pool's block size names, else any block containing it
@@ -372,8 +379,8 @@ class Ipam:
 
     async def _allocate_in(self, cidr: str, handle: str, count: int, pools: list[Network],
                            secondary: dict[str, str], owner: str | None = None,
-                           first: Block | None = None, may_borrow: Callable[[Block], bool] | None = None
-                           ) -> list[str]:
+                           first: Block | None = None, may_borrow: Callable[[Block], bool] | None = None,
+                           strict: bool | None = None) -> list[str]:
         """Take up to count free addresses of one block for handle; [] if it is full, gone or not
         owner's (or, when borrowing, if `may_borrow` refuses the block)."""
         block = first
@@ -389,6 +396,8 @@ class Ipam:
             if not taken:
                 return []
             hrec = await self._handle(handle)
+            if strict is not None:
+                block.strict_affinity = strict
             for o in taken:
                 block.assign(o, handle, secondary)
             hrec.blocks[block.cidr] = hrec.blocks.get(block.cidr, 0) + len(taken)
@@ -511,8 +520,13 @@ class Ipam:
             return next((p for pn, p in by_net.items() if net.subnet_of(pn)), None)
 
         def may_borrow(block: Block) -> bool:
+            """Today's settings decide (the block's own flag records them as of its last write)."""
             pool = pool_of(block.cidr)
-            return not (cfg.strict_affinity or block.strict_affinity or pool is None or pool.strict_affinity)
+            return not (cfg.strict_affinity or pool is None or pool.strict_affinity)
+
+        def strict_for(cidr: str) -> bool:
+            pool = pool_of(cidr)
+            return cfg.strict_affinity or bool(pool and pool.strict_affinity)
 
         got: list[str] = []
         for _ in range(MAX_ATTEMPTS):
@@ -522,12 +536,11 @@ class Ipam:
                 if block.host != host:
                     continue
                 got += await self._allocate_in(block.cidr, handle, num - len(got), nets, secondary, owner=host,
-                                               first=block)
+                                               first=block, strict=strict_for(block.cidr))
                 if len(got) >= num:
                     return got
             # 2. claim a fresh block; won or lost (another host raced us), look again
-            existing = await self.blocks(version)
-            taken = [b.net for b in existing]
+            existing, taken = await self._blocks_and_keys(version)
             for pool in pools:
                 free = self._free_block(pool, taken)
                 if free is not None:
@@ -540,7 +553,8 @@ class Ipam:
                 for block in existing:
                     if block.host != host and pool_of(block.cidr) is not None and may_borrow(block):
                         got += await self._allocate_in(block.cidr, handle, num - len(got), nets, secondary,
-                                                       first=block, may_borrow=may_borrow)
+                                                       first=block, may_borrow=may_borrow,
+                                                       strict=strict_for(block.cidr))
                         if len(got) >= num:
                             return got
                 return got
@@ -677,18 +691,28 @@ class Ipam:
             await self.client.delete(hkey)  # a corrupt or empty record
         return released
 
-    async def release_ip_if(self, ip: str, handle: str, still_leaked: Callable[[Block], bool]) -> bool:
-        """Release ip only if it is still held by handle and `still_leaked(block)` agrees, judged on
-        the very block revision the release writes (so `ipam release --from-report` can never free
-        an address a workload took since the report)."""
+    async def release_guarded(self, ip: str, handle: str, judge: Callable[[Block], Awaitable[bool]],
+                              guard: list) -> str:
+        """Release ip from handle only if `judge(block)` agrees on the very block revision the
+        release writes, and the `guard` compares hold in the same transaction.
+
+        Returns "released", "kept" (not held by handle, or judged in use) or
+        "conflict" (the block or the guard changed: judge again on fresh data).
+        This is how `ipam release --from-report` avoids freeing an address a
+        workload took, or started using, since the report.
+        """
         block = await self._find_block(ip)
-        if block is None:
-            return False
-        ordinal = block.ordinal(ip)
-        done = await self._release_where(
-            block.cidr, lambda b: [ordinal] if ordinal is not None and b.handle_at(ordinal) == handle else [],
-            only_if=still_leaked)
-        return bool(done)
+        ordinal = block.ordinal(ip) if block is not None else None
+        if block is None or ordinal is None or block.handle_at(ordinal) != handle or not await judge(block):
+            return "kept"
+        hrec = await self._handle(handle)
+        block.release(ordinal)
+        hrec.blocks[block.cidr] = hrec.blocks.get(block.cidr, 1) - 1
+        if not await self._commit(block, [hrec], extra_compare=guard):
+            return "conflict"
+        if block.in_use() == 0:
+            await self._maybe_free_block(block.cidr)
+        return "released"
 
     async def fix_handle(self, handle: str) -> bool:
         """Rewrite a handle record from what the blocks hold (the blocks are the truth)."""
