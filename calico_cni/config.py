@@ -93,8 +93,12 @@ def parse_ipam(raw: Any) -> IpamConf:
     t = _str(raw, "type", limit=200)
     if not t or not _NAME_RE.match(t):
         raise bad("ipam.type", f"{t!r} is not a plugin name")
-    return IpamConf(type=t, assign_ipv4=_bool(raw, "assign_ipv4", True), assign_ipv6=_bool(raw, "assign_ipv6", False),
-                    ipv4_pools=_pools(raw, "ipv4_pools", 4), ipv6_pools=_pools(raw, "ipv6_pools", 6))
+    try:
+        return IpamConf(type=t, assign_ipv4=_bool(raw, "assign_ipv4", True),
+                        assign_ipv6=_bool(raw, "assign_ipv6", False),
+                        ipv4_pools=_pools(raw, "ipv4_pools", 4), ipv6_pools=_pools(raw, "ipv6_pools", 6))
+    except CniError as e:
+        raise CniError(e.code, f"ipam.{e.msg}") from None
 
 
 def parse(conf: dict[str, Any], version: str) -> NetConf:

@@ -323,6 +323,7 @@ def run(plugin: str, stdin: Any, stdout: Any, env: dict[str, str] | None = None)
         version = spec.check_version(raw)
         conf = cfg.parse(raw, version)
         _setup_logging(conf, plugin)
+        cfg.etcd_config(conf)  # a bad etcd key is the config's error, before any other check
         result = asyncio.run(dispatch(plugin, env, conf, command))
         if result is not None:
             spec.emit(spec.convert(result, version), stdout)
