@@ -395,7 +395,7 @@ def _plan_named(kind: Kind, doc: dict) -> Plan:
     try:
         return plan_document(doc, 1, "delete")
     except BatchError as e:
-        raise ArgError(str(e).replace("document 1 ", "", 1)) from None
+        raise ArgError(f"{kind.name} {doc['metadata'].get(kind.name_field)}: {str(e).split('): ', 1)[-1]}") from None
 
 
 async def _execute(ctx: Context, plans: list[Plan], verb: str, skip: bool) -> int:

@@ -10,6 +10,7 @@ expands a few hundred bytes into gigabytes before any validator sees it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
@@ -37,6 +38,20 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise DocumentError(f"line {event.start_mark.line + 1}: YAML anchors (&{event.anchor}) are not "
                                 "supported; write the value out")
         return super().compose_node(parent, index)
+
+
+# YAML 1.1 reads `1:30` as the base-60 integer 90; in a ports list that silently turns the
+# range 1:30 into port 90.  This loader keeps YAML 1.1's other int/float forms only.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_NoAliasLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_NoAliasLoader.add_implicit_resolver(_INT, re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+_NoAliasLoader.add_implicit_resolver(_FLOAT, re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
 
 
 def _flatten(doc: Any, out: list[Any]) -> None:

@@ -42,6 +42,8 @@ def test_input_forms():
     assert load_documents("---\n" + json.dumps(doc) + "\n---\n---\n" + json.dumps(doc)) == [doc, doc]
     assert load_documents(json.dumps({"kind": "List", "items": [doc]})) == [doc]
     assert load_documents("{apiVersion: v1, kind: tier, metadata: {name: t}}") == [doc]  # YAML flow style
+    ports = load_documents("ports: [1:30, 80, 8000:8080, 0x10, 1.5, .inf]\n")[0]["ports"]
+    assert ports == ["1:30", 80, "8000:8080", 16, 1.5, float("inf")]  # 1:30 is a range, not base 60
     with pytest.raises(DocumentError, match="anchors"):
         load_documents("a: &x 1\n")
     with pytest.raises(DocumentError, match="line 3: not valid YAML"):
