@@ -37,6 +37,12 @@ class DriverError(Exception):
     """A refused call; str() is what the Docker user reads after "Error response from daemon"."""
 
 
+def failure(message: str) -> dict[str, str]:
+    """A failed call's reply.  Docker's network driver client reads `Err`, its IPAM client `Error`
+    (libnetwork's ipams/remote API), so both carry the message."""
+    return {"Err": message, "Error": message}
+
+
 class Request:
     """One call: its method (`NetworkDriver.Join`), JSON body, and the calling process (dockerd)."""
 
@@ -184,15 +190,15 @@ class PluginServer:
         handler = self.routes.get(method)
         if handler is None:
             limited.log(f"unknown:{self.name}", logging.WARNING, "%s: unknown call %s", self.name, method[:80])
-            return 404, {"Err": f"{self.name} does not implement {method[:80]}"}
+            return 404, failure(f"{self.name} does not implement {method[:80]}")
         try:
             reply = await handler(Request(method, body, pid))
         except DriverError as e:
             limited.log(f"refused:{method}", logging.WARNING, "%s refused: %s", method, e)
-            return 200, {"Err": str(e)}
+            return 200, failure(str(e))
         except Exception as e:  # noqa: BLE001 - the user must get an answer, not a dropped connection
             limited.log(f"failed:{method}", logging.ERROR, "%s failed: %s", method, e, exc_info=True)
-            return 200, {"Err": f"{method} failed in the Calico driver: {e}"}
+            return 200, failure(f"{method} failed in the Calico driver: {e}")
         log.info("%s ok", method)
         return 200, reply
 
@@ -208,19 +214,19 @@ class PluginServer:
                     body = await _read_body(reader, headers)
                 except _BadRequest as e:
                     limited.log(f"bad-http:{self.name}", logging.WARNING, "%s: bad request: %s", self.name, e)
-                    await self._reply(writer, e.status, {"Err": str(e)}, close=True)
+                    await self._reply(writer, e.status, failure(str(e)), close=True)
                     return
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
                 method = path.lstrip("/")
                 if verb != "POST":
-                    status, reply = 405, {"Err": f"{verb[:10]} {method[:80]}: plugin calls are POSTs"}
+                    status, reply = 405, failure(f"{verb[:10]} {method[:80]}: plugin calls are POSTs")
                 else:
                     try:
                         status, reply = await self.call(method, _decode(method, body), pid)
                     except DriverError as e:
                         limited.log(f"refused:{method[:80]}", logging.WARNING, "%s", e)
-                        status, reply = 200, {"Err": str(e)}
+                        status, reply = 200, failure(str(e))
                 keep = headers.get("connection", "").lower() != "close"
                 await self._reply(writer, status, reply, close=not keep)
                 if not keep:
