@@ -275,3 +275,12 @@ def test_input_forms(store, tmp_path):
     assert "not valid YAML" in fails("apply", "-f", "-", stdin="a: [1\n")
     assert "cannot read" in fails("apply", "-f", str(tmp_path / "missing.yaml"))
     assert "expected a resource" in fails("apply", "-f", "-", stdin="- 1\n")
+
+
+def test_a_batch_larger_than_one_transaction_is_refused_whole(store):
+    docs = [{"apiVersion": "v1", "kind": "profile", "metadata": {"name": f"p{i}"}, "spec": {}} for i in range(50)]
+    err = fails("apply", "-f", "-", stdin=json.dumps(docs))
+    assert "split the file" in err and "150 etcd operations" in err
+    assert store.keys("/calico") == []
+    ok("apply", "-f", "-", stdin=json.dumps(docs[:40]))  # 120 operations: one transaction
+    assert len(store.keys("/calico/v1/policy/profile/")) == 40  # rules only: no tags or labels given
