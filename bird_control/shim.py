@@ -11,17 +11,18 @@ the control socket (never through birdc, whose exit code means nothing).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import datetime
 import os
 import signal
+import subprocess
 import sys
+import threading
+import time
 
-from bird_control.protocol import BirdClient, BirdError, BirdUnavailable
 from libcalico.logsafe import escape
 
 WAIT_LOG_INTERVAL = 30.0
+_print_lock = threading.RLock()  # reentrant: a signal handler may say() while the main thread is in say()
 
 
 def paths(ipv6: bool, env: dict[str, str] | None = None) -> tuple[str, str]:
@@ -38,17 +39,15 @@ def _now() -> str:
 
 
 def say(prog: str, msg: str) -> None:
-    sys.stdout.write(f"{_now()} {prog}: {escape(msg)}\n")
-    sys.stdout.flush()
-
-
-async def _relay(stream: asyncio.StreamReader, prog: str) -> None:
-    while True:
-        line = await stream.readline()
-        if not line:
-            return
-        say(prog, line.decode("utf-8", "replace").rstrip("\r\n"))
+    with _print_lock:  # the relay threads and the main thread share stdout: whole lines only
+        sys.stdout.write(f"{_now()} {prog}: {escape(msg)}\n")
         sys.stdout.flush()
+
+
+def _relay(stream, prog: str) -> None:
+    """Copy BIRD's output lines (a binary pipe) to ours, timestamped and escaped, until EOF."""
+    for line in iter(stream.readline, b""):
+        say(prog, line.decode("utf-8", "replace").rstrip("\r\n"))
 
 
 def _die_with_parent() -> None:
@@ -87,35 +86,35 @@ def status_publisher(ipv6: bool, sock: str, env: dict[str, str] | None = None):
     return Publisher(host, 6 if ipv6 else 4, sock, gateway, say=lambda m: say("calico-bird", m))
 
 
-async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
-    """Wait for the config, run BIRD as a child until it exits; the exit status for supervisord."""
+def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
+    """Wait for the config, run BIRD as a child until it exits; the exit status for supervisord.
+
+    Plain blocking code with two relay threads and one status thread, not asyncio: this
+    process lives as long as the node, on every node, and asyncio (with the OpenSSL it
+    loads) would be most of its memory.
+    """
     prog = "bird6" if ipv6 else "bird"
     cfg, sock = paths(ipv6)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    child: asyncio.subprocess.Process | None = None
-    stopping = False
+    stop = threading.Event()
+    child: subprocess.Popen | None = None
 
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal stopping
+    def on_signal(signum: int, _frame: object) -> None:
+        sig = signal.Signals(signum)
         if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
             stop.set()
-        if child is not None and child.returncode is None:
+        if child is not None and child.poll() is None:
             say("calico-bird", f"forwarding {sig.name} to {prog} (pid {child.pid})")
             child.send_signal(sig)
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(s, on_signal, s)
+        signal.signal(s, on_signal)
 
     last_log = -wait_log_interval
     while not os.path.isfile(cfg):
-        if loop.time() - last_log >= wait_log_interval:
+        if time.monotonic() - last_log >= wait_log_interval:
             say("calico-bird", f"waiting for {cfg} (written by calico-confd) before starting {prog}")
-            last_log = loop.time()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
-        if stopping:
+            last_log = time.monotonic()
+        if stop.wait(0.2):
             say("calico-bird", "stopped before BIRD was started")
             return 0
 
@@ -125,24 +124,31 @@ async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
     argv = [prog, "-f", "-R", "-s", sock, "-c", cfg]
     say("calico-bird", f"starting {' '.join(argv)}")
     try:
-        child = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=_die_with_parent)
     except OSError as e:
         say("calico-bird", f"cannot start {prog}: {e}")
         return 2
     assert child.stdout is not None and child.stderr is not None
-    relays = [asyncio.create_task(_relay(child.stdout, prog)), asyncio.create_task(_relay(child.stderr, prog))]
+    relays = [threading.Thread(target=_relay, args=(child.stdout, prog), daemon=True),
+              threading.Thread(target=_relay, args=(child.stderr, prog), daemon=True)]
+    for t in relays:
+        t.start()
     publisher = status_publisher(ipv6, sock)
-    publishing = asyncio.create_task(publisher.run()) if publisher else None
-    rc = await child.wait()
+    done = threading.Event()
+    publishing = None
+    if publisher is not None:
+        publishing = threading.Thread(target=publisher.run, args=(done,), daemon=True)
+        publishing.start()
+    rc = child.wait()  # signals interrupt the wait, run on_signal, and the wait goes on (PEP 475)
+    done.set()
+    for t in relays:
+        t.join(5)
     if publishing is not None:
-        publishing.cancel()
-        await asyncio.gather(publishing, return_exceptions=True)
-    await asyncio.gather(*relays, return_exceptions=True)
-    if stopping:
+        publishing.join(10)
+    if stop.is_set():
         if publisher is not None:
-            await publisher.clear()
+            publisher.clear()
         say("calico-bird", f"{prog} stopped (exit {rc})")
         return 0
     say("calico-bird", f"{prog} died (exit {rc}); exiting so supervisord restarts it")
@@ -151,6 +157,8 @@ async def run(ipv6: bool, wait_log_interval: float = WAIT_LOG_INTERVAL) -> int:
 
 async def check(ipv6: bool, ready: bool, timeout: float = 3.0) -> tuple[bool, str]:
     """Liveness: the socket answers `show status`. Readiness: also every BGP session Established."""
+    from bird_control.protocol import BirdClient, BirdError, BirdUnavailable
+
     _, sock = paths(ipv6)
     try:
         async with BirdClient(sock, timeout) as c:
@@ -177,10 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--check-live", action="store_true", help="exit 0 when the control socket answers")
     args = ap.parse_args(argv)
     if args.check_ready or args.check_live:
+        import asyncio
+
         ok, msg = asyncio.run(check(args.ipv6, ready=args.check_ready))
         print(msg)
         sys.exit(0 if ok else 1)
-    sys.exit(asyncio.run(run(args.ipv6)))
+    sys.exit(run(args.ipv6))
 
 
 if __name__ == "__main__":

@@ -13,23 +13,26 @@ write) and at most once per `min_interval`, so a flapping peer or a 50-node
 start costs etcd a handful of writes per node.  Removed on an orderly stop,
 and with the rest of the node's keys by `calicoctl node remove`.
 
-Why etcd's JSON gateway (`/v3/kv/put`) and not the gRPC client the other
-programs use: the shim runs on every node for the node's whole life and
-would more than double its memory by loading gRPC for a few writes a minute.
+Why etcd's JSON gateway (`/v3/kv/put`) over a plain blocking socket, and not
+the gRPC client the other programs use: the shim runs on every node for the
+node's whole life and would more than double its memory by loading gRPC (or
+asyncio, or OpenSSL when etcd is not TLS) for a few writes a minute.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import json
 import re
-from collections.abc import Awaitable, Callable
+import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bird_control.protocol import BirdClient, BirdError, BirdProtocol, BirdUnavailable
+from bird_control.reply import BirdError, BirdProtocol, BirdUnavailable, parse_protocols, query_sync
 
 # BIRD protocol name prefix -> session type (the names confd renders).
 SESSION_TYPES = {"Mesh_": "node-to-node mesh", "Global_": "global", "Node_": "node specific",
@@ -108,33 +111,34 @@ class EtcdGateway:
         cfg = etcdconf.from_env(env)
         return cls([(e.scheme, e.host, e.port) for e in cfg.endpoints], cfg.ca, cfg.cert, cfg.key)
 
-    async def put(self, key: str, value: str) -> None:
-        await self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+    def put(self, key: str, value: str) -> None:
+        self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
 
-    async def delete(self, key: str) -> None:
-        await self._call("/v3/kv/deleterange", {"key": _b64(key)})
+    def delete(self, key: str) -> None:
+        self._call("/v3/kv/deleterange", {"key": _b64(key)})
 
-    async def _call(self, path: str, body: dict[str, str]) -> dict[str, Any]:
+    def _call(self, path: str, body: dict[str, str]) -> dict[str, Any]:
         last: Exception | None = None
         for scheme, host, port in self.endpoints:
             try:
-                return await asyncio.wait_for(self._post(scheme, host, port, path, body), self.timeout)
-            except (OSError, TimeoutError, ValueError) as e:
+                return self._post(scheme, host, port, path, body)
+            except (OSError, ValueError) as e:  # socket.timeout is an OSError
                 last = e
         raise OSError(f"etcd unreachable at {', '.join(f'{h}:{p}' for _, h, p in self.endpoints)}: {last}")
 
-    async def _post(self, scheme: str, host: str, port: int, path: str, body: dict[str, str]) -> dict[str, Any]:
+    def _post(self, scheme: str, host: str, port: int, path: str, body: dict[str, str]) -> dict[str, Any]:
         data = json.dumps(body).encode()
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=self._tls if scheme == "https" else None,
-            server_hostname=host if scheme == "https" else None)
-        try:
-            writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
-            await writer.drain()
-            raw = await reader.read(1 << 20)
-        finally:
-            writer.close()
+        request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+        raw = b""
+        with socket.create_connection((host, port), timeout=self.timeout) as plain:
+            conn = self._tls.wrap_socket(plain, server_hostname=host) if scheme == "https" else plain
+            conn.sendall(request)
+            while len(raw) < (1 << 20):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
         head, _, payload = raw.partition(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0].split()
         if len(status) < 2 or status[1] != b"200":
@@ -178,8 +182,7 @@ class Publisher:
     gateway: Any  # EtcdGateway or a test double with put/delete
     poll_interval: float = POLL_INTERVAL
     min_interval: float = MIN_INTERVAL
-    clock: Callable[[], float] | None = None
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
     say: Callable[[str], None] = print  # the shim's timestamped log line
 
     def __post_init__(self) -> None:
@@ -189,26 +192,22 @@ class Publisher:
         self.writes = 0
         self._failing = False
 
-    def _time(self) -> float:
-        return (self.clock or asyncio.get_running_loop().time)()
-
-    async def read(self) -> list[dict[str, Any]] | None:
+    def read(self) -> list[dict[str, Any]] | None:
         try:
-            async with BirdClient(self.sock, timeout=5.0) as bird:
-                return sessions(await bird.show_protocols(all=True))
-        except (BirdUnavailable, BirdError, OSError, TimeoutError):
+            return sessions(parse_protocols(query_sync(self.sock, "show protocols all", timeout=5.0)))
+        except (BirdUnavailable, BirdError, OSError):
             return None  # BIRD not up yet or restarting: nothing new to say
 
-    async def step(self, current: list[dict[str, Any]] | None) -> bool:
+    def step(self, current: list[dict[str, Any]] | None) -> bool:
         """Publish `current` if it differs from what etcd has and the rate limit allows; True if written."""
         if current is None or current == self.published:
             return False
-        now = self._time()
+        now = self.clock()
         if self.last_write is not None and now - self.last_write < self.min_interval:
             return False
         doc = {"node": self.host, "version": self.version, "time": _now(), "sessions": current}
         try:
-            await self.gateway.put(self.key, json.dumps(doc, separators=(",", ":")))
+            self.gateway.put(self.key, json.dumps(doc, separators=(",", ":")))
         except OSError as e:
             if not self._failing:
                 self.say(f"cannot write BGP status to {self.key} (will retry): {e}")
@@ -222,14 +221,15 @@ class Publisher:
         self.writes += 1
         return True
 
-    async def run(self) -> None:
-        while True:
-            await self.step(await self.read())
-            await self.sleep(self.poll_interval)
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set (a thread of the shim)."""
+        while not stop.is_set():
+            self.step(self.read())
+            stop.wait(self.poll_interval)
 
-    async def clear(self) -> None:
+    def clear(self) -> None:
         """An orderly stop: this node's sessions are gone, so is their report."""
         try:
-            await self.gateway.delete(self.key)
+            self.gateway.delete(self.key)
         except OSError as e:
             self.say(f"cannot remove {self.key}: {e}")

@@ -60,12 +60,12 @@ class Recorder:
         self.deletes: list[str] = []
         self.fail = fail
 
-    async def put(self, key: str, value: str) -> None:
+    def put(self, key: str, value: str) -> None:
         if self.fail:
             raise OSError("etcd unreachable")
         self.puts.append((key, json.loads(value)))
 
-    async def delete(self, key: str) -> None:
+    def delete(self, key: str) -> None:
         self.deletes.append(key)
 
 
@@ -73,38 +73,38 @@ def _session(state: str) -> list[dict]:
     return [{"peer": "10.99.0.2", "name": "Global_10_99_0_2", "type": "global", "state": state}]
 
 
-async def test_written_on_change_only_and_at_most_once_per_interval():
+def test_written_on_change_only_and_at_most_once_per_interval():
     clock, gw = Clock(), Recorder()
     pub = Publisher("node1", 4, "/nonexistent.ctl", gw, min_interval=5.0, clock=clock)
-    assert await pub.step(_session("Connect"))
+    assert pub.step(_session("Connect"))
     assert gw.puts[0][0] == status_key("node1", 4) == "/calico/bgp/v1/host/node1/status/v4"
     assert gw.puts[0][1]["sessions"] == _session("Connect") and gw.puts[0][1]["node"] == "node1"
     clock.t += 1
-    assert not await pub.step(_session("Connect"))          # unchanged: never rewritten
-    assert not await pub.step(_session("Established"))      # changed, but within the interval
+    assert not pub.step(_session("Connect"))          # unchanged: never rewritten
+    assert not pub.step(_session("Established"))      # changed, but within the interval
     clock.t += 4
-    assert await pub.step(_session("Established"))          # the interval passed: the latest state
+    assert pub.step(_session("Established"))          # the interval passed: the latest state
     assert [p[1]["sessions"][0]["state"] for p in gw.puts] == ["Connect", "Established"]
     clock.t += 100
-    assert not await pub.step(None)                          # BIRD unreachable: nothing said
+    assert not pub.step(None)                          # BIRD unreachable: nothing said
     for _ in range(20):                                      # a flapping peer: one write per interval
         clock.t += 1
-        await pub.step(_session("Active" if clock.t % 2 else "Established"))
+        pub.step(_session("Active" if clock.t % 2 else "Established"))
     assert 3 <= len(gw.puts) <= 2 + 20 // 5 + 1
-    await pub.clear()
+    pub.clear()
     assert gw.deletes == ["/calico/bgp/v1/host/node1/status/v4"]
 
 
-async def test_unreachable_etcd_is_retried_and_said_once():
+def test_unreachable_etcd_is_retried_and_said_once():
     clock, gw, said = Clock(), Recorder(fail=True), []
     pub = Publisher("node1", 6, "/nonexistent.ctl", gw, clock=clock, say=said.append)
     for _ in range(5):
         clock.t += 10
-        assert not await pub.step(_session("Established"))
+        assert not pub.step(_session("Established"))
     assert len(said) == 1 and "/calico/bgp/v1/host/node1/status/v6" in said[0]
     gw.fail = False
     clock.t += 10
-    assert await pub.step(_session("Established"))
+    assert pub.step(_session("Established"))
     assert len(gw.puts) == 1 and "again" in said[-1]
 
 

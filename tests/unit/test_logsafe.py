@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import os
@@ -114,13 +113,7 @@ def test_bird_shim_say_and_relay_escape(capsys):
 
     shim.say("calico-bird", "starting " + FORGED)
 
-    async def relay() -> None:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"bird: Reconfigured \x1b[31m\rFAKE LINE\n")
-        reader.feed_eof()
-        await shim._relay(reader, "bird")
-
-    asyncio.run(relay())
+    shim._relay(io.BytesIO(b"bird: Reconfigured \x1b[31m\rFAKE LINE\n"), "bird")
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 2, out
     assert "\x1b" not in out and "\r" not in out
