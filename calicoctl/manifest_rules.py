@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from libcalico.models import Rule
+from libcalico.models import MAX_RULES, Rule
 
 ACTIONS = {"allow": "allow", "deny": "deny", "log": "log", "next-tier": "next-tier", "pass": "next-tier"}
 _ENTITY = {"tag": "tag", "net": "net", "selector": "selector", "ports": "ports",
@@ -124,4 +124,6 @@ def rules_to_stored(doc: Any, where: str) -> list[dict[str, Any]]:
         return []
     if not isinstance(doc, list):
         raise FieldError(where, "must be a list of rules")
+    if len(doc) > MAX_RULES:  # checked before validating each one: the bound is what keeps that cheap
+        raise FieldError(where, f"{len(doc)} rules exceed the limit of {MAX_RULES}")
     return [rule_to_stored(r, f"{where}[{i}]") for i, r in enumerate(doc)]

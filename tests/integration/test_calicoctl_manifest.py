@@ -284,3 +284,45 @@ def test_a_batch_larger_than_one_transaction_is_refused_whole(store):
     assert store.keys("/calico") == []
     ok("apply", "-f", "-", stdin=json.dumps(docs[:40]))  # 120 operations: one transaction
     assert len(store.keys("/calico/v1/policy/profile/")) == 40  # rules only: no tags or labels given
+
+
+class _RacingClient:
+    """A real datastore client that lets `race` write just before the batch's first transaction."""
+
+    def __init__(self, client, race):
+        self._client, self._race, self.txns = client, race, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    async def txn(self, *args, **kw):
+        self.txns += 1
+        if self.txns == 1:
+            await self._race(self._client)
+        return await self._client.txn(*args, **kw)
+
+
+def test_a_write_between_check_and_commit_is_seen(store):
+    """The overlap check and the write are one guarded transaction: a pool written in between
+    makes the batch re-read, and the re-check refuses it (nothing half-written)."""
+    from calicoctl.manifest import BatchError, plan_documents, run_batch
+    from calicoctl.manifest_io import load_documents
+    from libcalico.datastore import DatastoreClient, run_sync
+
+    plans = plan_documents(load_documents(POOL + "---\n" + EVERY_KIND.split("---\n")[4]), "apply")
+
+    async def race(client):
+        await client.put("/calico/v1/ipam/v4/pool/10.70.128.0-17",
+                         '{"cidr":"10.70.128.0/17","masquerade":false,"ipam":true,"disabled":false}')
+
+    async def go():
+        client = _RacingClient(DatastoreClient.from_env(), race)
+        try:
+            with pytest.raises(BatchError, match="overlap"):
+                await run_batch(client, plans, "apply")
+        finally:
+            await client.close()
+        return client.txns
+
+    assert run_sync(go()) == 1  # the guarded transaction failed; the re-read refused the batch
+    assert store.keys("/calico") == ["/calico/v1/ipam/v4/pool/10.70.128.0-17"]

@@ -15,7 +15,7 @@ from calicoctl.cli import ArgError
 from calicoctl.config import CLASSIC_NAMES, FELIX_PARAMS, felix_param, felix_value
 from calicoctl.manifest import BatchError, plan_documents
 from calicoctl.manifest_io import DocumentError, load_documents
-from calicoctl.manifest_rules import FieldError, rule_to_doc, rule_to_stored
+from calicoctl.manifest_rules import FieldError, rule_to_doc, rule_to_stored, rules_to_stored
 from felix.config import PARAMS
 from libcalico.models import Rule, to_json
 from tests.reliability.profiles import examples
@@ -83,6 +83,8 @@ def test_rule_conversion_examples():
     assert stored == {"action": "deny", "protocol": "tcp", "src_selector": "has(a)", "!src_ports": ["1:1024"],
                       "!dst_tag": "x"}
     assert rule_to_stored({"action": "pass"}, "r") == {"action": "next-tier"}
+    with pytest.raises(FieldError, match="exceed the limit"):
+        rules_to_stored([{}] * 100_000, "spec.ingress")
     with pytest.raises(FieldError) as e:
         rule_to_stored({"action": "maybe"}, "spec.ingress[3]")
     assert e.value.field == "spec.ingress[3].action"
