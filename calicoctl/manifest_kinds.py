@@ -164,7 +164,7 @@ class IpPoolKind(Kind):
     name = "ipPool"
     aliases = ("ippool", "ippools", "pool", "pools")
     metadata_fields = {"cidr"}
-    spec_fields = {"ipip", "vxlan", "nat-outgoing", "disabled", "ipam"}
+    spec_fields = {"ipip", "vxlan", "nat-outgoing", "disabled", "ipam", "blockSize", "strictAffinity"}
     name_field = "cidr"
     headers = ("CIDR",)
     wide_headers = ("CIDR", "OVERLAY", "NAT", "DISABLED", "IPAM")
@@ -183,8 +183,11 @@ class IpPoolKind(Kind):
         value["masquerade"] = _bool(spec.get("nat-outgoing"), "spec.nat-outgoing")
         value["ipam"] = _bool(spec.get("ipam"), "spec.ipam", default=True)
         value["disabled"] = _bool(spec.get("disabled"), "spec.disabled")
+        for doc_name, stored in (("blockSize", "block_size"), ("strictAffinity", "strict_affinity")):
+            if spec.get(doc_name) is not None:  # IPAM's per-pool settings, validated by the Pool model
+                value[stored] = spec[doc_name]
         path = keys.pool(cidr)
-        pool = _stored_value(path, json.dumps(value), "spec")
+        pool = _stored_value(path, json.dumps(value), "spec")  # a field error names the stored field
         return Plan(self.name, cidr, (self.name, cidr), [(path, False)],
                     ops=[checked_put(path, pool)], delete_ops=[op_delete(path)], facts={"pool": pool})
 
@@ -201,6 +204,9 @@ class IpPoolKind(Kind):
             spec["disabled"] = True
         if not pool.ipam:
             spec["ipam"] = False
+        for doc_name, stored in (("blockSize", "block_size"), ("strictAffinity", "strict_affinity")):
+            if getattr(pool, stored, None) is not None:
+                spec[doc_name] = getattr(pool, stored)
         return _base("ipPool", {"cidr": pool.cidr}, spec)
 
     async def list(self, client: Any, opts: dict) -> list[dict]:

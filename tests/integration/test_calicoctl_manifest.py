@@ -16,7 +16,7 @@ EVERY_KIND = """\
 apiVersion: v1
 kind: ipPool
 metadata: {cidr: 10.70.0.0/16}
-spec: {ipip: {enabled: true, mode: always}, nat-outgoing: true}
+spec: {ipip: {enabled: true, mode: always}, nat-outgoing: true, blockSize: 28}
 ---
 apiVersion: v1
 kind: ipPool
@@ -106,7 +106,8 @@ def test_apply_writes_the_v1_keys(store, tmp_path):
     out = ok("apply", "-f", write(tmp_path, EVERY_KIND))
     assert "11 applied" in out
     assert getj(store, "/calico/v1/ipam/v4/pool/10.70.0.0-16") == {
-        "cidr": "10.70.0.0/16", "ipip": "tunl0", "masquerade": True, "ipam": True, "disabled": False}
+        "cidr": "10.70.0.0/16", "ipip": "tunl0", "masquerade": True, "ipam": True, "disabled": False,
+        "block_size": 28}
     assert getj(store, "/calico/v1/ipam/v6/pool/fd00:70::-64") == {
         "cidr": "fd00:70::/64", "vxlan": "vxlan.calico", "masquerade": False, "ipam": False, "disabled": True}
     assert getj(store, "/calico/bgp/v1/global/peer_v4/10.99.0.254") == {"ip": "10.99.0.254", "as_num": "65000"}
