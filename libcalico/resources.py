@@ -15,6 +15,8 @@ Map:
 - `Nodes`: a node's registration (BGP addresses, AS, bird_ip, tunnel addresses).
 - `BgpPeers`: global and per-node peers.
 - `FelixStatuses`: what Felix reports about its host and each local endpoint.
+- `Profiles`, `Tiers`, `Policies`: profiles (rules, tags, labels), tier metadata and tiered
+  policies; `checked_put` builds a validated transaction put for multi-resource writes.
 - `Resources(client)`: all of the above on one client.
 
 Listings skip invalid values unless asked (`include_invalid=True`): show commands
