@@ -404,11 +404,16 @@ async def _execute(ctx: Context, plans: list[Plan], verb: str, skip: bool) -> in
         return 0
     client = await ctx.client()
     done = await run_batch(client, plans, verb, skip)
-    counts: dict[str, int] = {}
-    for _, what in done:
-        counts[what] = counts.get(what, 0) + 1
-    summary = ", ".join(f"{n} {what}" for what, n in counts.items())
-    ctx.print(f"Successfully processed {len(done)} resource(s): {summary}")
+    # calicoctl 1.x's wording: "Successfully created 2 'ipPool' resource(s)"
+    past = {"create": "created", "apply": "applied", "replace": "replaced", "delete": "deleted"}[verb]
+    acted = [p for p, what in done if what == past]
+    kinds = {p.kind for p in acted}
+    what = f"'{next(iter(kinds))}' " if len(kinds) == 1 else ""
+    line = f"Successfully {past} {len(acted)} {what}resource(s)"
+    skipped = len(done) - len(acted)
+    if skipped:
+        line += f"; skipped {skipped} that {'already existed' if verb == 'create' else 'did not exist'}"
+    ctx.print(line)
     return 0
 
 

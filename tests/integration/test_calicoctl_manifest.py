@@ -104,7 +104,7 @@ def write(tmp_path, text: str, name: str = "r.yaml") -> str:
 
 def test_apply_writes_the_v1_keys(store, tmp_path):
     out = ok("apply", "-f", write(tmp_path, EVERY_KIND))
-    assert "11 applied" in out
+    assert "Successfully applied 11 resource(s)" in out
     assert getj(store, "/calico/v1/ipam/v4/pool/10.70.0.0-16") == {
         "cidr": "10.70.0.0/16", "ipip": "tunl0", "masquerade": True, "ipam": True, "disabled": False,
         "block_size": 28}
@@ -210,7 +210,8 @@ def test_create_replace_delete_semantics(store, tmp_path):
     path = write(tmp_path, POOL)
     ok("create", "-f", path)
     assert "already exists" in fails("create", "-f", path)
-    assert "skipped" in ok("create", "-f", path, "--skip-exists")
+    assert ok("create", "-f", path, "--skip-exists").strip() == ("Successfully created 0 resource(s); skipped 1 that "
+                                                                  "already existed")
     other = write(tmp_path, POOL.replace("10.70.0.0", "10.72.0.0"), "o.yaml")
     assert "document 1 (ipPool 10.72.0.0/16): does not exist" in fails("replace", "-f", other)
     ok("replace", "-f", write(tmp_path, POOL.replace("nat-outgoing: true", "nat-outgoing: false"), "p2.yaml"))
