@@ -4,8 +4,9 @@ Operators type the names the classic calicoctl documented (`loglevel`,
 `ipip`, `asNumber`, `nodeToNodeMesh`), not the keys Felix reads: a name that
 lands on a key nobody reads is a silent no-op, the worst kind of error.  So
 names are mapped to the parameter Felix actually reads (case-insensitive), and
-an unknown Felix name is refused unless `--force` says it is meant (a newer
-Felix's parameter).  BGP names are only those confd renders.
+an unknown name or a value the reader would not recognise is refused unless
+`--force` says it is meant (a newer Felix's parameter), as the classic calicoctl
+did.  BGP names are those confd renders.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from libcalico.validation import validate_asn, validate_config_param, validate_c
 USAGE = """\
 Usage:
   calicoctl config felix <NAME> [<VALUE> | --remove] [--hostname=<HOSTNAME>] [--force]
-  calicoctl config bgp <NAME> [<VALUE> | --remove]
-  calicoctl config node bgp <NAME> [<VALUE> | --remove] [--hostname=<HOSTNAME>]
+  calicoctl config bgp <NAME> [<VALUE> | --remove] [--force]
+  calicoctl config node bgp <NAME> [<VALUE> | --remove] [--hostname=<HOSTNAME>] [--force]
 
 Description:
   Without <VALUE>: show the setting. With <VALUE>: set it. With --remove:
@@ -34,7 +35,7 @@ Description:
     vxlan -> VXLANEnabled   vxlanmtu -> VXLANMTU   interfaceprefix -> InterfacePrefix
     reportinginterval -> ReportingIntervalSecs   metadataaddr -> MetadataAddr
     metadataport -> MetadataPort   prometheusmetricsenabled -> PrometheusMetricsEnabled
-  A name Felix does not know is refused unless --force.
+  A name Felix does not know, or a value it would not recognise, is refused unless --force.
   Without --hostname it applies to every host (/calico/v1/config/<PARAM>); with it,
   to that host only (/calico/v1/host/<HOSTNAME>/config/<PARAM>), which wins.
 
@@ -45,7 +46,7 @@ Description:
 Options:
   --remove               Remove the setting
   --hostname=<HOSTNAME>  felix, node bgp: this host only
-  --force                felix: accept a parameter name Felix does not know
+  --force                Write the setting even if the name or value is not recognised
 """
 
 # Felix's datastore parameters (felix/config.py PARAMS with datastore=True); a unit
@@ -84,8 +85,10 @@ def felix_param(name: str, force: bool) -> str:
     return param
 
 
-def felix_value(param: str, value: str) -> str:
+def felix_value(param: str, value: str, force: bool = False) -> str:
     """The value as Felix parses it: log levels and booleans in their canonical spelling."""
+    if force:
+        return check(validate_config_value, value, what=f"value for {param}")
     low = value.strip().lower()
     if param.startswith("LogSeverity"):
         low = {"warn": "warning", "fatal": "critical"}.get(low, low)
@@ -148,6 +151,19 @@ BGP_NODE = {
 }
 
 
+def _bgp_setting(name: str, node: bool, host: str | None, force: bool) -> BgpSetting:
+    """The setting for `name`; with --force an unknown one is the raw key of that name."""
+    setting = (BGP_NODE if node else BGP_GLOBAL).get(name.lower())
+    if setting is not None:
+        return setting
+    if not force:
+        known = "logLevel, asNumber" if node else "logLevel, asNumber, nodeToNodeMesh"
+        raise ArgError(f"unknown BGP setting {name!r} ({known}; --force writes it anyway)")
+    raw = check(validate_config_param, name, what="BGP setting name")
+    return BgpSetting(lambda h: f"{keys.bgp_host_dir(h) if node else keys.BGP_GLOBAL_DIR}{raw}",  # type: ignore[arg-type]
+                      lambda v: v)
+
+
 def _act(key: str, what: str, value: str | None, remove: bool, show: Callable[[str], str]) -> Action:
     async def act(ctx: Context) -> int:
         client = await ctx.client()
@@ -156,6 +172,7 @@ def _act(key: str, what: str, value: str | None, remove: bool, show: Callable[[s
         elif remove:
             if not await client.delete(key):
                 raise CliError(f"{what} is not set; nothing removed")
+            ctx.print("Value removed")
         else:
             current = await client.get(key)
             if current is None:
@@ -172,30 +189,29 @@ def parse(args: list[str]) -> Action:
     host = opts.get("--hostname")
     if host is not None:
         host = check(validate_name, host, "hostname", what="hostname")
+    force = bool(opts.get("--force"))
     if words[:1] == ["felix"] and len(words) in (2, 3):
-        param = felix_param(words[1], bool(opts.get("--force")))
-        value = felix_value(param, words[2]) if len(words) == 3 else None
+        param = felix_param(words[1], force)
+        value = felix_value(param, words[2], force) if len(words) == 3 else None
         if remove and value is not None:
             raise ArgError("give either a value or --remove, not both")
         key = keys.host_config(host, param) if host else keys.global_config(param)
         return _act(key, f"{param}{' for host ' + host if host else ''}", value, remove, lambda raw: raw)
-    if opts.get("--force"):
-        raise ArgError("--force only applies to 'config felix'")
     node = words[:2] == ["node", "bgp"]
     rest = words[2:] if node else words[1:]
     if (node or words[:1] == ["bgp"]) and len(rest) in (1, 2):
         if not node and host is not None:
             raise ArgError("--hostname only applies to 'config felix' and 'config node bgp'")
-        table = BGP_NODE if node else BGP_GLOBAL
-        setting = table.get(rest[0].lower())
-        if setting is None:
-            raise ArgError(f"unknown BGP setting {rest[0]!r} ({'logLevel, asNumber' if node else 'logLevel, asNumber, nodeToNodeMesh'})")
-        value = setting.write(rest[1]) if len(rest) == 2 else None
-        if remove and value is not None:
-            raise ArgError("give either a value or --remove, not both")
         if node:
             from calicoctl.cli import hostname_opt
 
             host = hostname_opt(opts)
+        setting = _bgp_setting(rest[0], node, host, force)
+        value = None
+        if len(rest) == 2:
+            value = check(validate_config_value, rest[1], what=f"value for {rest[0]}") if force \
+                else setting.write(rest[1])
+        if remove and value is not None:
+            raise ArgError("give either a value or --remove, not both")
         return _act(setting.key(host), f"{rest[0]}{' for node ' + host if node else ''}", value, remove, setting.show)
     raise usage_error(USAGE, words, "config")

@@ -50,7 +50,9 @@ def test_config_felix_maps_classic_names(store):
     assert store.get("/calico/v1/config/NoSuchThing") is None
     ok("config", "felix", "NoSuchThing", "1", "--force")
     assert store.get("/calico/v1/config/NoSuchThing") == "1"
-    ok("config", "felix", "loglevel", "--remove")
+    ok("config", "felix", "loglevel", "loud", "--force")  # --force also lets an unrecognised value through
+    assert store.get("/calico/v1/config/LogSeverityScreen") == "loud"
+    assert ok("config", "felix", "loglevel", "--remove").strip() == "Value removed"
     assert store.get("/calico/v1/config/LogSeverityScreen") is None
     assert "not set" in fails("config", "felix", "loglevel", "--remove")
 
@@ -72,6 +74,11 @@ def test_config_bgp_and_node_bgp_write_the_keys_confd_reads(store):
     assert "invalid logLevel" in fails("config", "bgp", "logLevel", "loud", rc=2)
     assert "unknown BGP setting" in fails("config", "node", "bgp", "nodeToNodeMesh", "on", rc=2)
     assert "asNumber" in fails("config", "bgp", "asNumber", "-5", rc=2)
+    ok("config", "bgp", "logLevel", "warning", "--force")
+    assert store.get("/calico/bgp/v1/global/loglevel") == "warning"
+    ok("config", "node", "bgp", "newThing", "x", "--force", "--hostname=h1")
+    assert store.get("/calico/bgp/v1/host/h1/newThing") == "x"
+    assert "newThing" in fails("config", "bgp", "newThing", "x", rc=2)
 
 
 def test_endpoint_profile_append_remove_set_show(store):
