@@ -320,6 +320,8 @@ async def attach(client: Any, spec: EndpointSpec, v4: list[str], v6: list[str]) 
         if v6:
             # No DAD on the host side: the workload's default route points at its link-local.
             _set_sysctl(f"/proc/sys/net/ipv6/conf/{spec.host_ifname}/accept_dad", "0")
+            # The host side gets its link-local only once it has carrier, i.e. the far end is up.
+            netns.ip_batch(ns, [f"link set {spec.ifname} up"])
             gw6 = host_link_local(spec.host_ifname)
         try:
             netns.ip_batch(ns, inner_config(spec.ifname, v4, v6, gw6))
