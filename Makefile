@@ -56,6 +56,11 @@ bench-policy: deps
 	$(PY) bench/bench_policy.py --backend nft
 	$(PY) bench/bench_policy.py --backend legacy
 
+.PHONY: bench-rr
+# BGP at scale: 10/25/50 real calico-nodes, full mesh vs 2 route reflectors (heavy: ~25 min, ~8 GB at 50)
+bench-rr: deps
+	$(PY) bench/bench_rr_scale.py --section docs/bench/rr_scale.md
+
 # bench-felix (both backends) + bench-confd + cluster + scale, then docs/benchmarks.md and docs/benchmarks-scale.png
 bench: deps
 	$(PY) bench/report.py

@@ -177,35 +177,38 @@ def route_present(node: Node, cidr: str, via: str) -> bool:
     return f"via {via}" in r.stdout
 
 
+def time_new_block(c: Cluster, origin: Node, observer: Node, src: Netns, block: ipaddress.IPv4Network,
+                   timeout: float = 30) -> dict:
+    """Add a workload on `origin` in a block nobody owns yet; time until `observer`'s kernel has the
+    block via `origin` and until `src` (a workload on `observer`) gets a ping reply."""
+    ip = str(block.network_address + 2)
+    wl = c._ns("w")
+    pinger = FirstReply(src, ip)
+    t_call = time.monotonic()
+    origin.ctl("container", "add", wl.name, ip)
+    t0 = time.monotonic()
+    pinger.start()
+    set_profile(c, origin, wl, "open")
+    t_route = None
+    while time.monotonic() - t0 < timeout:
+        if t_route is None and route_present(observer, str(block), origin.ip):
+            t_route = time.monotonic()
+        if t_route is not None and pinger.at is not None:
+            break
+        time.sleep(0.01)
+    pinger.stop()
+    if t_route is None or pinger.at is None:
+        raise SystemExit(f"workload {ip} on {origin.name}: route on {observer.name} {'ok' if t_route else 'missing'}, "
+                         f"ping {'ok' if pinger.at else 'failing'} after {timeout}s")
+    origin.workloads.append((wl, ip))
+    return {"ip": ip, "add": t0 - t_call, "route": t_route - t0, "ping": max(0.0, pinger.at - t0),
+            "route_from_call": t_route - t_call, "ping_from_call": max(0.0, pinger.at - t_call)}
+
+
 def bgp_convergence(c: Cluster, a: Node, b: Node, n: int, timeout: float = 30) -> list[dict]:
     src, _ = c.add_workload(b, "ipv4", profile="open")
     blocks = list(ipaddress.ip_network(POOL).subnets(new_prefix=BLOCK_PREFIX))
-    samples = []
-    for i in range(n):
-        block = blocks[FIRST_BLOCK + i]
-        ip = str(block.network_address + 2)
-        wl = c._ns("w")
-        pinger = FirstReply(src, ip)
-        t_call = time.monotonic()
-        a.ctl("container", "add", wl.name, ip)
-        t0 = time.monotonic()
-        pinger.start()
-        set_profile(c, a, wl, "open")
-        t_route = None
-        while time.monotonic() - t0 < timeout:
-            if t_route is None and route_present(b, str(block), a.ip):
-                t_route = time.monotonic()
-            if t_route is not None and pinger.at is not None:
-                break
-            time.sleep(0.01)
-        pinger.stop()
-        if t_route is None or pinger.at is None:
-            raise SystemExit(f"workload {ip} on {a.name}: route on {b.name} {'ok' if t_route else 'missing'}, "
-                             f"ping {'ok' if pinger.at else 'failing'} after {timeout}s")
-        samples.append({"ip": ip, "add": t0 - t_call, "route": t_route - t0, "ping": max(0.0, pinger.at - t0),
-                        "route_from_call": t_route - t_call, "ping_from_call": max(0.0, pinger.at - t_call)})
-        a.workloads.append((wl, ip))
-    return samples
+    return [time_new_block(c, a, b, src, blocks[FIRST_BLOCK + i], timeout) for i in range(n)]
 
 
 def run(a: argparse.Namespace) -> dict:

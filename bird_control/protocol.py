@@ -21,6 +21,7 @@ from bird_control.reply import (
     BirdStatus,
     BirdUnavailable,
     ConfigureResult,
+    ReplyCollector,
     ReplyLine,
     _raise_for_error,
     parse_line,
@@ -74,17 +75,13 @@ class BirdClient:
 
     async def _read_reply(self) -> list[ReplyLine]:
         assert self._reader is not None
-        lines: list[ReplyLine] = []
-        prev: int | None = None
+        reply = ReplyCollector()
         while True:
             raw = await asyncio.wait_for(self._reader.readline(), self.timeout)
             if not raw:
                 raise BirdUnavailable(f"BIRD at {self.path} closed the connection mid-reply")
-            line, last = parse_line(raw.decode("utf-8", "replace").rstrip("\n"), prev)
-            lines.append(line)
-            prev = line.code
-            if last:
-                return lines
+            if reply.feed(raw):
+                return reply.lines
 
     async def command(self, cmd: str) -> list[ReplyLine]:
         """Send one command and return every line of its reply (errors raise BirdError)."""

@@ -165,15 +165,26 @@ def query_sync(path: str, cmd: str, timeout: float = 5.0) -> list[ReplyLine]:
     return lines
 
 
+class ReplyCollector:
+    """The lines of one reply as they arrive; shared by the blocking and the asyncio reader."""
+
+    def __init__(self) -> None:
+        self.lines: list[ReplyLine] = []
+        self._prev: int | None = None
+
+    def feed(self, raw: bytes) -> bool:
+        """Take one raw line; True when it was the reply's last."""
+        line, last = parse_line(raw.decode("utf-8", "replace").rstrip("\n"), self._prev)
+        self.lines.append(line)
+        self._prev = line.code
+        return last
+
+
 def _read_reply_sync(f, path: str) -> list[ReplyLine]:
-    lines: list[ReplyLine] = []
-    prev: int | None = None
+    reply = ReplyCollector()
     while True:
         raw = f.readline()
         if not raw:
             raise BirdUnavailable(f"BIRD at {path} closed the connection mid-reply")
-        line, last = parse_line(raw.decode("utf-8", "replace").rstrip("\n"), prev)
-        lines.append(line)
-        prev = line.code
-        if last:
-            return lines
+        if reply.feed(raw):
+            return reply.lines

@@ -24,7 +24,6 @@ mesh off, marks reflector nodes and makes them every node's global peers.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -112,16 +111,14 @@ class Node:
         Read straight from the control socket (a unix socket is reachable from any
         namespace), so polling many nodes costs no calicoctl process per poll.
         """
-        from bird_control.protocol import BirdClient, BirdError, BirdUnavailable
+        from bird_control.reply import BirdError, BirdUnavailable, parse_protocols, query_sync
 
-        async def read() -> dict[str, str]:
-            async with BirdClient(self.bird_socket, timeout=3.0) as bird:
-                return {p.name: ("Established" if p.established else (p.bgp_state or p.state))
-                        for p in await bird.show_protocols(all=True) if p.proto == "BGP"}
         try:
-            return asyncio.run(read())
-        except (BirdUnavailable, BirdError, OSError, TimeoutError):
+            protos = parse_protocols(query_sync(self.bird_socket, "show protocols all", timeout=3.0))
+        except (BirdUnavailable, BirdError, OSError):
             return {}
+        return {p.name: ("Established" if p.established else (p.bgp_state or p.state))
+                for p in protos if p.proto == "BGP"}
 
     def established(self) -> int:
         return sum(1 for s in self.bgp_sessions().values() if s == "Established")
