@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps test unit integration system fuzz lint bench bench-felix bench-confd bench-dataplane demo demo-down clean
+.PHONY: deps test unit integration system fuzz lint bench bench-felix bench-confd bench-dataplane bench-cni demo demo-down clean
 
 deps:
 	@scripts/install-deps
@@ -37,6 +37,10 @@ demo: deps
 
 demo-down:
 	@$(PY) scripts/demo --down
+
+# CNI plugin ADD/DEL latency (direct and under podman), podman run -> first cross-node ping
+bench-cni: deps
+	$(PY) bench/bench_cni.py --section docs/bench/cni.md
 
 bench-confd: deps
 	$(PY) bench/bench_confd.py

@@ -53,6 +53,7 @@ BENCHES = {
 # plot reference and how it measures) is appended to the document in name order.
 # A run that fails leaves the previous section in place, marked as stale.
 SECTION_BENCHES: dict[str, list[str]] = {
+    "cni": ["bench/bench_cni.py"],
     "rr_scale": ["bench/bench_rr_scale.py"],
 }
 SECTION_DIR = os.path.join(ROOT, "docs", "bench")
