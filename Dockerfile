@@ -7,6 +7,8 @@
 #   docker run -d --name calico-node --net=host --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_ADMIN \
 #     -e ETCD_ENDPOINTS=http://<etcd>:2379 -e IP=<host ip> \
 #     -v /var/log/calico:/var/log/calico -v /var/run/calico:/var/run/calico calico/node
+# The CNI plugins `calico` and `calico-ipam` are in the image too; `calico-install-cni` copies them and a
+# conflist into a runtime's directories (README "CNI").
 FROM debian:bookworm-slim
 
 # "local": install only from the wheels in the build context's wheels/ (built on the
@@ -39,7 +41,9 @@ RUN python3 -m venv /opt/calico/venv \
  && cp /src/services/*.conf /etc/calico/supervisor/services/ \
  && ln -sf /var/run/calico/supervisord.conf /etc/supervisord.conf \
  && rm -rf /src \
- && calico-node --help >/dev/null
+ && calico-node --help >/dev/null \
+ && CNI_COMMAND=VERSION calico </dev/null | grep -q supportedVersions \
+ && calico-install-cni --help >/dev/null
 
 # Logs (<dir>/<service>/current, rotated) and the run dir (supervisord's socket,
 # BIRD control sockets) are meant to be shared with the host.
