@@ -57,10 +57,7 @@ def dk():
 
 
 def _etcd(c: Cluster, prefix: str) -> dict[str, str]:
-    r = c.nodes[0].ns.run("env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={c.etcd_endpoints}", "get",
-                          "--prefix", prefix)
-    lines = r.stdout.splitlines()
-    return dict(zip(lines[0::2], lines[1::2], strict=True))
+    return {k: c.etcd.get(k) for k in c.etcd.keys(prefix)}
 
 
 def _endpoints(c: Cluster) -> dict[str, dict]:
@@ -303,3 +300,23 @@ def test_driver_answers_bad_requests_with_clear_errors(dk):
     assert "10.1.0.0/16 is not an enabled Calico IP pool" in res[5][1]["Err"]
     assert res[6][0] == 404 and "does not implement" in res[6][1]["Err"]
     assert not _endpoints(c) and not _handles(c)
+
+
+def test_dockers_default_ipam_address_is_used_as_given(dk):
+    c, (da, _) = dk
+    a = c.nodes[0]
+    da.docker("network", "create", "--driver", "calico", "--subnet", "10.77.0.0/24", "dflt")
+    try:
+        da.run("--name", "d1", "--net", "dflt", "bb:latest", "sleep", "600")
+        da.run("--name", "d2", "--net", "dflt", "--ip", "10.77.0.77", "bb:latest", "sleep", "600")
+        ip1 = da.ip_of("d1")
+        assert ip1.startswith("10.77.0.") and da.ip_of("d2") == "10.77.0.77"
+        ep = next(v for v in _endpoints(c).values() if f"{ip1}/32" in v["ipv4_nets"])
+        assert ep["profile_ids"] == ["dflt"]
+        assert not _assigned(a, ip1)  # Docker's IPAM, not Calico's, owns it
+        assert "default via 169.254.1.1" in da.docker("exec", "d1", "ip", "route").stdout
+        wait_for(lambda: da.ping("d2", ip1), timeout=30, what="two default-IPAM containers on one node")
+    finally:
+        da.docker("rm", "-f", "d1", "d2", check=False)
+        da.docker("network", "rm", "dflt", check=False)
+    assert not _etcd(c, "/calico/v1/policy/profile/dflt/")
