@@ -60,3 +60,15 @@ def test_ipv6_only_node_peers_and_its_probes_split_liveness_from_readiness(fabri
     assert r.returncode == 0, r.stdout  # alive: nothing to restart
     assert probe(b, "-felix-ready").returncode == 0  # Felix's readiness does not depend on BGP
     assert probe(b, "-ready").returncode == 1 and probe(b, "-live").returncode == 0  # the aggregates agree
+
+
+def test_vxlan_backend_runs_felix_alone_and_bird_probes_say_so(fabric, nodes):  # noqa: F811
+    fabric.etcd.start()
+    n = nodes(fabric.node_ns(3), "vx", IP=f"{FABRIC_V4}.3", ETCD_ENDPOINTS=fabric.endpoint,
+              CALICO_NETWORKING_BACKEND="vxlan", FELIX_HEALTHENABLED="true").start()
+    n.wait_running(["felix"])
+    wait_for(lambda: n.run("-felix-ready").returncode == 0, 60, 0.5, "Felix ready")
+    r = n.run("-felix-live", "-bird-live")
+    assert r.returncode == 1
+    assert "bird: not run by this node (BGP networking is off: CALICO_NETWORKING_BACKEND=vxlan)" in r.stdout
+    assert not (n.conf_dir / "bird.cfg").exists()
