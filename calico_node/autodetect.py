@@ -92,6 +92,8 @@ FIRST_FOUND = Method("first-found")
 def parse_method(raw: str, family: int) -> Method:
     """`IP_AUTODETECTION_METHOD` text -> Method; ValueError says what is wrong with it."""
     text = raw.strip()
+    if len(text) > 1024:
+        raise ValueError(f"{len(text)} characters long (at most 1024)")
     if not text or text == "first-found":
         return FIRST_FOUND
     kind, sep, arg = text.partition("=")
@@ -102,8 +104,6 @@ def parse_method(raw: str, family: int) -> Method:
                          "skip-interface=<regex> or cidr=<cidr,...>")
     if not sep or not arg:
         raise ValueError(f"{kind} needs a value ({kind}=...)")
-    if len(arg) > 1024:
-        raise ValueError(f"{kind}: value longer than 1024 characters")
     if kind == "can-reach":
         return Method(kind, text, dest=_reach_dest(arg, family))
     if kind == "cidr":

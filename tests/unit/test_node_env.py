@@ -91,6 +91,7 @@ def test_classic_interface_variable_still_matches_whole_names():
     ("IP_AUTODETECTION_METHOD", "can-reach=bad host!", "neither an IP address nor a host name"),
     ("IP6_AUTODETECTION_METHOD", "cidr=10.0.0.0/8", "not an IPv6 CIDR"),
     ("IP_AUTODETECTION_METHOD", "kubernetes-internal-ip", "unknown method"),
+    ("IP_AUTODETECTION_METHOD", "interface=" + "e" * 5000, "at most 1024"),
 ])
 def test_bad_methods_name_the_variable(var, value, words):
     with pytest.raises(settings.SettingsError) as e:
