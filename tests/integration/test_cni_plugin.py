@@ -210,3 +210,73 @@ def test_calico_ipam_on_its_own(node):
     assert node.cni("DEL", conf, "i1", plugin="calico-ipam") == (0, None)
     assert node.cni("DEL", conf, "i1", plugin="calico-ipam") == (0, None)
     assert node.etcd.keys("/calico/ipam/v2/handle/") == []
+
+
+def test_status_and_gc_of_cni_1_1_0(node, netns_factory):
+    conf = node.conf("1.1.0")
+    assert node.cni("STATUS", conf, "") == (0, None)
+    rc, err = node.cni("STATUS", dict(conf, etcd_endpoints=f"http://127.0.0.1:{_free_port()}"), "")
+    assert rc == 1 and err["code"] == 50
+    kept, kept_path = _wl(netns_factory)
+    gone, gone_path = _wl(netns_factory)
+    assert node.cni("ADD", conf, "keep1", kept_path)[0] == 0
+    assert node.cni("ADD", conf, "gone1", gone_path)[0] == 0
+    other = node.conf("1.1.0", name="net2")
+    assert node.cni("ADD", other, "other1", gone_path, ifname="eth1")[0] == 0  # another network: not ours to GC
+    valid = {"cni.dev/valid-attachments": [{"containerID": "keep1", "ifname": "eth0"}]}
+    assert node.cni("GC", dict(conf, **valid), "") == (0, None)
+    keys = sorted(k.split("/workload/")[1] for k in node.endpoints())
+    assert keys == ["cni/keep1/endpoint/eth0", "cni/other1/endpoint/eth1"]
+    assert len(node.cali_links()) == 2
+    assert node.cni("DEL", conf, "keep1", kept_path)[0] == 0
+    assert node.cni("DEL", other, "other1", gone_path, ifname="eth1")[0] == 0
+    node.assert_clean()
+
+
+def test_libnetwork_shape_pair_stays_here_until_the_runtime_moves_it(node, netns_factory):
+    """attach_host_side: both ends on the node; the runtime (Docker) moves and addresses the peer."""
+    wl, _ = _wl(netns_factory)
+    script = f"""
+import asyncio, json, sys
+sys.path.insert(0, {ROOT!r})
+from libcalico.datastore import DatastoreClient
+from libcalico.workload_attach import EndpointSpec, assign_addresses, attach_host_side, detach, verify
+
+async def main():
+    client = DatastoreClient([{node.etcd.endpoint!r}])
+    spec = EndpointSpec(host={node.name!r}, orchestrator="libnetwork", workload="libnetwork", endpoint="ep1",
+                        host_ifname="cali0ep1", profiles=["dockernet"], create_profiles=True)
+    v4, v6 = await assign_addresses(client, spec.host, "ep1", num4=1)
+    att = await attach_host_side(client, spec, v4, v6, peer_name="tmp0ep1")
+    print(json.dumps({{"mac": att.mac, "ip": v4[0], "gw": att.ipv4_gateway, "mtu": att.mtu}}))
+    sys.stdout.flush()
+    input()
+    out = await detach(client, spec.key, host_ifname=spec.host_ifname, handle="ep1")
+    print(json.dumps({{"found": out.endpoint_found, "veth": out.veth_deleted, "released": out.released}}))
+    await client.close()
+
+asyncio.run(main())
+"""
+    p = subprocess.Popen(["ip", "netns", "exec", node.name, os.path.join(BIN, "python"), "-c", script],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(p.stdout.readline())
+        links = {li["ifname"]: li for li in json.loads(node.ns.run("ip", "-j", "link", "show").stdout)}
+        assert "cali0ep1" in links and "UP" in links["cali0ep1"]["flags"] and links["tmp0ep1"]["address"] == first["mac"]
+        assert first["gw"] == "169.254.1.1" and first["mtu"] == 1500
+        (key, ep), = node.endpoints().items()
+        assert key.endswith("/workload/libnetwork/libnetwork/endpoint/ep1") and ep["ipv4_nets"] == [f"{first['ip']}/32"]
+        # what Docker does: move the peer into the container and configure it from the driver's answer
+        node.ns.run("ip", "link", "set", "tmp0ep1", "netns", wl.name)
+        wl.run("ip", "link", "set", "tmp0ep1", "name", "eth0")
+        wl.run("ip", "addr", "add", f"{first['ip']}/32", "dev", "eth0")
+        wl.run("ip", "link", "set", "eth0", "up")
+        wl.run("ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        wl.run("ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        out, _ = p.communicate("\n", timeout=60)
+        assert json.loads(out) == {"found": True, "veth": True, "released": [first["ip"]]}
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert [li["ifname"] for li in json.loads(wl.run("ip", "-j", "link", "show").stdout)] == ["lo"]
+    node.assert_clean()
