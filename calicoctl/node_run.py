@@ -25,7 +25,7 @@ USAGE = """\
 Usage:
   calicoctl node run [--ip=<IP>] [--ip6=<IP6>] [--as=<AS_NUM>] [--name=<NAME>]
                      [--node-image=<IMAGE>] [--runtime=<RUNTIME>] [--log-dir=<LOG_DIR>]
-                     [--disable-networking] [--dry-run]
+                     [--disable-networking] [--libnetwork] [--dry-run]
 
 Start calico-node on this host.
 
@@ -40,6 +40,8 @@ Options:
                          [default: docker].
   --log-dir=<LOG_DIR>    Where the node's logs go on this host [default: /var/log/calico].
   --disable-networking   Policy only: no BGP (CALICO_NETWORKING=false).
+  --libnetwork           Also run Docker's calico network and calico-ipam IPAM drivers
+                         (CALICO_LIBNETWORK_ENABLED=true; sockets in /run/docker/plugins).
   --dry-run              Print the command that would run, and do nothing.
 """
 
@@ -65,6 +67,7 @@ class RunOptions:
     runtime: str = "docker"
     log_dir: str = DEFAULT_LOG_DIR
     networking: bool = True
+    libnetwork: bool = False
     dry_run: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -89,6 +92,8 @@ def node_env(opts: RunOptions, env: Mapping[str, str]) -> dict[str, str]:
         out["AS"] = str(opts.as_num)
     if not opts.networking:
         out["CALICO_NETWORKING"] = "false"
+    if opts.libnetwork:
+        out["CALICO_LIBNETWORK_ENABLED"] = "true"
     out.update(etcd_env(env))
     out.update(opts.extra_env)
     return out
@@ -106,6 +111,8 @@ def docker_argv(opts: RunOptions, env: Mapping[str, str]) -> list[str]:
     node = node_env(opts, env)
     mounts = [f"{opts.log_dir}:/var/log/calico", f"{DEFAULT_RUN_DIR}:{DEFAULT_RUN_DIR}",
               "/lib/modules:/lib/modules:ro"]
+    if opts.libnetwork:  # the driver's sockets where dockerd looks, and Docker's API (network names)
+        mounts += ["/run/docker/plugins:/run/docker/plugins", "/var/run/docker.sock:/var/run/docker.sock"]
     for var, fname in TLS_VARS.items():
         if env.get(var):
             inside = f"{CERT_DIR}/{fname}"
@@ -173,7 +180,7 @@ def run_foreground(ctx: Context, opts: RunOptions) -> int:
 
 def parse_options(args: list[str]) -> RunOptions:
     words, o = split_options(
-        args, flags=("--disable-networking", "--dry-run"),
+        args, flags=("--disable-networking", "--libnetwork", "--dry-run"),
         valued=("--ip", "--ip6", "--as", "--name", "--node-image", "--runtime", "--log-dir"), usage=USAGE)
     if words:
         raise usage_error(USAGE, words, "node run")
@@ -198,6 +205,7 @@ def parse_options(args: list[str]) -> RunOptions:
         raise ArgError(f"invalid --log-dir: {log_dir!r} (an absolute path without ':')")
     opts.log_dir = os.path.normpath(log_dir)
     opts.networking = not o.get("--disable-networking", False)
+    opts.libnetwork = bool(o.get("--libnetwork", False))
     opts.dry_run = bool(o.get("--dry-run", False))
     return opts
 
