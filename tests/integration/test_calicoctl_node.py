@@ -110,10 +110,14 @@ def test_node_show_lists_hosts_with_ips_and_as(node_etcd):
     etcd.put("/calico/bgp/v1/host/h2/ip_addr_v4", "10.0.0.2")
     etcd.put("/calico/bgp/v1/host/h2/ip_addr_v6", "fd00::2")
     etcd.put("/calico/bgp/v1/host/h2/as_num", "65002")
+    etcd.put("/calico/bgp/v1/host/h2/peer_v4/10.0.0.77", '{"ip": "10.0.0.77", "as_num": "65077"}')
+    etcd.put("/calico/bgp/v1/host/h1/rr_cluster_id", "1.0.0.1")
     r = ctl(ns, etcd.endpoint, "node", "show")
     assert r.returncode == 0, r.stderr
+    assert "| BGP Peers v4 " in r.stdout and "| RR Cluster " in r.stdout, r.stdout
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in r.stdout.splitlines() if ln.startswith("| h")]
-    assert rows == [["h1", "10.0.0.1", "", "(64511)"], ["h2", "10.0.0.2", "fd00::2", "65002"]]
+    assert rows == [["h1", "10.0.0.1", "", "(64511)", "", "", "1.0.0.1"],
+                    ["h2", "10.0.0.2", "fd00::2", "65002", "10.0.0.77 as 65077", "", ""]]
 
 
 def _seed_host(etcd, host: str) -> None:
