@@ -29,8 +29,6 @@ from .settings import AUTODETECT, NodeSettings
 
 log = logging.getLogger("calico-node")
 
-DEFAULT_POOL_V4 = "192.168.0.0/16"
-DEFAULT_POOL_V6 = "fd80:24e2:f998:72d6::/64"
 WAIT_LOG_INTERVAL = 5.0
 
 # Written only when absent, so an operator's choice always survives a restart.
