@@ -126,6 +126,7 @@ def _seed_host(etcd, host: str) -> None:
     etcd.put(f"/calico/bgp/v1/host/{host}/ip_addr_v4", "10.0.0.9")
     etcd.put(f"/calico/bgp/v1/host/{host}/ip_addr_v6", "")
     etcd.put(f"/calico/felix/v1/host/{host}/last_reported_status", '{"time": "x", "uptime": 1}')
+    etcd.put(f"/calico/bgp/v1/host/{host}/status/v4", '{"sessions": []}')  # published by its BIRD shim
 
 
 def test_node_remove_refuses_with_endpoints_then_removes_everything(node_etcd, netns_factory):
