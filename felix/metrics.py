@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -136,6 +137,12 @@ def render_go_style(registry: CollectorRegistry) -> str:
     return "".join(out)
 
 
+class _V6Server(ThreadingHTTPServer):
+    """PrometheusMetricsHost may be an IPv6 address ("::" included)."""
+
+    address_family = socket.AF_INET6
+
+
 class Metrics:
     """felix_* metrics; `start()` serves them over HTTP, `render()` gives the text (tests, debugging)."""
 
@@ -212,7 +219,8 @@ class Metrics:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's name
                 pass  # a scrape every few seconds is not worth a log line
 
-        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server_cls = _V6Server if ":" in self.host else ThreadingHTTPServer
+        server = server_cls((self.host, self.port), Handler)
         server.daemon_threads = True
         self._server = server
         if self.port == 0:

@@ -159,3 +159,13 @@ def test_every_exported_family_is_declared_with_its_type():
                   if line.startswith("# TYPE felix_")}
     from felix.metrics import EXPORTED
     assert types_seen == EXPORTED
+
+
+async def test_metrics_listen_on_ipv6_loopback_too():
+    m = Metrics("::1", 0)
+    m.start()
+    try:
+        code, text = await get(f"http://[::1]:{m.port}/metrics")
+        assert code == 200 and "felix_resyncs_started 0.0" in text.splitlines()
+    finally:
+        m.stop()
