@@ -67,7 +67,8 @@ class DataplaneDriver:
             for name, members in fs.ipsets.items():
                 if name not in last_sets:
                     self._new_sets = True
-                if last_sets.get(name) != members:
+                old = last_sets.get(name)
+                if old is not members and old != members:
                     ips.set_members(name, members)
                     n += 1
             for name in last_sets.keys() - fs.ipsets.keys():

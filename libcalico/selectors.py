@@ -156,6 +156,26 @@ class _Node:
             return lambda labels: all(f(labels) for f in fns)
         return lambda labels: any(f(labels) for f in fns)
 
+    def requirement(self) -> tuple[str, frozenset[str]] | None:
+        """(key, values) such that no labels without one of `values` at `key` can match, or None.
+
+        What an index needs to look up candidates instead of scanning: `a == "x" && b != "y"`
+        needs a in {x}; `a in {x, y} || a == "z"` needs a in {x, y, z}; `!a == "x"` or
+        `has(a)` need nothing that narrows (None).
+        """
+        op = self.op
+        if op in ("eq", "in"):
+            return self.key, frozenset(self.values)
+        if op == "and":
+            reqs = [r for r in (c.requirement() for c in self.children) if r is not None]
+            return min(reqs, key=lambda r: (len(r[1]), r[0], sorted(r[1]))) if reqs else None
+        if op == "or":
+            reqs = [c.requirement() for c in self.children]
+            if any(r is None for r in reqs) or len({r[0] for r in reqs}) != 1:
+                return None
+            return reqs[0][0], frozenset().union(*(r[1] for r in reqs))
+        return None
+
     def keys(self) -> set[str]:
         out = {self.key} if self.key else set()
         for c in self.children:
@@ -298,6 +318,9 @@ class Selector:
     label_keys: frozenset[str]
     unique_id: str
     _fn: _Fn = field(repr=False)
+    # (label key, values): every matching label set has one of these values at that key (None:
+    # no such narrowing); lets an index evaluate only the endpoints that could match
+    required: tuple[str, frozenset[str]] | None = None
 
     def evaluate(self, labels: Labels) -> bool:
         return self._fn(labels)
@@ -321,7 +344,7 @@ def _unique_id(canonical: str) -> str:
 def _parse_cached(text: str) -> Selector:
     node = _Parser(text).parse()
     canonical = node.render()
-    return Selector(canonical, frozenset(node.keys()), _unique_id(canonical), node.compile())
+    return Selector(canonical, frozenset(node.keys()), _unique_id(canonical), node.compile(), node.requirement())
 
 
 def parse_selector(text: str) -> Selector:

@@ -30,6 +30,12 @@ LOG_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,27}\Z")
 CONFIG_PARAM_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}\Z")
 _IP_CHARS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}\Z")
 _CIDR_CHARS_RE = re.compile(r"[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?\Z")
+# A canonical dotted quad (ASCII digits, no leading zeros: what ipaddress accepts and prints),
+# bare or /32.  The common case of endpoint addresses, checked without building ipaddress
+# objects: a 50,000-endpoint cluster snapshot spent ~1 s in ipaddress for these alone.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+V4_ADDR_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}\Z")
+V4_HOST_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/32)?\Z")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?:([:-])[0-9A-Fa-f]{2})(?:\1[0-9A-Fa-f]{2}){4}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]")
 
@@ -124,6 +130,8 @@ def validate_cidr(value: object, version: int | None = None) -> str:
     """A CIDR (a bare IP becomes /32 or /128), normalized to its network address."""
     if not isinstance(value, str):
         raise ValueError(f"{_show(value)} is not a valid {_family(version)}CIDR")
+    if version != 6 and V4_HOST_RE.match(value):
+        return value if value.endswith("/32") else value + "/32"
     return _cidr(value, version)
 
 

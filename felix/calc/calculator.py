@@ -37,6 +37,7 @@ from felix import names
 from felix.desired import DesiredState, Endpoint, FamilyState
 
 from .hostendpoints import DEFAULT_FAILSAFE_IN, DEFAULT_FAILSAFE_OUT
+from .labels import count_members
 from .model import (
     ProfileRules,
     endpoint_from_value,
@@ -86,6 +87,12 @@ class Calculator:
         self._ip_eps: dict[str, set[str]] = {}          # address -> endpoint keys (any host)
         self.dropped: dict[str, Endpoint] = {}          # local losers holding their own interface
         self.policy = PolicyCalculator(cfg.hostname)    # tiers, label index, host endpoints
+        # tag ipset members, kept up to date by count (an address of two tagged endpoints stays
+        # until both go) for the tags desired() asked for: a remote endpoint coming or going
+        # costs its own addresses, not a rescan of the tens of thousands carrying the tag
+        self._tag_ips: dict[tuple[str, int], dict[str, int]] = {}
+        self._tag_sets: dict[tuple[str, int], frozenset[str]] = {}
+        self._tags_asked: set[tuple[str, int]] = set()
 
     def set_config(self, cfg: CalcConfig) -> bool:
         """A live config change; True when the desired state may differ.
@@ -164,7 +171,9 @@ class Calculator:
         elif k == "profile_rules":
             self.rules[key.profile] = profile_rules_from_value(value)
         elif k == "profile_tags":
-            self.tags[key.profile] = tags_from_value(value)
+            tags = tags_from_value(value)
+            self._forget_tags(set(self.tags.get(key.profile, ())) ^ set(tags))
+            self.tags[key.profile] = tags
         elif k == "profile_labels":
             if not isinstance(value, dict):
                 raise ValueError("labels must be a mapping")
@@ -179,7 +188,7 @@ class Calculator:
         elif k == "profile_rules":
             self.rules.pop(key.profile, None)
         elif k == "profile_tags":
-            self.tags.pop(key.profile, None)
+            self._forget_tags(self.tags.pop(key.profile, ()))
         elif k == "profile_labels":
             self.labels.pop(key.profile, None)
             self.policy.set_profile_labels(key.profile, None)
@@ -285,8 +294,9 @@ class Calculator:
         if was_ok:
             for p in prev[1].profile_ids:
                 s = self._prof_eps.get(p)
-                if s:
+                if s and key in s:
                     s.discard(key)
+                    self._count_tags(p, prev[1], -1)
                     if not s:
                         del self._prof_eps[p]
         self.local.pop(key, None)
@@ -295,7 +305,10 @@ class Calculator:
             self._ep_cache.pop((key, v), None)
         if state == "ok":
             for p in ep.profile_ids:
-                self._prof_eps.setdefault(p, set()).add(key)
+                s = self._prof_eps.setdefault(p, set())
+                if key not in s:
+                    s.add(key)
+                    self._count_tags(p, ep, 1)
             self.policy.set_endpoint(ep)
             if ep.host == self.cfg.hostname:
                 self.local[key] = ep
@@ -318,6 +331,7 @@ class Calculator:
 
     def desired(self) -> DesiredState:
         self._settle()
+        self._tags_asked = set()
         fams = {v: FamilyState() for v in (4, 6)}
         versions = (4, 6) if self.cfg.ipv6 else (4,)
         used_profiles = {p for ep in self.local.values() for p in ep.profile_ids}
@@ -363,16 +377,51 @@ class Calculator:
                     neigh[ep.iface] = hosts
         conflicts = {k: (self.dropped.get(k) or self.endpoints[k], r) for k, r in self.conflicts.items()
                      if self.endpoints.get(k) is not None and self.endpoints[k].host == self.cfg.hostname}
+        for tk in self._tag_ips.keys() - self._tags_asked:   # no longer used: stop counting
+            del self._tag_ips[tk]
+            self._tag_sets.pop(tk, None)
         return DesiredState(fams[4], fams[6], routes, neigh, dict(self.local), conflicts)
 
     def _tag_members(self, tag: str, v: int) -> frozenset[str]:
+        """The addresses of every winning endpoint with a profile carrying `tag`.
+
+        The same frozenset comes back until one of them changes (the writers skip it by identity).
+        """
         self._settle()
-        members: set[str] = set()
-        for p, tags in self.tags.items():
-            if tag in tags:
-                for key in self._prof_eps.get(p, ()):
-                    members.update(self.endpoints[key].nets(v))
-        return frozenset(members)
+        tk = (tag, v)
+        self._tags_asked.add(tk)
+        hit = self._tag_sets.get(tk)
+        if hit is not None:
+            return hit
+        counts = self._tag_ips.get(tk)
+        if counts is None:
+            counts = self._tag_ips[tk] = {}
+            for p, tags in self.tags.items():
+                if tag in tags:
+                    for key in self._prof_eps.get(p, ()):
+                        for n in self.endpoints[key].nets(v):
+                            counts[n] = counts.get(n, 0) + 1
+        hit = self._tag_sets[tk] = frozenset(counts)
+        return hit
+
+    def _count_tags(self, profile: str, ep: Endpoint, delta: int) -> None:
+        """`ep` joined (+1) or left (-1) `profile`'s endpoints: adjust the counted tag members."""
+        if not self._tag_ips:
+            return
+        for t in self.tags.get(profile, ()):
+            for v in (4, 6):
+                counts = self._tag_ips.get((t, v))
+                if counts is None:
+                    continue
+                self._tag_sets.pop((t, v), None)
+                count_members(counts, ep.nets(v), delta)
+
+    def _forget_tags(self, tags) -> None:
+        """A profile's tags changed: the counts of those tags are rebuilt when next asked for."""
+        for t in tags:
+            for v in (4, 6):
+                self._tag_ips.pop((t, v), None)
+                self._tag_sets.pop((t, v), None)
 
     def _profile_chains(self, pid: str, v: int) -> dict[str, list[str]]:
         rules = self.rules[pid]

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from felix.desired import Endpoint
 from libcalico.selectors import SelectorError
-from libcalico.validation import validate_cidr, validate_ifname, validate_mac, validate_name
+from libcalico.validation import V4_HOST_RE, validate_cidr, validate_ifname, validate_mac, validate_name
 
 from .rules import (
     MAX_RENDERED_LINES,
@@ -54,6 +54,11 @@ def workload_net(text: str, version: int) -> str:
     felix.calc.nodes.NodeAddresses.
     """
     cidr = validate_cidr(text, version)
+    if version == 4 and V4_HOST_RE.match(cidr):   # the common case, without ipaddress objects
+        a, b, _c, _d = (int(x) for x in cidr[:-3].split("."))
+        if a == 127 or 224 <= a <= 239 or (a == 169 and b == 254) or cidr == "0.0.0.0/32":
+            raise ValueError(f"ipv{version}_nets: {cidr} cannot belong to a workload")
+        return cidr
     net = ipaddress.ip_network(cidr)
     if net.prefixlen != net.max_prefixlen:
         raise ValueError(f"ipv{version}_nets: {cidr} is not a single address (/{net.max_prefixlen})")

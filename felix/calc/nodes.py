@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from libcalico.validation import V4_ADDR_RE
+
 TUNNEL_PARAMS = frozenset({"IpInIpTunnelAddr", "VXLANTunnelAddr"})
 
 
@@ -72,10 +74,13 @@ class NodeAddresses:
 
     def owner(self, ip: str) -> str | None:
         """A host announcing `ip` as its own (the first by name when several do), else None."""
-        try:
-            ip = str(ipaddress.ip_address(ip))
-        except ValueError:
+        if not self._owners:
             return None
+        if not V4_ADDR_RE.match(ip):    # canonical already (every endpoint address): no ipaddress
+            try:
+                ip = str(ipaddress.ip_address(ip))
+            except ValueError:
+                return None
         hosts = self._owners.get(ip)
         return min(hosts) if hosts else None
 

@@ -13,6 +13,11 @@ Why this shape:
   apply would need the iptables restore in its middle.
 - `ipset restore` is not transactional: on failure the kernel is re-read and
   the remaining difference retried.
+- At cluster scale a tag set holds tens of thousands of remote endpoints and
+  changes by a few per batch: a new member list is diffed against the
+  previous one (C-speed set operations) and only the difference normalised,
+  and only sets changed since the last restore are diffed against the kernel.
+  Python work per batch follows the change, not the set sizes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from types import MappingProxyType
 
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane.writer import WriterBase, WriterStats, log_restore_failure, offending_line
+from libcalico.validation import V4_HOST_RE
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ MAXELEM = 1048576
 SET_TYPE = "hash:net"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 SWAP_MIN_SIZE = 16  # below this, deltas are always cheap enough
+# A canonical dotted quad, bare or /32, normalises to the bare address without ipaddress
+# (what the calculator hands over for every endpoint).
+_V4_HOST_RE = V4_HOST_RE
 
 
 def set_prefix(family: int) -> str:
@@ -49,7 +58,11 @@ def normalize_members(family: int, members: Iterable[str]) -> frozenset[str]:
     a wrong one here is a bug that must not reach the kernel.
     """
     out = set()
+    fast = _V4_HOST_RE.match if family == 4 else None
     for m in members:
+        if fast is not None and isinstance(m, str) and fast(m):
+            out.add(m[:-3] if m.endswith("/32") else m)
+            continue
         net = ipaddress.ip_network(m, strict=False)
         if net.version != family:
             raise ValueError(f"ipset member {m!r} is not IPv{family}")
@@ -104,8 +117,10 @@ class IpsetWriter(WriterBase):
         self.tmp_name = self.prefix + "_tmp"  # lowercase: hashed names are upper-case base32, no clash
         self._create_args = f"{SET_TYPE} family {'inet' if family == 4 else 'inet6'}"
         self._desired: dict[str, frozenset[str]] = {}
+        self._raw: dict[str, tuple[frozenset, int]] = {}   # name -> (members as given, how many not fast)
+        self._changed: set[str] = set()   # desired sets that may differ from the kernel view
         self._to_delete: set[str] = set()
-        self._kernel: dict[str, set[str]] | None = None
+        self._kernel: dict[str, set[str] | frozenset[str]] | None = None
         self._kernel_types: dict[str, str] = {}
 
     # ---- model ----
@@ -117,13 +132,51 @@ class IpsetWriter(WriterBase):
     def set_members(self, name: str, members: Iterable[str]) -> None:
         """Desired members (IPs or CIDRs of this writer's family) of set `name`."""
         self._check_name(name)
-        self._desired[name] = normalize_members(self.family, members)
         self._to_delete.discard(name)
+        raw = members if isinstance(members, frozenset) else frozenset(members)
+        prev = self._raw.get(name)
+        old = self._desired.get(name)
+        if prev is not None and old is not None:
+            if raw is prev[0]:
+                return
+            new = self._delta(name, old, prev, raw)
+            if new is not None:
+                if new != old:
+                    self._desired[name] = new
+                    self._changed.add(name)
+                return
+        self._desired[name] = normalize_members(self.family, raw)
+        self._raw[name] = (raw, sum(1 for m in raw if not self._fast(m)))
+        self._changed.add(name)
+
+    def _fast(self, m: object) -> bool:
+        return self.family == 4 and isinstance(m, str) and _V4_HOST_RE.match(m) is not None
+
+    def _delta(self, name: str, old: frozenset[str], prev: tuple[frozenset, int],
+               raw: frozenset) -> frozenset[str] | None:
+        """The new normalised set from the old one and the difference of the inputs; None when the
+        inputs hold a member only the full normalisation can spell (then two members may share a
+        spelling, e.g. a /0 and the /1s it splits into, and a removal is not a plain removal)."""
+        if prev[1]:
+            return None
+        added, removed = raw - prev[0], prev[0] - raw
+        if not all(self._fast(m) for m in added):
+            return None
+        self._raw[name] = (raw, 0)
+        gone = set()
+        for m in removed:
+            n = m[:-3] if m.endswith("/32") else m
+            # the other spelling of the same address may still be there
+            if (n if m.endswith("/32") else m + "/32") not in raw:
+                gone.add(n)
+        return (old - gone) | normalize_members(self.family, added) if gone or added else old
 
     def remove(self, name: str) -> None:
         """Destroy `name` at the next `apply()` (not `apply_updates()`)."""
         self._check_name(name)
         self._desired.pop(name, None)
+        self._raw.pop(name, None)
+        self._changed.discard(name)
         self._to_delete.add(name)
 
     def members(self, name: str) -> frozenset[str] | None:
@@ -153,7 +206,8 @@ class IpsetWriter(WriterBase):
         k = self._kernel
         lines: list[str] = []
         swaps = 0
-        for name in sorted(self._desired):
+        # a set not changed since the last commit or kernel read matches the kernel view
+        for name in sorted(self._changed):
             want = self._desired[name]
             have = k.get(name)
             if have is not None and self._kernel_types.get(name) != self._create_args:
@@ -188,16 +242,19 @@ class IpsetWriter(WriterBase):
             raise DataplaneError(f"ipset save failed: {r.stderr.strip()}")
         self._kernel, self._kernel_types = parse_save(r.stdout, self.prefix)
         self._kernel.pop(self.tmp_name, None)
+        self._changed = set(self._desired)
         return self._kernel
 
     def _commit(self, deletions: bool) -> None:
         k = self._kernel
-        for name, want in self._desired.items():
-            have = k.get(name, set())
+        for name in self._changed:
+            want = self._desired[name]
+            have = k.get(name, frozenset())
             self.stats.members_added += len(want - have)
             self.stats.members_removed += len(have - want)
-            k[name] = set(want)
+            k[name] = want     # frozen: shared with the model, never mutated
             self._kernel_types[name] = self._create_args
+        self._changed = set()
         if deletions:
             for n in list(self._to_delete):
                 if n in k:
