@@ -152,7 +152,7 @@ def _order(value: object) -> int | float:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True,
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True, defer_build=True,
                               hide_input_in_errors=True)
 
 
