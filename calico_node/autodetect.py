@@ -37,17 +37,9 @@ class Address:
 
 
 def choose(addrs: list[Address], family: int, pattern: re.Pattern[str] | None = None) -> Address | None:
-    """The first global address of `family` on an eligible interface, in kernel order."""
-    for a in addrs:
-        if a.family != family or a.scope != "global":
-            continue
-        if pattern is not None:
-            if not pattern.fullmatch(a.ifname):
-                continue
-        elif EXCLUDED_IFACES.match(a.ifname):
-            continue
-        return a
-    return None
+    """The first global address of `family` on an eligible interface (or one whose whole name
+    matches `pattern`), in kernel order: first-found, or the classic IP_AUTODETECT_INTERFACE."""
+    return choose_by(classic_interface(pattern) if pattern is not None else FIRST_FOUND, addrs, family)
 
 
 def parse_ip_json(text: str) -> list[Address]:

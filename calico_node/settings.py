@@ -70,7 +70,6 @@ class NodeSettings:
     disable_file_logging: bool = False
     no_default_pools: bool = False
     wait_for_datastore: bool = False
-    autodetect_interface: re.Pattern[str] | None = None
     run_dir: str = DEFAULT_RUN_DIR
     log_dir: str = DEFAULT_LOG_DIR
     conf_dir: str = DEFAULT_CONF_DIR
@@ -101,7 +100,6 @@ def from_env(env: Mapping[str, str] | None = None) -> NodeSettings:
         disable_file_logging=_bool(env, "CALICO_DISABLE_FILE_LOGGING", False),
         no_default_pools=_bool(env, "NO_DEFAULT_POOLS", False),
         wait_for_datastore=_bool(env, "WAIT_FOR_DATASTORE", False),
-        autodetect_interface=classic,
         run_dir=dirs["CALICO_RUN_DIR"], log_dir=dirs["CALICO_LOG_DIR"], conf_dir=dirs["CALICO_CONF_DIR"],
         log_max_bytes=_int(env, "CALICO_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, 1024),
         log_backups=_int(env, "CALICO_LOG_BACKUPS", DEFAULT_LOG_BACKUPS, 0),

@@ -177,12 +177,10 @@ async def warn_if_moved(nodes: Nodes, host: str, result: StartupResult) -> None:
 
 
 def pool_model(spec: DefaultPool) -> Pool:
-    """The stored pool for a default-pool spec; block size only where the pool model has one."""
-    fields = {"cidr": spec.cidr, "masquerade": spec.nat_outgoing, "ipam": True, "disabled": False,
-              "ipip": "tunl0" if spec.ipip else None, "vxlan": "vxlan.calico" if spec.vxlan else None}
-    if "block_size" in Pool.model_fields:
-        fields["block_size"] = spec.block_size
-    return Pool(**fields)
+    """The stored pool for a default-pool spec (the block size is stored: IPAM reads it per pool)."""
+    return Pool(cidr=spec.cidr, masquerade=spec.nat_outgoing, ipam=True, disabled=False,
+                ipip="tunl0" if spec.ipip else None, vxlan="vxlan.calico" if spec.vxlan else None,
+                block_size=spec.block_size)
 
 
 DEFAULT_POOLS = tuple(pool_model(p) for p in default_pools_from_env({}))
