@@ -125,22 +125,25 @@ class IpamDriver:
             try:
                 await self.ipam.assign(str(addr), handle, self.host)
             except IpamError as e:
-                if "already assigned" in str(e):
+                if await self.ipam.get_assignment(str(addr)) is not None:
                     raise DriverError(f"address {addr} is already in use (by another container or workload); "
                                       "pick a free one or leave out --ip") from None
                 raise DriverError(f"--ip {addr}: {e}") from None
             return {"Address": f"{addr}/{plen}", "Data": {}}
         pools = [subnet] if subnet is not None else None
+        where = f"Calico pool {subnet}" if subnet else f"enabled IPv{version} Calico pools"
         try:
             v4, v6 = await self.ipam.auto_assign(self.host, handle, 1 if version == 4 else 0,
                                                  1 if version == 6 else 0, pools=pools)
+        except IpamError as e:
+            await self.ipam.release_handle(handle)
+            raise DriverError(f"no free address in the {where} ({e})") from None
         except BaseException:
             await self.ipam.release_handle(handle)
             raise
         got = v4 + v6
         if not got:
             await self.ipam.release_handle(handle)
-            where = f"Calico pool {subnet}" if subnet else f"enabled IPv{version} Calico pools"
             raise DriverError(f"no free address in the {where} (see 'calicoctl pool show' and 'calicoctl ipam')")
         ip = str(got[0]).split("/")[0]
         return {"Address": f"{ip}/{plen}", "Data": {}}
