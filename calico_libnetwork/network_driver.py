@@ -25,11 +25,12 @@ import logging
 from typing import Any
 
 from calico_libnetwork.docker_api import DockerApi
-from calico_libnetwork.ipam_driver import is_calico_ipam
+from calico_libnetwork.ipam_driver import HANDLE_PREFIX, is_calico_ipam
 from calico_libnetwork.protocol import DriverError, Handler, Request
 from calico_libnetwork.records import NetworkRecord, Records
 from libcalico import keys
 from libcalico.datastore import DatastoreClient
+from libcalico.ipam import Ipam
 from libcalico.resources import WorkloadEndpoints
 from libcalico.validation import validate_name
 from libcalico.workload_attach import (
@@ -156,12 +157,16 @@ class NetworkDriver:
         log.info("network %s (%s) removed with its profile", rec.name, network_id[:12])
         return {}
 
-    async def _network(self, req: Request, network_id: str) -> tuple[NetworkRecord, dict[str, str]]:
-        """The network's record, named (from Docker) on first use, and its current labels."""
+    async def _record(self, network_id: str) -> NetworkRecord:
         rec = await self.records.network(network_id)
         if rec is None:
             raise DriverError(f"network {network_id[:12]} is unknown to the Calico driver on {self.host}; "
                               "remove and re-create the Docker network")
+        return rec
+
+    async def _named(self, req: Request, rec: NetworkRecord) -> dict[str, str]:
+        """Name the record (from Docker) on first use; returns the network's current labels."""
+        network_id = rec.network_id
         info = await self.docker.network(network_id, req.peer_pid)
         if not rec.name:
             try:
@@ -171,7 +176,7 @@ class NetworkDriver:
                 raise DriverError(f"Docker network name cannot name a Calico profile: {e}") from None
             rec.name = info.name
             await self.records.put_network(rec)
-        return rec, info.labels
+        return info.labels
 
     async def _extra_profiles(self, labels: dict[str, str]) -> list[str]:
         raw = labels.get(PROFILES_LABEL, "")
@@ -190,6 +195,23 @@ class NetworkDriver:
                                   f"(create it with 'calicoctl profile add {p}')")
         return extra
 
+    async def _check_owner(self, rec: NetworkRecord, ips: list[str]) -> None:
+        """An address must be one calico-ipam handed to Docker, or (Docker's IPAM) none Calico gave away.
+
+        Otherwise the endpoint would pull another workload's address (and its
+        traffic) onto this host.
+        """
+        ipam = Ipam(self.client)
+        for ip in ips:
+            held = await ipam.get_assignment(ip)
+            handle = str((held or {}).get("handle") or "")
+            if rec.calico_ipam and not handle.startswith(HANDLE_PREFIX):
+                raise DriverError(f"address {ip} was not handed out by calico-ipam "
+                                  f"({'it belongs to ' + handle if handle else 'it is not assigned'})")
+            if not rec.calico_ipam and held is not None:
+                raise DriverError(f"address {ip} from Docker's IPAM is already used by a Calico workload "
+                                  f"({handle}); give the network a --subnet outside the Calico pools")
+
     # ---- endpoints ----------------------------------------------------------------
 
     def _spec(self, endpoint_id: str, profiles: list[str]) -> EndpointSpec:
@@ -207,8 +229,9 @@ class NetworkDriver:
         v6 = [_address(raw6, 6)] if raw6 else []
         if not v4 and not v6:
             raise DriverError("CreateEndpoint: Docker gave the container no address (does the network have a subnet?)")
-        rec, labels = await self._network(req, network_id)
-        extra = await self._extra_profiles(labels)
+        rec = await self._record(network_id)
+        await self._check_owner(rec, v4 + v6)
+        extra = await self._extra_profiles(await self._named(req, rec))
         profiles = [rec.name] + [p for p in extra if p != rec.name]
         if await ensure_profile(self.client, rec.name):
             await self.records.mark_profile(rec.name, network_id)

@@ -278,6 +278,9 @@ def test_driver_answers_bad_requests_with_clear_errors(dk):
         "    c = C('x'); c.request('POST', path, body=body.encode()); r = c.getresponse()\n"
         "    out.append([r.status, json.loads(r.read())]); c.close()\n"
         "print(json.dumps(out))\n")
+    da = dk[1][0]
+    da.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico-ipam", "owned")
+    net_id = da.docker("network", "inspect", "-f", "{{.Id}}", "owned").stdout.strip()
     calls = [
         ["/Plugin.Activate", ""],
         ["/NetworkDriver.CreateEndpoint", "{not json"],
@@ -287,9 +290,14 @@ def test_driver_answers_bad_requests_with_clear_errors(dk):
         ["/IpamDriver.RequestAddress", json.dumps({"PoolID": "CalicoPoolIPv4", "Address": "10.68.1"})],
         ["/IpamDriver.RequestPool", json.dumps({"Pool": "10.1.0.0/16", "V6": False})],
         ["/NetworkDriver.Nope", "{}"],
+        ["/NetworkDriver.CreateEndpoint", json.dumps({"NetworkID": net_id, "EndpointID": "e" * 64,
+                                                      "Interface": {"Address": "10.68.200.200/32"}})],
     ]
-    r = subprocess.run(["ip", "netns", "exec", a.ns.name, "python3", "-c", script, sock, json.dumps(calls)],
-                       capture_output=True, text=True, timeout=60)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", a.ns.name, "python3", "-c", script, sock, json.dumps(calls)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        da.docker("network", "rm", "owned", check=False)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res[0] == [200, {"Implements": ["NetworkDriver", "IpamDriver"]}]
@@ -299,6 +307,8 @@ def test_driver_answers_bad_requests_with_clear_errors(dk):
     assert "--ip '10.68.1' is not an IP address" in res[4][1]["Err"]
     assert "10.1.0.0/16 is not an enabled Calico IP pool" in res[5][1]["Err"]
     assert res[6][0] == 404 and "does not implement" in res[6][1]["Err"]
+    # Meaning, not just shape: an address calico-ipam did not hand out is not taken over.
+    assert "address 10.68.200.200 was not handed out by calico-ipam" in res[7][1]["Err"]
     assert not _endpoints(c) and not _handles(c)
 
 
