@@ -22,6 +22,7 @@ from calico_cni.spec import INVALID_ENV, CniError, cni_args, env_var
 
 _SEG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}\Z")
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
+_NETNS_RE = re.compile(r"/[A-Za-z0-9_.:@+/-]{1,1000}\Z")  # a path that is safe on an `ip -batch` line
 DEFAULT_IFNAME = "eth0"
 
 
@@ -55,6 +56,8 @@ def identify(env: Mapping[str, str], need_netns: bool) -> Identity:
     if not _IFNAME_RE.match(ifname) or ifname in (".", ".."):
         raise CniError(INVALID_ENV, f"CNI_IFNAME: {ifname!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
     netns = env_var(env, "CNI_NETNS", required=need_netns)
+    if netns and (not _NETNS_RE.match(netns) or "/../" in f"{netns}/"):
+        raise CniError(INVALID_ENV, f"CNI_NETNS: {netns!r} is not an absolute namespace path")
     args = cni_args(env)
     ns, pod = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
     if ns and pod:

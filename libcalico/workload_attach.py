@@ -228,12 +228,10 @@ def _make_pair(spec: EndpointSpec, peer: str, mtu: int, mac: str, into: Namespac
         if not spec.replace_stale:
             raise AttachError(f"interface {spec.host_ifname} already exists on this node")
         netns.run(None, ["ip", "link", "del", spec.host_ifname], check=False)
-    where = f" netns {into.path}" if into is not None else ""
-    try:
-        netns.ip_batch(None, [
-            f"link add {spec.host_ifname} mtu {mtu} type veth peer name {peer} mtu {mtu} address {mac}{where}",
-            f"link set {spec.host_ifname} up",
-        ])
+    where = ["netns", into.path] if into is not None else []
+    try:  # argv, not an `ip -batch` line: a namespace path may hold any character
+        netns.run(None, ["ip", "link", "add", spec.host_ifname, "mtu", str(mtu), "up", "type", "veth",
+                         "peer", "name", peer, "mtu", str(mtu), "address", mac, *where])
     except NetnsError as e:
         delete_veth(None, spec.host_ifname)
         raise AttachError(f"cannot create veth {spec.host_ifname}: {e}") from None
