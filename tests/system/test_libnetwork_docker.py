@@ -257,6 +257,11 @@ def test_driver_killed_while_containers_run(dk):
                  timeout=30, what="supervisord restarting the driver")
         wait_for(lambda: _try_run(da, "s3", "--net", "survive"), timeout=30, what="a new container after the restart")
         wait_for(lambda: da.ping("s3", ip2), timeout=60, what="the new container pings")
+        # What was made before the kill is still known: removing it after the restart cleans up fully.
+        ip1 = da.ip_of("s1")
+        da.docker("rm", "-f", "s1")
+        assert not _assigned(a, ip1)
+        assert not any(f"{ip1}/32" in ep["ipv4_nets"] for ep in _endpoints(c).values())
         assert "listening on" in a.log("libnetwork")  # its own log under <log dir>/libnetwork
     finally:
         da.docker("rm", "-f", "s1", "s3", check=False)
