@@ -60,6 +60,11 @@ bench-policy: deps
 	$(PY) bench/bench_policy.py --backend nft
 	$(PY) bench/bench_policy.py --backend legacy
 
+.PHONY: bench-ipam
+# IPAM: allocations/s (1 process, 5 in parallel), ipam check time up to 10,000 allocations
+bench-ipam: deps
+	$(PY) bench/bench_ipam.py --section docs/bench/ipam.md
+
 .PHONY: bench-rr
 # BGP at scale: 10/25/50 real calico-nodes, full mesh vs 2 route reflectors (heavy: ~25 min, ~8 GB at 50)
 bench-rr: deps

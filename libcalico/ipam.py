@@ -40,7 +40,9 @@ Public API (keyword arguments after ``*`` are additions; old calls keep working)
     await release_host_affinities(host) -> CIDRs of the blocks it owned
     await get_assignment(ip) -> {"ip", "handle", "block", "host", "attrs"} | None
     await config() / set_config(strict_affinity=..., release_empty_blocks=...)
-    await blocks(version=None) -> [Block]; pool_usage() -> [PoolUsage]
+    await blocks(version=None) -> [Block]; pool_usage() -> [PoolUsage]; host_blocks(host, version=None)
+    await release_guarded(ip, handle, judge, guard) / fix_handle(handle): the repairs behind
+        `calicoctl ipam release --from-report` (libcalico.ipam_check)
 
 Exceptions: IpamError, and its subclass PoolError (``.pool``: the CIDR) with
 UnknownPool, PoolDisabled and PoolExhausted (``.pools``: every CIDR that was tried).
@@ -597,12 +599,11 @@ class Ipam:
             await asyncio.sleep(random.uniform(0, 0.01))
         raise IpamError(f"assign {ip}: too much contention")
 
-    async def _release_where(self, cidr: str, pick: Callable[[Block], Iterable[int]],
-                             only_if: Callable[[Block], bool] | None = None) -> list[str]:
+    async def _release_where(self, cidr: str, pick: Callable[[Block], Iterable[int]]) -> list[str]:
         """Free the ordinals pick(block) returns, fixing the handle records in the same transaction."""
         for _ in range(MAX_ATTEMPTS):
             block = await self._block(cidr)
-            if block is None or (only_if is not None and not only_if(block)):
+            if block is None:
                 return []
             ordinals = [o for o in pick(block) if 0 <= o < len(block.allocations) and block.handle_at(o)]
             if not ordinals:
