@@ -225,8 +225,9 @@ class PluginServer:
                     try:
                         status, reply = await self.call(method, _decode(method, body), pid)
                     except DriverError as e:
-                        limited.log(f"refused:{method[:80]}", logging.WARNING, "%s", e)
+                        limited.log("bad-body", logging.WARNING, "%s", e)
                         status, reply = 200, failure(str(e))
+                limited.flush()  # summaries of suppressed lines, once their window is over
                 keep = headers.get("connection", "").lower() != "close"
                 await self._reply(writer, status, reply, close=not keep)
                 if not keep:

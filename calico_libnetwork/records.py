@@ -45,7 +45,7 @@ class NetworkRecord:
             rec = cls(network_id=str(d["network_id"]), calico_ipam=bool(d["calico_ipam"]),
                       subnets=[str(s) for s in d.get("subnets") or []], name=str(d.get("name") or ""))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            limited.log(f"record:{key}", logging.WARNING, "%s: unreadable network record (%s); ignored", key, e)
+            limited.log("record", logging.WARNING, "%s: unreadable network record (%s); ignored", key, e)
             return None
         return rec
 

@@ -176,3 +176,22 @@ def test_docker_api_refuses_a_non_unix_docker_host_and_a_bad_network_id():
         asyncio.run(DockerApi("unix:///nonexistent.sock").network("a/../b", None))
     with pytest.raises(DriverError, match="cannot ask Docker"):
         asyncio.run(DockerApi("unix:///nonexistent.sock").network("abc", None))
+
+
+def test_a_flood_of_bad_requests_is_logged_a_few_times_then_summarised(server, monkeypatch, caplog):
+    import logging
+
+    from calico_libnetwork import protocol
+    from libcalico.ratelimit import RateLimitedLog
+
+    now = [0.0]
+    monkeypatch.setattr(protocol, "limited", RateLimitedLog(protocol.log, burst=3, interval=10, clock=lambda: now[0]))
+    _, ask = server
+    with caplog.at_level(logging.WARNING, logger=protocol.log.name):
+        for _ in range(40):
+            assert "is not JSON" in _reply(ask(_post("Test.Echo", b"{bad")))[1]["Err"]
+        now[0] = 11.0
+        ask(_post("Test.Echo", b'{"Id": "ok"}'))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("is not JSON" in line for line in lines) == 3
+    assert any("37 more bad-body message(s) suppressed" in line for line in lines), lines
