@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -131,13 +132,21 @@ def test_containers_on_two_nodes_ping_over_bgp_routes(dk):
         # Inside: the veth as eth0, gateway 169.254.1.1 through a static link route.
         inside = da.docker("exec", "ca", "ip", "route").stdout
         assert "default via 169.254.1.1 dev eth0" in inside and "169.254.1.1 dev eth0" in inside
+        # Docker's calls arrive concurrently: parallel runs get distinct addresses and all work.
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda i: da.run("--name", f"cp{i}", "--net", "calinet", "bb:latest", "sleep", "600"),
+                          range(3)))
+        ips = {da.ip_of(f"cp{i}") for i in range(3)}
+        assert len(ips | {ip_a}) == 4
+        for i in range(3):
+            wait_for(lambda i=i: da.ping(f"cp{i}", ip_b), timeout=30, what=f"cp{i} pings across nodes")
         # Classic default rules: from the same tag, all outbound.
         rules = json.loads(_etcd(c, "/calico/v1/policy/profile/calinet/rules")[
             "/calico/v1/policy/profile/calinet/rules"])
         assert rules["inbound_rules"] == [{"action": "allow", "src_tag": "calinet"}]
         assert rules["outbound_rules"] == [{"action": "allow"}]
     finally:
-        da.docker("rm", "-f", "ca", check=False)
+        da.docker("rm", "-f", "ca", "cp0", "cp1", "cp2", check=False)
         db.docker("rm", "-f", "cb", check=False)
         _rm_network(dk[1], "calinet")
 
