@@ -25,8 +25,10 @@ report them, actions must not act on them.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -66,6 +68,11 @@ BLOCK_PREFIX = {4: 26, 6: 122}
 # Host config parameter holding this host's tunnel address, per pool overlay kind.
 TUNNEL_PARAMS = {"ipip": "IpInIpTunnelAddr", "vxlan": "VXLANTunnelAddr"}
 CAS_ATTEMPTS = 10
+# Registration is guarded on the whole BGP host directory, which a cluster started at once (every
+# node registering in the same second) and the nodes' BGP status documents keep changing: more
+# attempts, each after a short random pause so the contenders spread out instead of colliding again.
+REGISTER_ATTEMPTS = 200
+REGISTER_PAUSE_MAX = 0.25
 
 
 class ResourceError(Exception):
@@ -432,7 +439,9 @@ class Nodes(_Repo):
         Raises AddressConflict, or Conflict when the directory never held still.
         """
         mine = {4: ip4, 6: ip6 or None}
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(REGISTER_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, min(REGISTER_PAUSE_MAX, 0.01 * attempt)))
             nodes = await self.list()
             for other in nodes:
                 if other.name == name:
@@ -453,7 +462,7 @@ class Nodes(_Repo):
             if ok:
                 return Registration(nodes.revision, as_num is None and bool(resp[-1]))
         raise Conflict(f"could not register host {name}: the keys under {keys.BGP_HOST_DIR} kept "
-                       f"changing during {CAS_ATTEMPTS} attempts")
+                       f"changing during {REGISTER_ATTEMPTS} attempts")
 
     async def tunnel_addr(self, name: str, param: str) -> Stored | None:
         """The host's IpInIpTunnelAddr/VXLANTunnelAddr (value an IPv4, or the error)."""
