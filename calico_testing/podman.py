@@ -149,6 +149,11 @@ class PodmanNode:
     def inspect(self, name: str) -> dict:
         return json.loads(self.podman("inspect", name).stdout)[0]
 
+    def result_ips(self, names: list[str], network: str) -> dict[str, str]:
+        """Each container's IPv4 address on `network` as podman recorded the plugin's result (one exec)."""
+        docs = json.loads(self.podman("inspect", *names).stdout)
+        return {d["Name"]: d["NetworkSettings"]["Networks"][network]["IPAddress"] for d in docs}
+
     def sandbox(self, name: str) -> str:
         """The container's network namespace file."""
         return self.inspect(name)["NetworkSettings"]["SandboxKey"]
