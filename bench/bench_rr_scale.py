@@ -75,6 +75,8 @@ def start_all(c: Cluster, want: dict[str, int], timeout: float) -> dict[str, flo
             late = [n.name for n in c.nodes if n.name not in ready]
             raise SystemExit(f"not all Established after {timeout}s: {late[:5]} ... ({len(late)} nodes)")
         for n in c.nodes:
+            if n.proc is not None and n.proc.poll() is not None:
+                raise SystemExit(f"calico-node on {n.name} exited: {c.node_output(n)[-1500:]}")
             if n.name not in ready and n.established() >= want[n.name]:
                 ready[n.name] = time.monotonic() - t0
         time.sleep(0.2)
