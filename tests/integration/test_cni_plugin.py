@@ -280,3 +280,25 @@ asyncio.run(main())
             p.kill()
     assert [li["ifname"] for li in json.loads(wl.run("ip", "-j", "link", "show").stdout)] == ["lo"]
     node.assert_clean()
+
+
+def test_calicoctl_container_add_shares_the_mtu_rule(node, netns_factory):
+    """One attach implementation: `calicoctl container add` and the CNI plugin give the same MTU."""
+    node.etcd.put("/calico/v1/ipam/v4/pool/10.68.0.0-16", json.dumps({"cidr": "10.68.0.0/16", "ipip": "tunl0"}))
+    cni_wl, path = _wl(netns_factory)
+    ctl_wl, _ = _wl(netns_factory)
+    assert node.cni("ADD", node.conf(), "m1", path)[0] == 0
+    r = node.ns.run("env", f"ETCD_ENDPOINTS={node.etcd.endpoint}", f"NODENAME={node.name}",
+                    os.path.join(BIN, "calicoctl"), "container", "add", ctl_wl.name, "ipv4", check=False)
+    assert r.returncode == 0, r.stderr
+    for wl in (cni_wl, ctl_wl):
+        assert json.loads(wl.run("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1480
+    node.etcd.put("/calico/v1/config/IpInIpMtu", "1400")  # Felix's configured tunnel MTU wins over deriving
+    late, late_path = _wl(netns_factory)
+    assert node.cni("ADD", node.conf(), "m2", late_path)[0] == 0
+    assert json.loads(late.run("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1400
+    node.ns.run("env", f"ETCD_ENDPOINTS={node.etcd.endpoint}", f"NODENAME={node.name}",
+                os.path.join(BIN, "calicoctl"), "container", "remove", ctl_wl.name)
+    for cid, p in (("m1", path), ("m2", late_path)):
+        assert node.cni("DEL", node.conf(), cid, p)[0] == 0
+    node.assert_clean()
