@@ -27,12 +27,14 @@ API (all async functions take a `DatastoreClient`):
   `peer_name` into the container and configures addresses and routes from
   what the driver returns: `Attached.ipv4_gateway` / `ipv6_gateway`); the
   endpoint record is written the same way.
-- `detach(client, key, ...)` -> `Detached`: idempotent removal of veth,
+- `detach(client, (host, orch, workload, endpoint|None), netns_ref=, ifname=, host_ifname=, handle=,
+  release_endpoint_ips=, owner=)` -> `Detached`: idempotent removal of veth,
   endpoint record and (with `handle`) the handle's addresses; a missing
   namespace, interface, record or allocation is not an error.  With `owner`
   (e.g. `{"container_id": ...}`) a record written for someone else (a newer
   sandbox of the same pod) is left alone.
-- `verify(client, spec, attached)` -> list of drift descriptions (empty = as attached).
+- `verify(client, spec, v4, v6)` -> list of drift descriptions (empty = as attached): interfaces,
+  addresses, default routes, endpoint record.
 - `ensure_profile(client, name)` -> True when it created the profile with the
   classic defaults (allow inbound from the same tag, allow all outbound).
 - `AttachError`: every refusal, with a message naming what was wrong.
