@@ -42,6 +42,11 @@ demo-down:
 bench-cni: deps
 	$(PY) bench/bench_cni.py --section docs/bench/cni.md
 
+.PHONY: bench-cluster-scale
+# one node of a 500-host cluster: 5k/20k/50k remote endpoints, 1,000 policies, churn 200/s (not in CI)
+bench-cluster-scale: deps
+	$(PY) bench/bench_cluster_scale.py --section docs/bench/cluster-scale.md
+
 bench-confd: deps
 	$(PY) bench/bench_confd.py
 

@@ -54,6 +54,7 @@ BENCHES = {
 # A run that fails leaves the previous section in place, marked as stale.
 SECTION_BENCHES: dict[str, list[str]] = {
     "cni": ["bench/bench_cni.py"],
+    "cluster-scale": ["bench/bench_cluster_scale.py"],
     "ipam": ["bench/bench_ipam.py"],
     "rr_scale": ["bench/bench_rr_scale.py"],
 }

@@ -31,6 +31,8 @@ from felix.status import FelixState
 
 log = logging.getLogger(__name__)
 
+ROUND_INTERVAL = 0.04   # seconds: the shortest gap between two rounds once in sync
+
 __all__ = ["MAX_APPLY_FAILURES", "RETRY_BACKOFF", "Felix", "FelixExit", "set_log_level", "setup_logging"]
 
 
@@ -83,7 +85,7 @@ class Felix:
         active = policy.hosts.used_policies(prefix)
         for key in core.local:
             active.update(policy.matching_policies(key))
-        hosts = {ep.host for ep in core.endpoints.values()}
+        hosts = set(core.endpoint_hosts())     # kept by the calculator: no pass over every endpoint
         hosts.update(h for h in map(core.nodes.owner, core.nodes.addresses()) if h is not None)
         hosts.update(h.host for h in policy.hosts.all.values())
         return {"local_policies": len(active), "hosts": len(hosts), "workload_endpoints": len(core.endpoints),
@@ -142,10 +144,20 @@ class Felix:
         log.info("Felix starting for host %s, etcd %s", self.hostname, ", ".join(self.boot.etcd_endpoints()))
         self._spawn(self._pump(), "syncer")
         self._dataplanes.start_prefetch(self.boot)
+        last_round = 0.0
         while True:
             items = [await self._queue.get()]
+            if self._board.state is FelixState.IN_SYNC:
+                # Under steady churn (workloads starting and stopping across the cluster) every
+                # round costs the same fixed work whatever it carries: rounds at most every
+                # ROUND_INTERVAL fold what arrives meanwhile into one apply.  A lone change after
+                # a quiet spell goes at once.
+                wait = last_round + ROUND_INTERVAL - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             while not self._queue.empty():
                 items.append(self._queue.get_nowait())
+            last_round = time.monotonic()
             await self._handle(items)
 
     async def _pump(self) -> None:

@@ -22,6 +22,36 @@ VXLAN_DEV = "vxlan.calico"
 IPIP_DEV = "tunl0"
 
 
+class MemberSet(frozenset):
+    """An ipset's members that may also know how they differ from the calculator's previous set.
+
+    At cluster scale a tag or selector set holds thousands of remote endpoints
+    and changes by a few per batch; with the difference at hand the driver and
+    the ipset writer work on the few, not the thousands.  `base` is the earlier
+    set (or None: no difference known), `added`/`removed` what changed since it.
+    To everyone else it is just a frozenset.
+    """
+
+    __slots__ = ("base", "added", "removed")
+
+    def __new__(cls, members=(), base: frozenset | None = None, added=frozenset(), removed=frozenset()):
+        self = super().__new__(cls, members)
+        self.base = base
+        self.added = frozenset(added)
+        self.removed = frozenset(removed)
+        return self
+
+    @classmethod
+    def derive(cls, base: frozenset, added, removed) -> MemberSet:
+        """`base` + `added` - `removed` (added and removed disjoint), remembering the difference.
+
+        Only one step is remembered: `base` forgets its own base, so a long-lived set
+        does not hold every earlier version."""
+        if isinstance(base, MemberSet):
+            base.base = None
+        return cls(base.difference(removed).union(added), base, added, removed)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A workload endpoint as Felix programs it: immutable, so the calculator can compare

@@ -68,7 +68,8 @@ class DataplaneDriver:
                 if name not in last_sets:
                     self._new_sets = True
                 old = last_sets.get(name)
-                if old is not members and old != members:
+                # a MemberSet derived from what we pushed last differs from it (no O(n) compare)
+                if old is not members and (getattr(members, "base", None) is old or old != members):
                     ips.set_members(name, members)
                     n += 1
             for name in last_sets.keys() - fs.ipsets.keys():

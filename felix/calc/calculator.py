@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Set
 from dataclasses import dataclass
 
 from felix import names
 from felix.desired import DesiredState, Endpoint, FamilyState
 
 from .hostendpoints import DEFAULT_FAILSAFE_IN, DEFAULT_FAILSAFE_OUT
-from .labels import count_members
+from .labels import CountedMembers, count_members
 from .model import (
     ProfileRules,
     endpoint_from_value,
@@ -90,9 +91,9 @@ class Calculator:
         # tag ipset members, kept up to date by count (an address of two tagged endpoints stays
         # until both go) for the tags desired() asked for: a remote endpoint coming or going
         # costs its own addresses, not a rescan of the tens of thousands carrying the tag
-        self._tag_ips: dict[tuple[str, int], dict[str, int]] = {}
-        self._tag_sets: dict[tuple[str, int], frozenset[str]] = {}
+        self._tag_ips: dict[tuple[str, int], CountedMembers] = {}
         self._tags_asked: set[tuple[str, int]] = set()
+        self._host_eps: dict[str, int] = {}             # host -> how many endpoints it has (any state)
 
     def set_config(self, cfg: CalcConfig) -> bool:
         """A live config change; True when the desired state may differ.
@@ -207,6 +208,8 @@ class Calculator:
         old = self.endpoints.get(ep.key)
         if old is not None:
             self._drop_claims(old)
+        else:
+            self._host_eps[ep.host] = self._host_eps.get(ep.host, 0) + 1
         self.endpoints[ep.key] = ep
         for c in self._claims(ep):
             self._claimants.setdefault(c, set()).add(ep.key)
@@ -236,6 +239,7 @@ class Calculator:
         self._created.pop(key, None)
         if old is None:
             return
+        count_members(self._host_eps, (old.host,), -1)
         self._drop_claims(old)
         self._unresolved.discard(key)
         self._apply_state(key, None, None, "")
@@ -329,6 +333,10 @@ class Calculator:
 
     # ---- output ---------------------------------------------------------------------
 
+    def endpoint_hosts(self) -> Set[str]:
+        """Hosts with at least one workload endpoint (a live view, kept as endpoints come and go)."""
+        return self._host_eps.keys()
+
     def desired(self) -> DesiredState:
         self._settle()
         self._tags_asked = set()
@@ -379,7 +387,6 @@ class Calculator:
                      if self.endpoints.get(k) is not None and self.endpoints[k].host == self.cfg.hostname}
         for tk in self._tag_ips.keys() - self._tags_asked:   # no longer used: stop counting
             del self._tag_ips[tk]
-            self._tag_sets.pop(tk, None)
         return DesiredState(fams[4], fams[6], routes, neigh, dict(self.local), conflicts)
 
     def _tag_members(self, tag: str, v: int) -> frozenset[str]:
@@ -390,19 +397,14 @@ class Calculator:
         self._settle()
         tk = (tag, v)
         self._tags_asked.add(tk)
-        hit = self._tag_sets.get(tk)
-        if hit is not None:
-            return hit
-        counts = self._tag_ips.get(tk)
-        if counts is None:
-            counts = self._tag_ips[tk] = {}
+        cm = self._tag_ips.get(tk)
+        if cm is None:
+            cm = self._tag_ips[tk] = CountedMembers()
             for p, tags in self.tags.items():
                 if tag in tags:
                     for key in self._prof_eps.get(p, ()):
-                        for n in self.endpoints[key].nets(v):
-                            counts[n] = counts.get(n, 0) + 1
-        hit = self._tag_sets[tk] = frozenset(counts)
-        return hit
+                        cm.change(self.endpoints[key].nets(v), 1)
+        return cm.current()
 
     def _count_tags(self, profile: str, ep: Endpoint, delta: int) -> None:
         """`ep` joined (+1) or left (-1) `profile`'s endpoints: adjust the counted tag members."""
@@ -410,18 +412,15 @@ class Calculator:
             return
         for t in self.tags.get(profile, ()):
             for v in (4, 6):
-                counts = self._tag_ips.get((t, v))
-                if counts is None:
-                    continue
-                self._tag_sets.pop((t, v), None)
-                count_members(counts, ep.nets(v), delta)
+                cm = self._tag_ips.get((t, v))
+                if cm is not None:
+                    cm.change(ep.nets(v), delta)
 
     def _forget_tags(self, tags) -> None:
         """A profile's tags changed: the counts of those tags are rebuilt when next asked for."""
         for t in tags:
             for v in (4, 6):
                 self._tag_ips.pop((t, v), None)
-                self._tag_sets.pop((t, v), None)
 
     def _profile_chains(self, pid: str, v: int) -> dict[str, list[str]]:
         rules = self.rules[pid]

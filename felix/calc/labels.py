@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from felix.desired import MemberSet
 from libcalico.selectors import Selector
 
 
@@ -68,10 +69,9 @@ class LabelIndex:
         self._ep_matches: dict[str, set[str]] = {}          # endpoint key -> uids
         self._changed: set[str] = set()
         self._ep_changed: set[str] = set()                  # endpoint keys whose matches changed
-        self._members: dict[tuple[str, int], frozenset[str]] = {}
-        # (uid, version) -> address -> how many matching endpoints hold it, for the sets asked for:
-        # one endpoint joining or leaving a 2,500-member set costs its own addresses
-        self._counts: dict[tuple[str, int], dict[str, int]] = {}
+        # (uid, version) -> the members counted, for the sets asked for: one endpoint joining or
+        # leaving a 2,500-member set costs its own addresses
+        self._counts: dict[tuple[str, int], CountedMembers] = {}
         self.evaluations = 0                                # for tests and the benchmark
 
     # ---- selectors ------------------------------------------------------------------
@@ -128,7 +128,6 @@ class LabelIndex:
             if m is not None:
                 m.discard(uid)
         for v in (4, 6):
-            self._members.pop((uid, v), None)
             self._counts.pop((uid, v), None)
         self._changed.discard(uid)
 
@@ -197,24 +196,20 @@ class LabelIndex:
         """Uids of the registered selectors that match endpoint `key`."""
         return frozenset(self._ep_matches.get(key, ()))
 
-    def members(self, uid: str, version: int) -> frozenset[str]:
+    def members(self, uid: str, version: int) -> MemberSet:
         """IPs (as in the endpoints' nets, e.g. 10.0.0.1/32) of every endpoint matching `uid`.
 
-        The same frozenset object comes back until the selector's matches or
-        one matching endpoint's addresses change.
+        The same set object comes back until the selector's matches or one
+        matching endpoint's addresses change; a changed one knows its difference.
         """
-        hit = self._members.get((uid, version))
-        if hit is None:
-            counts = self._counts.get((uid, version))
-            if counts is None:
-                counts = {}
-                if uid in self._sels:      # only registered selectors' counts are kept up to date
-                    self._counts[(uid, version)] = counts
-                for key in self._matches.get(uid, ()):
-                    for ip in self._eps[key].ips(version):
-                        counts[ip] = counts.get(ip, 0) + 1
-            hit = self._members[(uid, version)] = frozenset(counts)
-        return hit
+        cm = self._counts.get((uid, version))
+        if cm is None:
+            cm = CountedMembers()
+            if uid in self._sels:      # only registered selectors' counts are kept up to date
+                self._counts[(uid, version)] = cm
+            for key in self._matches.get(uid, ()):
+                cm.change(self._eps[key].ips(version), 1)
+        return cm.current()
 
     def take_changed(self) -> set[str]:
         out, self._changed = self._changed, set()
@@ -286,16 +281,57 @@ class LabelIndex:
 
     def _count(self, uid: str, ep: IndexedEndpoint, delta: int) -> None:
         for v in (4, 6):
-            counts = self._counts.get((uid, v))
-            if counts is None:
-                continue
-            count_members(counts, ep.ips(v), delta)
+            cm = self._counts.get((uid, v))
+            if cm is not None:
+                cm.change(ep.ips(v), delta)
 
     def _touch(self, uids: Iterable[str]) -> None:
         for uid in uids:
             self._changed.add(uid)
-            self._members.pop((uid, 4), None)
-            self._members.pop((uid, 6), None)
+
+
+class CountedMembers:
+    """The addresses of a changing group of endpoints, each counted by how many hold it.
+
+    `current()` is a MemberSet: the same object until something changed, then
+    the previous one plus its difference (so the ipset writer handles a few
+    members, not the whole set).
+    """
+
+    __slots__ = ("counts", "_emitted", "_added", "_removed")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._emitted: MemberSet | None = None
+        self._added: set[str] = set()       # in since the last current(), and not before it
+        self._removed: set[str] = set()     # out since the last current(), and in before it
+
+    def change(self, members: Iterable[str], delta: int) -> None:
+        """One holder of each of `members` more (delta 1) or fewer (-1)."""
+        counts = self.counts
+        for m in members:
+            c = counts.get(m, 0) + delta
+            if c > 0:
+                counts[m] = c
+                if c == 1 and delta > 0:
+                    if m in self._removed:
+                        self._removed.discard(m)
+                    else:
+                        self._added.add(m)
+            elif m in counts:
+                del counts[m]
+                if m in self._added:
+                    self._added.discard(m)
+                else:
+                    self._removed.add(m)
+
+    def current(self) -> MemberSet:
+        e = self._emitted
+        if e is not None and not self._added and not self._removed:
+            return e
+        e = MemberSet(self.counts) if e is None else MemberSet.derive(e, self._added, self._removed)
+        self._emitted, self._added, self._removed = e, set(), set()
+        return e
 
 
 def count_members(counts: dict[str, int], members: Iterable[str], delta: int) -> None:

@@ -119,6 +119,8 @@ class IpsetWriter(WriterBase):
         self._desired: dict[str, frozenset[str]] = {}
         self._raw: dict[str, tuple[frozenset, int]] = {}   # name -> (members as given, how many not fast)
         self._changed: set[str] = set()   # desired sets that may differ from the kernel view
+        # changed sets whose difference from the kernel view is known: name -> (adds, dels)
+        self._deltas: dict[str, tuple[set[str], set[str]]] = {}
         self._to_delete: set[str] = set()
         self._kernel: dict[str, set[str] | frozenset[str]] | None = None
         self._kernel_types: dict[str, str] = {}
@@ -139,12 +141,9 @@ class IpsetWriter(WriterBase):
         if prev is not None and old is not None:
             if raw is prev[0]:
                 return
-            new = self._delta(name, old, prev, raw)
-            if new is not None:
-                if new != old:
-                    self._desired[name] = new
-                    self._changed.add(name)
+            if self._delta(name, old, prev, raw):
                 return
+        self._deltas.pop(name, None)
         self._desired[name] = normalize_members(self.family, raw)
         self._raw[name] = (raw, sum(1 for m in raw if not self._fast(m)))
         self._changed.add(name)
@@ -152,24 +151,46 @@ class IpsetWriter(WriterBase):
     def _fast(self, m: object) -> bool:
         return self.family == 4 and isinstance(m, str) and _V4_HOST_RE.match(m) is not None
 
-    def _delta(self, name: str, old: frozenset[str], prev: tuple[frozenset, int],
-               raw: frozenset) -> frozenset[str] | None:
-        """The new normalised set from the old one and the difference of the inputs; None when the
-        inputs hold a member only the full normalisation can spell (then two members may share a
+    def _delta(self, name: str, old: frozenset[str], prev: tuple[frozenset, int], raw: frozenset) -> bool:
+        """Update set `name` from the old normalised set and the difference of the inputs (given
+        by a MemberSet derived from the previous input, else computed); False when the inputs
+        hold a member only the full normalisation can spell (then two members may share a
         spelling, e.g. a /0 and the /1s it splits into, and a removal is not a plain removal)."""
         if prev[1]:
-            return None
-        added, removed = raw - prev[0], prev[0] - raw
+            return False
+        if getattr(raw, "base", None) is prev[0]:
+            added, removed = raw.added, raw.removed
+        else:
+            added, removed = raw - prev[0], prev[0] - raw
         if not all(self._fast(m) for m in added):
-            return None
+            return False
         self._raw[name] = (raw, 0)
         gone = set()
         for m in removed:
             n = m[:-3] if m.endswith("/32") else m
             # the other spelling of the same address may still be there
-            if (n if m.endswith("/32") else m + "/32") not in raw:
+            if n in old and (n if m.endswith("/32") else m + "/32") not in raw:
                 gone.add(n)
-        return (old - gone) | normalize_members(self.family, added) if gone or added else old
+        new_in = {n for n in normalize_members(self.family, added) if n not in old}
+        if not gone and not new_in:
+            return True
+        self._desired[name] = old.difference(gone).union(new_in)
+        # the difference from the kernel adds up while the kernel view still equals the set
+        # before this batch (not changed since the last commit, or changed by deltas only)
+        if name not in self._changed or name in self._deltas:
+            adds, dels = self._deltas.setdefault(name, (set(), set()))
+            for n in new_in:
+                if n in dels:
+                    dels.discard(n)
+                else:
+                    adds.add(n)
+            for n in gone:
+                if n in adds:
+                    adds.discard(n)
+                else:
+                    dels.add(n)
+        self._changed.add(name)
+        return True
 
     def remove(self, name: str) -> None:
         """Destroy `name` at the next `apply()` (not `apply_updates()`)."""
@@ -177,6 +198,7 @@ class IpsetWriter(WriterBase):
         self._desired.pop(name, None)
         self._raw.pop(name, None)
         self._changed.discard(name)
+        self._deltas.pop(name, None)
         self._to_delete.add(name)
 
     def members(self, name: str) -> frozenset[str] | None:
@@ -217,8 +239,8 @@ class IpsetWriter(WriterBase):
                 lines.append(self._create(name))
                 lines += [f"add {name} {m}" for m in sorted(want)]
                 continue
-            adds = want - have
-            dels = have - want
+            known = self._deltas.get(name)
+            adds, dels = known if known is not None else (want - have, have - want)
             if not adds and not dels:
                 continue
             if len(want) >= SWAP_MIN_SIZE and len(adds) + len(dels) > max(len(want), len(have)) / 2:
@@ -243,6 +265,7 @@ class IpsetWriter(WriterBase):
         self._kernel, self._kernel_types = parse_save(r.stdout, self.prefix)
         self._kernel.pop(self.tmp_name, None)
         self._changed = set(self._desired)
+        self._deltas = {}
         return self._kernel
 
     def _commit(self, deletions: bool) -> None:
@@ -250,11 +273,14 @@ class IpsetWriter(WriterBase):
         for name in self._changed:
             want = self._desired[name]
             have = k.get(name, frozenset())
-            self.stats.members_added += len(want - have)
-            self.stats.members_removed += len(have - want)
+            known = self._deltas.get(name)
+            adds, dels = known if known is not None else (want - have, have - want)
+            self.stats.members_added += len(adds)
+            self.stats.members_removed += len(dels)
             k[name] = want     # frozen: shared with the model, never mutated
             self._kernel_types[name] = self._create_args
         self._changed = set()
+        self._deltas = {}
         if deletions:
             for n in list(self._to_delete):
                 if n in k:
