@@ -104,3 +104,27 @@ def test_confd_announces_blocks_of_each_pools_own_size():
     }
     ctx = BgpStore(Node("a", "10.0.0.1", None)).load_raw(kvs).context()
     assert ctx["v4"]["blocks"] == ["10.70.0.16/28", "10.71.0.0/26"]
+
+
+def test_felix_routes_each_pools_own_block_size():
+    """Felix routes remote blocks as their affinities name them: no block size is assumed."""
+    from felix.calc.overlay import OverlayCalculator, OverlayConfig
+    from libcalico import keys
+
+    calc = OverlayCalculator(OverlayConfig("me"))
+
+    def put(path: str, raw: str) -> None:
+        key, value = parse_key_value(path, raw)
+        calc.on_update("put", key, value)
+
+    put(keys.pool("10.72.0.0/24"), json.dumps({"cidr": "10.72.0.0/24", "vxlan": "vxlan.calico", "block_size": 28}))
+    put(keys.pool("10.73.0.0/24"), json.dumps({"cidr": "10.73.0.0/24", "vxlan": "vxlan.calico", "block_size": 30}))
+    for name, bird, vtep, mac, blocks in (("me", "10.0.1.2", "10.72.0.1", "66:00:00:00:00:0a", ["10.72.0.0/28"]),
+                                          ("peer", "10.0.2.2", "10.72.0.17", "66:00:00:00:00:0b",
+                                           ["10.72.0.16/28", "10.73.0.4/30"])):
+        put(keys.host_bird_ip(name), bird)
+        put(keys.host_config(name, "VXLANTunnelAddr"), vtep)
+        put(keys.host_vxlan_mac(name), mac)
+        for b in blocks:
+            put(keys.block_affinity(name, b), '{"state": "confirmed"}')
+    assert dict(calc.desired().vxlan.routes) == {"10.72.0.16/28": "10.72.0.17", "10.73.0.4/30": "10.72.0.17"}
