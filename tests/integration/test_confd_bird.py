@@ -93,8 +93,9 @@ def test_peer_added_and_removed_live(cluster):
 
 
 def _clock(since: str) -> int:
-    """Seconds of the day from BIRD's `HH:MM:SS` since column."""
-    h, m, s = (int(x) for x in since.split(":"))
+    """Seconds of the day from BIRD's since column (`YYYY-MM-DD HH:MM:SS`: confd sets `timeformat protocol
+    iso long`; a bare `HH:MM:SS` is BIRD's default)."""
+    h, m, s = (int(x) for x in since.split()[-1].split(":"))
     return h * 3600 + m * 60 + s
 
 
