@@ -18,10 +18,13 @@ from dataclasses import dataclass
 
 from calicoctl.cli import Action, ArgError, Context, default_hostname, split_options, table, usage_error
 
+SUMMARY = "This host's calico-node and BGP sessions; --all: every node's sessions (node status = status)"
+
 USAGE = """\
 Usage:
   calicoctl status [--runtime=<RUNTIME>]
   calicoctl status --all
+  calicoctl node status [--runtime=<RUNTIME> | --all]
 
 Show whether calico-node runs on this host and the state of its IPv4 and IPv6
 BGP sessions (read from BIRD's control sockets in $CALICO_RUN_DIR, default
