@@ -228,7 +228,9 @@ def section(res: dict, path: str) -> None:
         "from just before `podman run -d` until a container on node 1, pinging a container on node 2 every",
         "20 ms, gets its first reply (includes Felix programming the endpoint and the BGP route). Start-up",
         "(interpreter and imports: the etcd client's gRPC stack and the pydantic models) is most of an ADD;",
-        "the machine is shared by other work (2 cores), so these are wall times under load.",
+        "the machine is shared by other work (2 cores), so these are wall times under load"
+        + (f" (1-minute load average {res['load'][0]:.0f} at the start, {res['load'][1]:.0f} at the end)."
+           if "load" in res else "."),
         "",
     ])
     with open(path, "w") as f:
@@ -241,12 +243,19 @@ def main() -> int:
     ap.add_argument("--pings", type=int, default=10)
     ap.add_argument("--section", help="write the markdown section (and its PNG beside it) to this path")
     ap.add_argument("--json", help="also save the raw samples here")
+    ap.add_argument("--from-json", help="only rewrite the section from samples saved with --json")
     a = ap.parse_args()
-    res = {"direct": direct(a.count)}
+    if a.from_json:
+        with open(a.from_json) as f:
+            section(json.load(f), a.section)
+        return 0
+    load0 = os.getloadavg()[0]
+    res: dict = {"direct": direct(a.count)}
     print("direct ADD", stats(res["direct"]["add"]), "DEL", stats(res["direct"]["del"]), flush=True)
     if pm.available():
         res["podman"] = through_podman(a.count, a.pings)
         print("podman ADD", stats(res["podman"]["plugin_add"]), "run->ping", stats(res["podman"]["run_to_ping"]))
+    res["load"] = [load0, os.getloadavg()[0]]
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f)
