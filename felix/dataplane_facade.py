@@ -8,7 +8,12 @@ tables and the overlay with the same ipset writers.  Here one object holds all
 of them and knows the order:
 
   ipsets (new sets) -> filter tables -> ipset deletes -> routes   (felix.driver)
+  -> conntrack deletes of addresses that left their endpoint
   then: ipsets -> nat tables -> ipset deletes, then overlay devices (+ routes)
+
+The conntrack flush goes after the routes: by then the new owner's policy is
+in place, so the first packet of a flushed flow is judged by it (deleting
+earlier could let the old policy re-admit the flow).
 
 The daemon hands desired state over (`push`, `push_nat_overlay`: model only,
 no I/O) and calls `apply()` / `apply_nat_overlay()`; a kernel refusal raises
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from felix.dataplane.conntrack import ConntrackFlusher
 from felix.driver import DataplaneDriver
 
 if TYPE_CHECKING:
@@ -90,8 +96,12 @@ class Dataplane:
     the daemon times the whole apply.
     """
 
-    def __init__(self, driver: DataplaneDriver, nat_tables: Mapping[int, object], overlay, sysctl):
+    def __init__(self, driver: DataplaneDriver, nat_tables: Mapping[int, object], overlay, sysctl,
+                 conntrack: ConntrackFlusher | None = None):
         self.driver = driver
+        # default: the filter tables' runner, so conntrack runs in the same namespace as they do
+        self.conntrack = conntrack if conntrack is not None else ConntrackFlusher(
+            driver.tables[driver.versions[0]].runner)
         self.nat_tables = dict(nat_tables)
         self._nat_pushers = {v: NatPusher(t, driver.ipsets[v]) for v, t in self.nat_tables.items()}
         self.overlay = overlay
@@ -126,6 +136,7 @@ class Dataplane:
     # ---- model (no I/O) ----
     def push(self, desired) -> int:
         """The core calculator's DesiredState: filter chains, ipsets, routes, neighbours."""
+        self.conntrack.set_endpoints(desired.endpoints, self.driver.versions)
         return self.driver.push(desired)
 
     def push_nat_overlay(self, nat: Mapping[int, object], overlay_state, datastore_mac: str | None) -> None:
@@ -147,6 +158,7 @@ class Dataplane:
 
     async def apply(self) -> None:
         await self.driver.apply()
+        await self.conntrack.apply()      # never raises: a failure is logged, the flows time out
 
     async def apply_nat_overlay(self) -> None:
         ipsets = self.driver.ipsets
