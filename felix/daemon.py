@@ -248,6 +248,7 @@ class Felix:
     def _on_batch(self, batch: list) -> bool:
         self._board.counts["batches"] += 1
         routed = self._router.route(batch)
+        batch.clear()   # routed: the router (or the calculators) hold what they need of it
         self._board.counts["updates"] += routed.updates
         self._stale |= routed.changed
         if routed.in_sync and self._board.state is FelixState.WAIT_FOR_READY:

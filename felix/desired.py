@@ -49,7 +49,13 @@ class MemberSet(frozenset):
         does not hold every earlier version."""
         if isinstance(base, MemberSet):
             base.base = None
-        return cls(base.difference(removed).union(added), base, added, removed)
+        if not removed:
+            members = base.union(added)
+        elif not added:
+            members = base.difference(removed)
+        else:
+            members = base.difference(removed).union(added)
+        return cls(members, base, added, removed)
 
 
 @dataclass(frozen=True)

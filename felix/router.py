@@ -62,7 +62,9 @@ class UpdateRouter:
         """The calculators exist: replay what arrived before them, in arrival order."""
         self.core, self.overlay, self.nat = core, overlay, nat
         pending, self._pending = self._pending, []
-        for target, kind, key, value, created in pending:
+        pending.reverse()
+        while pending:     # popped as delivered: each parsed value can go once the calculators have it
+            target, kind, key, value, created = pending.pop()
             self._deliver(target, kind, key, value, created)
         self.log_errors()
 

@@ -152,9 +152,29 @@ class _Node:
         if op == "not":
             f = fns[0]
             return lambda labels: not f(labels)
+        # plain loops and two-child forms: all()/any() over a generator cost twice as much, and
+        # a cluster's snapshot evaluates these tens of thousands of times
         if op == "and":
-            return lambda labels: all(f(labels) for f in fns)
-        return lambda labels: any(f(labels) for f in fns)
+            if len(fns) == 2:
+                f0, f1 = fns
+                return lambda labels: f0(labels) and f1(labels)
+
+            def and_(labels: Labels) -> bool:
+                for f in fns:
+                    if not f(labels):
+                        return False
+                return True
+            return and_
+        if len(fns) == 2:
+            f0, f1 = fns
+            return lambda labels: f0(labels) or f1(labels)
+
+        def or_(labels: Labels) -> bool:
+            for f in fns:
+                if f(labels):
+                    return True
+            return False
+        return or_
 
     def requirement(self) -> tuple[str, frozenset[str]] | None:
         """(key, values) such that no labels without one of `values` at `key` can match, or None.

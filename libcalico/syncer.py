@@ -332,6 +332,9 @@ class Syncer:
                         yield chunk
                     if not updates:
                         yield [Update("in_sync")]
+                # the snapshot's parsed values are the consumer's now: holding them for as long
+                # as the watch runs kept a whole cluster's models alive (~140 MB at 50,000 endpoints)
+                del updates, snapshot, created
                 async with contextlib.aclosing(self._watch(rev + 1)) as watch:
                     async for batch in watch:
                         yield batch

@@ -80,12 +80,14 @@ class Calculator:
         self._prof_cache: dict[tuple[str, int], tuple[ProfileRules, dict[str, list[str]]]] = {}
         self._dispatch_cache: dict[tuple, list[str]] = {}
         self._created: dict[str, int] = {}              # endpoint key -> etcd create revision (0 unknown)
-        self._claimants: dict[tuple[str, str], set[str]] = {}   # (host, iface or net) -> endpoint keys
+        # (host, iface or net) -> endpoint keys; one key alone is kept as the str (a set per claim
+        # was ~250 bytes per address at 50,000 endpoints, almost all claimed once)
+        self._claimants: dict[tuple[str, str], str | set[str]] = {}
         self._unresolved: set[str] = set()              # endpoint keys whose claims must be re-ranked
         self._state: dict[str, tuple[str, Endpoint, str]] = {}  # key -> ("ok"|"drop"|"none", ep, reason)
         self.conflicts: dict[str, str] = {}             # endpoint key -> reason, while it loses a claim
         self.nodes = NodeAddresses()                    # every node's own addresses
-        self._ip_eps: dict[str, set[str]] = {}          # address -> endpoint keys (any host)
+        self._ip_eps: dict[str, str | set[str]] = {}    # address -> endpoint keys (any host), likewise
         self.dropped: dict[str, Endpoint] = {}          # local losers holding their own interface
         self.policy = PolicyCalculator(cfg.hostname)    # tiers, label index, host endpoints
         # tag ipset members, kept up to date by count (an address of two tagged endpoints stays
@@ -198,7 +200,7 @@ class Calculator:
         before = self.nodes.addresses()
         if self.nodes.on_update(kind, key, value):
             for ip in before ^ self.nodes.addresses():
-                self._unresolved |= self._ip_eps.get(ip, set())
+                self._unresolved.update(_keys(self._ip_eps.get(ip)))
         self.nodes.take_errors()    # a bad address is reported by the overlay and NAT calculators
 
     def _claims(self, ep: Endpoint) -> list[tuple[str, str]]:
@@ -212,27 +214,17 @@ class Calculator:
             self._host_eps[ep.host] = self._host_eps.get(ep.host, 0) + 1
         self.endpoints[ep.key] = ep
         for c in self._claims(ep):
-            self._claimants.setdefault(c, set()).add(ep.key)
+            _add_key(self._claimants, c, ep.key)
         for n in ep.ipv4_nets + ep.ipv6_nets:
-            self._ip_eps.setdefault(n.split("/")[0], set()).add(ep.key)
+            _add_key(self._ip_eps, n.split("/")[0], ep.key)
         self._unresolved.add(ep.key)
 
     def _drop_claims(self, ep: Endpoint) -> None:
         """Forget `ep`'s claims; whoever shared one must be re-ranked without it."""
         for c in self._claims(ep):
-            s = self._claimants.get(c)
-            if s is not None:
-                s.discard(ep.key)
-                if s:
-                    self._unresolved |= s
-                else:
-                    del self._claimants[c]
+            self._unresolved.update(_drop_key(self._claimants, c, ep.key))
         for n in ep.ipv4_nets + ep.ipv6_nets:
-            s = self._ip_eps.get(n.split("/")[0])
-            if s is not None:
-                s.discard(ep.key)
-                if not s:
-                    del self._ip_eps[n.split("/")[0]]
+            _drop_key(self._ip_eps, n.split("/")[0], ep.key)
 
     def _del_endpoint(self, key: str) -> None:
         old = self.endpoints.pop(key, None)
@@ -262,7 +254,7 @@ class Calculator:
             for c in self._claims(self.endpoints[key]):
                 if c not in seen:
                     seen.add(c)
-                    stack.extend(self._claimants.get(c, ()))
+                    stack.extend(_keys(self._claimants.get(c)))
         held: dict[tuple[str, str], str] = {}
         for key in sorted(comp, key=self._rank):
             ep = self.endpoints[key]
@@ -582,6 +574,43 @@ def dispatch_chains(direction: str, ifaces: tuple[str, ...], iface_prefix: str) 
 
     build(root, sorted(ifaces), iface_prefix)
     return chains
+
+
+def _keys(v: str | set[str] | None) -> tuple[str, ...] | set[str]:
+    """The endpoint keys of a one-or-many index entry."""
+    if v is None:
+        return ()
+    return (v,) if isinstance(v, str) else v
+
+
+def _add_key(index: dict, k, key: str) -> None:
+    v = index.get(k)
+    if v is None:
+        index[k] = key
+    elif isinstance(v, str):
+        if v != key:
+            index[k] = {v, key}
+    else:
+        v.add(key)
+
+
+def _drop_key(index: dict, k, key: str) -> tuple[str, ...] | set[str]:
+    """Drop `key` from entry `k`; returns the keys left there."""
+    v = index.get(k)
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        if v == key:
+            del index[k]
+            return ()
+        return (v,)
+    v.discard(key)
+    if len(v) == 1:
+        index[k] = next(iter(v))
+        return (index[k],)
+    if not v:
+        del index[k]
+    return v
 
 
 def _or(a: str, b: str) -> str:

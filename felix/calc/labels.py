@@ -66,7 +66,8 @@ class LabelIndex:
         self._unindexed: set[str] = set()                   # uids without such a requirement
         self._kv_eps: dict[tuple[str, str], set[str]] = {}  # (key, value) -> endpoint keys having it
         self._matches: dict[str, set[str]] = {}             # uid -> endpoint keys
-        self._ep_matches: dict[str, set[str]] = {}          # endpoint key -> uids
+        # endpoint key -> uids (a tuple: a few per endpoint, and a set costs ~700 bytes)
+        self._ep_matches: dict[str, tuple[str, ...]] = {}
         self._changed: set[str] = set()
         self._ep_changed: set[str] = set()                  # endpoint keys whose matches changed
         # (uid, version) -> the members counted, for the sets asked for: one endpoint joining or
@@ -102,7 +103,7 @@ class LabelIndex:
             self.evaluations += 1
             if sel.evaluate(eff[key]):
                 hits.add(key)
-                self._ep_matches.setdefault(key, set()).add(uid)
+                self._ep_matches[key] = self._ep_matches.get(key, ()) + (uid,)
         self._matches[uid] = hits
         self._changed.add(uid)
         return uid
@@ -126,7 +127,7 @@ class LabelIndex:
         for key in self._matches.pop(uid, ()):
             m = self._ep_matches.get(key)
             if m is not None:
-                m.discard(uid)
+                self._ep_matches[key] = tuple(u for u in m if u != uid)
         for v in (4, 6):
             self._counts.pop((uid, v), None)
         self._changed.discard(uid)
@@ -166,7 +167,7 @@ class LabelIndex:
             _discard(self._prof_eps, p, key)
         for item in self._eff.pop(key).items():
             _discard(self._kv_eps, item, key)
-        uids = self._ep_matches.pop(key, set())
+        uids = self._ep_matches.pop(key, ())
         for uid in uids:
             self._matches[uid].discard(key)
             self._count(uid, old, -1)
@@ -247,7 +248,7 @@ class LabelIndex:
             uids |= self._by_key.get(k, set())
         # a selector that does not match now and whose required value the new labels lack
         # cannot match after the change either
-        mine = self._ep_matches.get(key, set())
+        mine = self._ep_matches.get(key, ())
         cand = self._candidates(new)
         self._evaluate(key, [u for u in uids if u in mine or u in cand])
 
@@ -263,21 +264,24 @@ class LabelIndex:
 
     def _evaluate(self, key: str, uids: Iterable[str]) -> None:
         labels = self._eff[key]
-        mine = self._ep_matches.setdefault(key, set())
+        mine = self._ep_matches.get(key, ())
+        before = mine
         for uid in list(uids):
             self.evaluations += 1
             hit = self._sels[uid].evaluate(labels)
             if hit == (uid in mine):
                 continue
             if hit:
-                mine.add(uid)
+                mine = mine + (uid,)
                 self._matches[uid].add(key)
             else:
-                mine.discard(uid)
+                mine = tuple(u for u in mine if u != uid)
                 self._matches[uid].discard(key)
             self._count(uid, self._eps[key], 1 if hit else -1)
             self._touch((uid,))
             self._ep_changed.add(key)
+        if mine is not before:
+            self._ep_matches[key] = mine
 
     def _count(self, uid: str, ep: IndexedEndpoint, delta: int) -> None:
         for v in (4, 6):

@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -116,13 +117,13 @@ class IpsetWriter(WriterBase):
         self.prefix = set_prefix(family)
         self.tmp_name = self.prefix + "_tmp"  # lowercase: hashed names are upper-case base32, no clash
         self._create_args = f"{SET_TYPE} family {'inet' if family == 4 else 'inet6'}"
-        self._desired: dict[str, frozenset[str]] = {}
+        self._desired: dict[str, set[str]] = {}        # name -> members (this writer's own sets)
         self._raw: dict[str, tuple[frozenset, int]] = {}   # name -> (members as given, how many not fast)
         self._changed: set[str] = set()   # desired sets that may differ from the kernel view
         # changed sets whose difference from the kernel view is known: name -> (adds, dels)
         self._deltas: dict[str, tuple[set[str], set[str]]] = {}
         self._to_delete: set[str] = set()
-        self._kernel: dict[str, set[str] | frozenset[str]] | None = None
+        self._kernel: dict[str, set[str]] | None = None
         self._kernel_types: dict[str, str] = {}
 
     # ---- model ----
@@ -144,14 +145,14 @@ class IpsetWriter(WriterBase):
             if self._delta(name, old, prev, raw):
                 return
         self._deltas.pop(name, None)
-        self._desired[name] = normalize_members(self.family, raw)
+        self._desired[name] = set(normalize_members(self.family, raw))
         self._raw[name] = (raw, sum(1 for m in raw if not self._fast(m)))
         self._changed.add(name)
 
     def _fast(self, m: object) -> bool:
         return self.family == 4 and isinstance(m, str) and _V4_HOST_RE.match(m) is not None
 
-    def _delta(self, name: str, old: frozenset[str], prev: tuple[frozenset, int], raw: frozenset) -> bool:
+    def _delta(self, name: str, old: set[str], prev: tuple[frozenset, int], raw: frozenset) -> bool:
         """Update set `name` from the old normalised set and the difference of the inputs (given
         by a MemberSet derived from the previous input, else computed); False when the inputs
         hold a member only the full normalisation can spell (then two members may share a
@@ -174,7 +175,8 @@ class IpsetWriter(WriterBase):
         new_in = {n for n in normalize_members(self.family, added) if n not in old}
         if not gone and not new_in:
             return True
-        self._desired[name] = old.difference(gone).union(new_in)
+        old.difference_update(gone)     # in place: the model's own set, never handed out to keep
+        old.update(new_in)
         # the difference from the kernel adds up while the kernel view still equals the set
         # before this batch (not changed since the last commit, or changed by deltas only)
         if name not in self._changed or name in self._deltas:
@@ -202,9 +204,10 @@ class IpsetWriter(WriterBase):
         self._to_delete.add(name)
 
     def members(self, name: str) -> frozenset[str] | None:
-        return self._desired.get(name)
+        m = self._desired.get(name)
+        return None if m is None else frozenset(m)
 
-    def desired_sets(self) -> Mapping[str, frozenset[str]]:
+    def desired_sets(self) -> Mapping[str, AbstractSet[str]]:
         """Read-only live view of the model (name -> members), for metrics: no copy per scrape."""
         return MappingProxyType(self._desired)
 
@@ -274,10 +277,15 @@ class IpsetWriter(WriterBase):
             want = self._desired[name]
             have = k.get(name, frozenset())
             known = self._deltas.get(name)
-            adds, dels = known if known is not None else (want - have, have - want)
+            if known is not None and isinstance(have, set):
+                adds, dels = known
+                have -= dels        # the kernel view's own set, moved by the same difference
+                have |= adds
+            else:
+                adds, dels = want - have, have - want
+                k[name] = set(want)
             self.stats.members_added += len(adds)
             self.stats.members_removed += len(dels)
-            k[name] = want     # frozen: shared with the model, never mutated
             self._kernel_types[name] = self._create_args
         self._changed = set()
         self._deltas = {}
