@@ -166,6 +166,8 @@ async def cmd_add(env: dict[str, str], conf: cfg.NetConf) -> dict[str, Any]:
             v6 = [a for a in addrs if ":" in a]
             if not addrs:
                 raise CniError(spec.IPAM_FAILED, f"ipam plugin {conf.ipam.type} returned no address")
+            if conf.ipam.type != "calico-ipam":
+                await _check_foreign_addresses(client, conf, es.key, addrs)
             attached = await wa.attach(client, es, v4, v6)
         except BaseException as e:
             try:
@@ -192,6 +194,30 @@ async def cmd_add(env: dict[str, str], conf: cfg.NetConf) -> dict[str, Any]:
     if isinstance(dns, dict):
         result["dns"] = dns
     return result
+
+
+async def _check_foreign_addresses(client: Any, conf: cfg.NetConf, key: tuple, addrs: list[str]) -> None:
+    """Addresses from another IPAM plugin must not be Calico IPAM's nor another endpoint's on this host:
+    Felix gives an address to one endpoint only, so a duplicate would cut off the workload that had it."""
+    import ipaddress
+
+    from libcalico.resources import Pools, WorkloadEndpoints
+
+    for s in await Pools(client).list():
+        if Pools.usable(s.value):
+            net = ipaddress.ip_network(s.value.cidr)
+            inside = [a for a in addrs if ipaddress.ip_address(a) in net]
+            if inside:
+                raise CniError(spec.IPAM_FAILED, f"ipam plugin {conf.ipam.type} gave {inside[0]}, inside Calico "
+                                                 f"pool {s.value.cidr} that calico-ipam manages")
+    for ep in await WorkloadEndpoints(client).list(conf.nodename):
+        if (ep.key.host, ep.key.orchestrator, ep.key.workload, ep.key.endpoint) == tuple(key) or not ep.valid:
+            continue
+        used = {n.split("/")[0] for n in ep.value.ipv4_nets + ep.value.ipv6_nets}
+        clash = [a for a in addrs if a in used]
+        if clash:
+            raise CniError(spec.IPAM_FAILED, f"ipam plugin {conf.ipam.type} gave {clash[0]}, already used by "
+                                             f"endpoint {ep.path}")
 
 
 async def cmd_del(env: dict[str, str], conf: cfg.NetConf) -> None:

@@ -164,6 +164,22 @@ def test_another_ipam_plugin_result_is_passed_through(node, netns_factory, tmp_p
     assert node.cni("DEL", conf, "h1", path) == (0, None)
     assert not any(f.startswith("10.70.") for _, _, fs in os.walk(tmp_path) for f in fs)
     node.assert_clean()
+    # hostile: an IPAM plugin handing out an address of a Calico pool, or one another endpoint has
+    rc, err = node.cni("ADD", node.conf(ipam={"type": "host-local", "subnet": "10.66.200.0/24",
+                                              "dataDir": str(tmp_path)}), "h2", path)
+    assert rc == 1 and err["code"] == 101 and "10.66.0.0/16" in err["msg"]
+    other, other_path = _wl(netns_factory)
+    sub = {"type": "host-local", "subnet": "10.71.0.0/29", "dataDir": str(tmp_path)}
+    assert node.cni("ADD", node.conf(ipam=sub), "h3", other_path)[0] == 0
+    (_, first), = node.endpoints().items()
+    node.etcd.put(f"/calico/v1/host/{node.name}/workload/cni/squatter/endpoint/eth0", json.dumps(
+        dict(first, name="cali0squatter1", ipv4_nets=["10.71.0.3/32"], container_id="squatter")))
+    rc, err = node.cni("ADD", node.conf(ipam=sub), "h4", path)
+    assert rc == 1 and err["code"] == 101 and "squatter" in err["msg"]
+    node.etcd.delete(f"/calico/v1/host/{node.name}/workload/cni/squatter/endpoint/eth0")
+    assert node.cni("DEL", node.conf(ipam=sub), "h3", other_path)[0] == 0
+    assert not any(f.startswith("10.71.") for _, _, fs in os.walk(tmp_path) for f in fs)  # h4's was given back
+    node.assert_clean()
 
 
 def _free_port() -> int:
