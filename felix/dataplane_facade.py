@@ -169,7 +169,11 @@ class Dataplane:
 
     async def cleanup_stale(self) -> None:
         """After the first complete apply: remove what Felix owns and nobody desires."""
+        before = self.driver.routes.kernel_routes().keys()
         await self.driver.cleanup_stale()
+        # workloads removed while Felix was down: their stale routes went just now, so their flows go too
+        self.conntrack.release_unowned(before - self.driver.routes.kernel_routes().keys())
+        await self.conntrack.apply()
         await asyncio.gather(*(t.cleanup_stale() for t in self.nat_tables.values()))
         await self.overlay.cleanup_stale()
 

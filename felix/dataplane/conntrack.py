@@ -73,6 +73,13 @@ def flush_argvs(cidr: str) -> list[list[str]]:
             ["conntrack", *fam, "-D", "--orig-dst", addr, "--mask-dst", mask]]
 
 
+def _norm(cidr: str) -> str:
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError:
+        return cidr
+
+
 def _nothing_to_delete(stderr: str) -> bool:
     """Older conntrack-tools exit 1 when no entry matched; that is success here."""
     return "0 flow entries" in stderr
@@ -129,6 +136,26 @@ class ConntrackFlusher:
         queued = released | retaken
         self._pending |= queued
         return len(queued)
+
+    def release_unowned(self, cidrs) -> int:
+        """Queue host addresses whose routes were removed as stale and that no local endpoint owns.
+
+        A restarted Felix learns only from its stale routes which addresses lost their
+        workload while it was down (TCP entries live for days); wider routes are overlay
+        blocks, not workloads, and are left alone.
+        """
+        owned = {_norm(c) for c in (self._owners or {})}
+        queued = 0
+        for cidr in cidrs:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                continue
+            if net.prefixlen == net.max_prefixlen and str(net) not in owned:
+                self._pending.add(str(net))
+                self._unowned[str(net)] = None
+                queued += 1
+        return queued
 
     async def apply(self) -> bool:
         """Flush every queued address; never raises.  True when some address was flushed."""

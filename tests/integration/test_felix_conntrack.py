@@ -117,3 +117,29 @@ def _reuse_and_change(fh: FelixHost) -> None:
                f"the removed address's entry is deleted; felix log:\n{fh.log()[-2000:]}")
     assert entries(fh, "-s", w1.ip4, "-p", "tcp"), "the kept address's entry stays"
     assert fh.felix_alive()
+
+
+def test_workload_removed_while_felix_was_down_loses_its_flows(netns_factory):
+    """A restarted Felix removes the stale route of a workload deleted meanwhile, and its entries."""
+    fh = FelixHost(netns_factory, n_workloads=2)
+    w1, w2 = fh.workloads
+    allow = [{"action": "allow"}]
+    try:
+        fh.put("/calico/v1/Ready", "true")
+        fh.put_profile("open", allow, allow)
+        for w in (w1, w2):
+            fh.put_endpoint(w, ["open"])
+        fh.start_felix()
+        fh.wait_programmed(w2)
+        fh.host.run("conntrack", "-I", "-p", "tcp", "-s", w1.ip4, "-d", w2.ip4, "--sport", "40000",
+                    "--dport", "80", "--state", "ESTABLISHED", "-u", "SEEN_REPLY,ASSURED", "-t", "600")
+        assert entries(fh, "-d", w2.ip4)
+        fh.kill_felix()
+        fh.delete(fh.ep_key(w2))
+        fh.start_felix()
+        eventually(lambda: w2.ifname not in fh.routes(4), 20, f"stale route removed; felix log:\n{fh.log()[-2000:]}")
+        eventually(lambda: not entries(fh, "-d", w2.ip4), 10, "the removed workload's entry is deleted")
+        assert entries(fh, "-s", w1.ip4) == [], "w1's only entry was the one to w2"
+        assert fh.felix_alive()
+    finally:
+        fh.close()

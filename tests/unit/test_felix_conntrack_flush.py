@@ -192,3 +192,10 @@ def test_wider_net_uses_masks():
         ["conntrack", "-f", "ipv4", "-D", "--orig-src", "10.1.0.0", "--mask-src", "255.255.255.252"],
         ["conntrack", "-f", "ipv4", "-D", "--orig-dst", "10.1.0.0", "--mask-dst", "255.255.255.252"]]
     assert flush_argvs("fd00::5/128")[1] == ["conntrack", "-f", "ipv6", "-D", "--reply-src", "fd00::5"]
+
+
+def test_stale_routes_after_a_restart_release_only_unowned_host_addresses():
+    ct = ConntrackFlusher(ScriptedRunner())
+    ct.set_owners({"10.0.0.1/32": ("k", "cali1"), "fd00::1/128": ("k", "cali1")})
+    assert ct.release_unowned({"10.0.0.1/32", "fd00:0::1/128", "10.0.0.5/32", "10.65.0.0/26", "junk"}) == 1
+    assert ct.pending() == {"10.0.0.5/32"}
