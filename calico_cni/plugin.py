@@ -13,7 +13,6 @@ does the address part.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -63,6 +62,8 @@ class _Client:
         return self.client
 
     async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
         if self.client is not None:
             try:
                 await asyncio.wait_for(self.client.close(), 2)
@@ -253,7 +254,11 @@ async def cmd_check(env: dict[str, str], conf: cfg.NetConf) -> None:
         raise CniError(spec.UNKNOWN_CONTAINER, f"CNI_NETNS: {who.netns} does not exist")
     async with _Client(conf) as client:
         es = _endpoint_spec(conf, who, _netns_ref(who.netns))
-        problems = await wa.verify(client, es, [a for a in addrs if ":" not in a], [a for a in addrs if ":" in a])
+        ifaces = prev.get("interfaces") if isinstance(prev.get("interfaces"), list) else []
+        mac = next((i.get("mac") for i in ifaces if isinstance(i, dict) and i.get("name") == who.ifname
+                    and i.get("sandbox") and isinstance(i.get("mac"), str)), None)
+        problems = await wa.verify(client, es, [a for a in addrs if ":" not in a], [a for a in addrs if ":" in a],
+                                   mac=mac)
         from libcalico.resources import WorkloadEndpoints
 
         ep = await WorkloadEndpoints(client).get(*es.key)
@@ -350,6 +355,8 @@ def run(plugin: str, stdin: Any, stdout: Any, env: dict[str, str] | None = None)
         conf = cfg.parse(raw, version)
         _setup_logging(conf, plugin)
         cfg.etcd_config(conf)  # a bad etcd key is the config's error, before any other check
+        import asyncio  # not at load time: VERSION needs no event loop
+
         result = asyncio.run(dispatch(plugin, env, conf, command))
         if result is not None:
             spec.emit(spec.convert(result, version), stdout)

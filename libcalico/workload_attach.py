@@ -405,8 +405,9 @@ def _foreign(ep: Any, owner: dict[str, Any]) -> bool:
 
 # ---- checking ----------------------------------------------------------------------
 
-async def verify(client: Any, spec: EndpointSpec, v4: list[str], v6: list[str]) -> list[str]:
-    """What differs from an attach of `spec` with these addresses (empty list: nothing)."""
+async def verify(client: Any, spec: EndpointSpec, v4: list[str], v6: list[str], mac: str | None = None
+                 ) -> list[str]:
+    """What differs from an attach of `spec` with these addresses (and workload MAC, when given)."""
     from libcalico.resources import WorkloadEndpoints
 
     problems: list[str] = []
@@ -423,6 +424,8 @@ async def verify(client: Any, spec: EndpointSpec, v4: list[str], v6: list[str]) 
         if inner is None:
             problems.append(f"interface {spec.ifname} is missing in {ns.arg}")
         else:
+            if mac and str(inner.get("address", "")).lower() != mac.lower():
+                problems.append(f"interface {spec.ifname} in {ns.arg} has MAC {inner.get('address')}, expected {mac}")
             have = {a.get("local") for a in netns.addresses(ns, spec.ifname)}
             for ip in v4 + v6:
                 if ip not in have:

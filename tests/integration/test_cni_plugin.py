@@ -108,6 +108,11 @@ def test_every_version_answers_add_check_del_in_its_shape(node, netns_factory, v
     if version >= "0.4.0":
         rc, err = node.cni("CHECK", dict(conf, prevResult=res), "c1", path)
         assert rc == 0, err
+        drifted = json.loads(json.dumps(res))
+        drifted["interfaces"][1]["mac"] = "02:00:00:00:00:99"
+        drifted["ips"] = [dict(v4, address="10.66.99.99/32")]
+        rc, err = node.cni("CHECK", dict(conf, prevResult=drifted), "c1", path)
+        assert rc == 1 and err["code"] == 102 and "MAC" in err["msg"] and "10.66.99.99" in err["msg"], err
     assert node.cni("DEL", conf, "c1", path) == (0, None)
     node.assert_clean()
     assert node.cni("DEL", conf, "c1", path) == (0, None)  # idempotent
