@@ -38,13 +38,15 @@ NatState), and every chain and ipset name comes from `names.py`: the
 calculators and the writers both import those two, never each other.
 
 Dataplane.  `dataplane_facade.Dataplane` owns every writer and their order
-(ipsets -> filter tables -> ipset deletes -> routes, then nat tables and the
-overlay devices); the daemon applies nothing else.  `driver.DataplaneDriver`
+(ipsets -> filter tables -> ipset deletes -> routes -> conntrack deletes of
+released addresses, then nat tables and the overlay devices); the daemon
+applies nothing else.  `driver.DataplaneDriver`
 diffs the core desired state into the filter writers.  The writers live in
 `dataplane/`: each keeps the `dataplane.writer.Writer` protocol (model calls,
 then `apply`/`refresh`/`cleanup_stale`, `stats`) — `iptables` (one table of one
 family, atomic restore, drift read-back), `ipsets`, `routes` (+ `rtnl`, raw
-netlink batches), `overlay` (vxlan.calico / tunl0), `sysctl`, `interfaces`
+netlink batches), `overlay` (vxlan.calico / tunl0), `sysctl`, `conntrack`
+(deletes the flows of addresses a local endpoint gave up), `interfaces`
 (the netlink monitor), `backend` (legacy or nft), `cmd` (the one door to child
 processes, netns-aware).  `hostaddrs` reads this host's addresses.
 
