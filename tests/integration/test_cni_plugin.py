@@ -323,3 +323,31 @@ def test_calicoctl_container_add_shares_the_mtu_rule(node, netns_factory):
     for cid, p in (("m1", path), ("m2", late_path)):
         assert node.cni("DEL", node.conf(), cid, p)[0] == 0
     node.assert_clean()
+
+
+def test_etcd_over_tls_with_the_plugins_cert_keys(netns_factory, tmp_path):
+    from calico_testing.etcd import make_tls_certs
+
+    certs = make_tls_certs(str(tmp_path))
+    ns = netns_factory("tls")
+    etcd = EtcdServer(netns=ns.name, tls=certs).start()
+    try:
+        node = Node(ns, etcd)
+        wl, path = _wl(netns_factory)
+        base = {"cniVersion": "1.0.0", "name": "tlsnet", "nodename": ns.name, "log_level": "error",
+                "etcd_authority": f"127.0.0.1:{etcd.port}", "etcd_scheme": "https",
+                "etcd_ca_cert_file": certs["ca"], "ipam": {"type": "calico-ipam"}}
+        good = dict(base, etcd_cert_file=certs["client_cert"], etcd_key_file=certs["client_key"])
+        assert node.cni("STATUS", dict(good, cniVersion="1.1.0"), "") == (0, None)
+        rc, err = node.cni("STATUS", dict(base, cniVersion="1.1.0", etcd_cert_file=certs["rogue_cert"],
+                                          etcd_key_file=certs["rogue_key"]), "")
+        assert rc == 1 and err["code"] == 50  # etcd refuses a client cert of another CA
+        rc, err = node.cni("ADD", dict(good, etcd_cert_file="/nonexistent.pem"), "t1", path)
+        assert rc == 1 and err["code"] == 7 and "etcd_cert_file" in err["msg"]
+        etcd.put("/calico/v1/ipam/v4/pool/10.66.0.0-16", json.dumps({"cidr": POOL}))
+        rc, res = node.cni("ADD", good, "t1", path)
+        assert rc == 0, res
+        assert node.cni("DEL", good, "t1", path) == (0, None)
+        assert node.cali_links() == [] and node.endpoints() == {}
+    finally:
+        etcd.close()
