@@ -47,6 +47,11 @@ bench-cni: deps
 bench-cluster-scale: deps
 	$(PY) bench/bench_cluster_scale.py --section docs/bench/cluster-scale.md
 
+.PHONY: bench-conntrack
+# Felix's conntrack deletion of released addresses: conntrack CLI vs pyroute2 netlink (~30 s)
+bench-conntrack: deps
+	$(PY) bench/bench_conntrack.py --section docs/bench/conntrack.md
+
 bench-confd: deps
 	$(PY) bench/bench_confd.py
 

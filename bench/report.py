@@ -55,6 +55,7 @@ BENCHES = {
 SECTION_BENCHES: dict[str, list[str]] = {
     "cni": ["bench/bench_cni.py"],
     "cluster-scale": ["bench/bench_cluster_scale.py"],
+    "conntrack": ["bench/bench_conntrack.py"],
     "ipam": ["bench/bench_ipam.py"],
     "rr_scale": ["bench/bench_rr_scale.py"],
 }

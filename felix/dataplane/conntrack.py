@@ -12,13 +12,13 @@ disappears, in the same batch that reprograms it.
 
 How: two `conntrack -D` runs per address (`--orig-src`, covering flows the
 workload started, and `--reply-src`, covering flows towards it, DNAT'd or
-not), as Calico's Felix does; a wider net uses the same filters with a mask.
+not), as Calico's Felix does; a wider net: `--orig-src` and `--orig-dst` with a mask.
 All addresses of one batch run together, a few processes at a time.  The CLI
-was measured against pyroute2's conntrack netlink API in a namespace (flush of
-10 addresses from a table of 5000 entries: CLI 1.2 s, pyroute2 2.5-3.0 s; of 1
-address from 200 entries: 76 ms vs 28 ms): pyroute2 pays ~1 ms of Python per
-deleted entry, the CLI filters and deletes in C, so the CLI is the cheaper one
-where it matters (many flows).
+was measured against pyroute2's conntrack netlink API (bench/bench_conntrack.py,
+docs/bench/conntrack.md): about even for a handful of entries, and 4-9x cheaper
+when thousands of entries go (2,500 entries of 10 addresses out of 5,000:
+0.26 s vs 2.3 s), because pyroute2 spends about a millisecond of Python per
+deleted entry while the CLI filters and deletes in C.
 
 Failures are retried a few times within the batch, then logged (rate-limited)
 and dropped: a stale entry times out on its own, and one address's trouble must
