@@ -155,7 +155,7 @@ async def cmd_add(env: dict[str, str], conf: cfg.NetConf) -> dict[str, Any]:
         es = _endpoint_spec(conf, who, _netns_ref(who.netns))
         # A record under this key is a leftover (a restarted pod sandbox, an ADD whose DEL
         # never came): its veth, record and addresses go before anything new is taken.
-        stale = await wa.detach(client, es.key, host_ifname=es.host_ifname)
+        stale = await wa.detach(client, es.key)  # a leftover veth of this name: attach replaces it
         if stale.endpoint_found:
             log.info("removed a stale endpoint for %s/%s", who.orchestrator, who.workload)
             if conf.ipam.type == "calico-ipam":

@@ -224,19 +224,22 @@ def delete_veth(ns: NamespaceRef | None, host_if: str, iface: str = "eth0") -> b
 
 
 def _make_pair(spec: EndpointSpec, peer: str, mtu: int, mac: str, into: NamespaceRef | None) -> None:
-    """The veth pair, host side up; the peer in `into` (or here)."""
-    existing = netns.link(None, spec.host_ifname)
-    if existing is not None:
+    """The veth pair, host side up; the peer in `into` (or here).
+
+    One `ip link add` (argv, not a batch line: a namespace path may hold any
+    character), atomic in the kernel; only when it fails do we look at why.
+    """
+    where = ["netns", into.path] if into is not None else []
+    argv = ["ip", "link", "add", spec.host_ifname, "mtu", str(mtu), "up", "type", "veth",
+            "peer", "name", peer, "mtu", str(mtu), "address", mac, *where]
+    r = netns.run(None, argv, check=False)
+    if r.returncode != 0 and netns.link(None, spec.host_ifname) is not None:
         if not spec.replace_stale:
             raise AttachError(f"interface {spec.host_ifname} already exists on this node")
         netns.run(None, ["ip", "link", "del", spec.host_ifname], check=False)
-    where = ["netns", into.path] if into is not None else []
-    try:  # argv, not an `ip -batch` line: a namespace path may hold any character
-        netns.run(None, ["ip", "link", "add", spec.host_ifname, "mtu", str(mtu), "up", "type", "veth",
-                         "peer", "name", peer, "mtu", str(mtu), "address", mac, *where])
-    except NetnsError as e:
-        delete_veth(None, spec.host_ifname)
-        raise AttachError(f"cannot create veth {spec.host_ifname}: {e}") from None
+        r = netns.run(None, argv, check=False)
+    if r.returncode != 0:
+        raise AttachError(f"cannot create veth {spec.host_ifname}: {(r.stderr or r.stdout).strip()}")
 
 
 async def _write_record(client: Any, spec: EndpointSpec, host_if: str, mac: str, v4: list[str], v6: list[str],
