@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -51,6 +52,42 @@ class PingLog:
         self._reader.join(5)
 
 
+# One TCP connection; each input line sends a byte and prints what came back within 1 s.
+_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print("connected", flush=True)
+for _ in sys.stdin:
+    try:
+        s.sendall(b"x"); s.settimeout(1.0)
+        print("echo" if s.recv(64) else "closed", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+    except OSError:
+        print("reset", flush=True)
+"""
+
+
+class TcpProbe:
+    """An established TCP connection from a workload; `probe()` -> 'echo' | 'timeout' | 'reset' | 'closed'."""
+
+    def __init__(self, ns, dst: str, port: int):
+        self.proc = ns.popen([sys.executable, "-c", _CLIENT, dst, str(port)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "connected"
+        self.seen: list[str] = []
+
+    def probe(self) -> str:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.seen.append(self.proc.stdout.readline().strip())
+        return self.seen[-1]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def entries(fh: FelixHost, *filt: str) -> list[str]:
     """The host's conntrack entries matching a `conntrack -L` filter (both families asked for v4)."""
     r = fh.host.run("conntrack", "-L", *filt, check=False)
@@ -77,10 +114,13 @@ def _reuse_and_change(fh: FelixHost) -> None:
     fh.wait_programmed(w1)
     fh.wait_programmed(w2)
 
+    fh.serve(w2, 7777)
     ping = PingLog(w1.ns, w2.ip4)
+    tcp = TcpProbe(w1.ns, w2.ip4, 7777)
     try:
         eventually(lambda: ping.replies() >= 3, 15, f"w1 pings w2; felix log:\n{fh.log()[-2000:]}")
-        eventually(lambda: entries(fh, "-d", w2.ip4), 5, "an entry for the flow")
+        assert tcp.probe() == "echo"
+        eventually(lambda: entries(fh, "-d", w2.ip4, "-p", "tcp"), 5, "an entry for the connection")
 
         # the Docker case: w2's endpoint goes and its address goes to w3, whose policy denies w1
         w2.ns.run("ip", "addr", "del", f"{w2.ip4}/32", "dev", "eth0")
@@ -102,10 +142,13 @@ def _reuse_and_change(fh: FelixHost) -> None:
         assert late <= 5, f"{late} replies came through after the address moved"
         stopped_at = ping.replies()
         always(lambda: ping.replies() == stopped_at, 1.5, "the old flow stays stopped")
+        # the connection's packets no longer reach anyone: w3 would have answered them with a reset
+        assert [tcp.probe(), tcp.probe()] == ["timeout", "timeout"], tcp.seen
         assert not entries(fh, "-d", w2.ip4), "no entry towards the reused address"
         assert not entries(fh, "-s", w2.ip4), "no entry from the reused address"
     finally:
         ping.stop()
+        tcp.stop()
 
     # an address change: only the removed address loses its entries
     for src, port in (("10.65.0.101", "1101"), (w1.ip4, "1001")):
