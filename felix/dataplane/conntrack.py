@@ -170,6 +170,8 @@ class ConntrackFlusher:
         self.stats.last_apply_seconds = loop.time() - t0
         ok = sum(results)
         self.stats.flushed_addresses += ok
+        log.info("conntrack: deleted the entries of %d released address(es) in %.3f s",
+                 ok, self.stats.last_apply_seconds)
         if ok < len(todo):
             self.stats.failures += 1
         return ok > 0
