@@ -31,7 +31,7 @@ from felix.status import FelixState
 
 log = logging.getLogger(__name__)
 
-ROUND_INTERVAL = 0.04   # seconds: the shortest gap between two rounds once in sync
+ROUND_INTERVAL = 0.05   # seconds: the shortest gap between two rounds once in sync
 
 __all__ = ["MAX_APPLY_FAILURES", "RETRY_BACKOFF", "Felix", "FelixExit", "set_log_level", "setup_logging"]
 

@@ -203,8 +203,13 @@ class Calculator:
                 self._unresolved.update(_keys(self._ip_eps.get(ip)))
         self.nodes.take_errors()    # a bad address is reported by the overlay and NAT calculators
 
-    def _claims(self, ep: Endpoint) -> list[tuple[str, str]]:
-        return [(ep.host, "if:" + ep.iface)] + [(ep.host, n) for n in ep.ipv4_nets + ep.ipv6_nets]
+    def _claims(self, ep: Endpoint) -> tuple[tuple[str, str], ...]:
+        # an interface name never holds a "/" (IFNAME_RE) and a net always does: (host, iface)
+        # and (host, net) cannot collide, and no string is built per claim
+        h = ep.host
+        if not ep.ipv6_nets and len(ep.ipv4_nets) == 1:
+            return ((h, ep.iface), (h, ep.ipv4_nets[0]))
+        return ((h, ep.iface),) + tuple((h, n) for n in ep.ipv4_nets + ep.ipv6_nets)
 
     def _set_endpoint(self, ep: Endpoint) -> None:
         old = self.endpoints.get(ep.key)
@@ -264,7 +269,7 @@ class Calculator:
                 self._apply_state(key, ep, "none", f"address {node[0]} is node {node[1]}'s own address; "
                                                    "this endpoint is not programmed")
                 continue
-            ic = (ep.host, "if:" + ep.iface)
+            ic = (ep.host, ep.iface)
             if ic in held:
                 self._apply_state(key, ep, "none", f"interface {ep.iface} belongs to endpoint {held[ic]}; "
                                                    "this endpoint is not programmed")

@@ -284,6 +284,8 @@ class LabelIndex:
             self._ep_matches[key] = mine
 
     def _count(self, uid: str, ep: IndexedEndpoint, delta: int) -> None:
+        if not self._counts:    # nothing asked for yet (a snapshot before the first desired())
+            return
         for v in (4, 6):
             cm = self._counts.get((uid, v))
             if cm is not None:

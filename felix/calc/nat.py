@@ -195,7 +195,7 @@ class NatCalculator:
         k = getattr(key, "kind", None)
         if k not in self.KINDS:
             return False
-        path = getattr(key, "path", str(key))
+        path = key.path if hasattr(key, "path") else str(key)   # no repr of every key
         if kind != "put":
             value = None
         if k in NodeAddresses.KINDS:

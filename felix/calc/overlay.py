@@ -97,7 +97,7 @@ class OverlayCalculator:
         k = getattr(key, "kind", None)
         if k not in self.KINDS:
             return False
-        path = getattr(key, "path", str(key))
+        path = key.path if hasattr(key, "path") else str(key)   # no repr of every key
         try:
             changed = self._apply(k, key, path, value if kind == "put" else None)
         except (ValueError, TypeError) as e:
