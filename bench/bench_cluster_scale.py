@@ -561,7 +561,7 @@ def goals(r: dict) -> list[str]:
     return out
 
 
-def section(results: list[dict], a: argparse.Namespace, path: str) -> None:
+def section(results: list[dict], a: argparse.Namespace, path: str, before: list[dict] | None = None) -> None:
     png = os.path.splitext(path)[0] + ".png"
     lines = ["## Cluster scale: remote endpoints, 1,000 policies, churn (`make bench-cluster-scale`)", "",
              f"One node of a {HOSTS}-host cluster: {LOCAL} local endpoints, N remote endpoints, {PROFILES} "
@@ -572,12 +572,13 @@ def section(results: list[dict], a: argparse.Namespace, path: str) -> None:
              "| remote endpoints | cold start | peak RSS | ipsets / members | churn CPU | put -> ipset member "
              "p50 / p99 | RSS during churn | ipset restores/s | iptables restores/s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
+    rows = [(r, "") for r in results] + [(r, " (before)") for r in before or []]
+    for r, tag in rows:
         c = r.get("churn") or {}
         ch = (f"{c['cpu'] * 100:.0f}% | {c['lag_p50_ms']:.0f} / {c['lag_p99_ms']:.0f} ms | "
               f"{c['rss_start_mib'] * 1.048576:.0f} -> {c['rss_end_mib'] * 1.048576:.0f} MB | "
               f"{c['ipset_calls_per_s']:.1f} | {c['iptables_restores_per_s']:.1f}") if c else "- | - | - | - | -"
-        lines.append(f"| {r['remote']:,} | {r['cold_s']:.2f} s | {r['hwm_mib'] * 1.048576:.0f} MB | "
+        lines.append(f"| {r['remote']:,}{tag} | {r['cold_s']:.2f} s | {r['hwm_mib'] * 1.048576:.0f} MB | "
                      f"{r['ipsets']} / {r['members']:,} | {ch} |")
     big = results[-1]
     cd = big["confd"]
@@ -587,7 +588,10 @@ def section(results: list[dict], a: argparse.Namespace, path: str) -> None:
               f"reconfigured p50 {cd['to_bird_p50_ms']:.0f} ms (max {cd['to_bird_max_ms']:.0f}; both include "
               f"confd's debounce of up to 100 ms); first config {big['confd_first_cfg_s']:.2f} s after spawn; "
               f"RSS {cd['rss_mib'] * 1.048576:.0f} MB.", "",
-              "Goals: " + "; ".join(g for r in results for g in goals(r) if r is big or "churn" in g), "",
+              f"Goals at {big['remote']:,}: " + "; ".join(goals(big)) + f"; confd render+check+configure "
+              f"max {cd['to_bird_max_ms']:.0f} ms {'<=' if cd['to_bird_max_ms'] <= 500 else '>'} 500 ms.", "",
+              *([f"Rows marked (before) are the same benchmark on the code before this work ({a.before_label})."]
+                if before else []), "",
               f"![Felix cold start and peak RSS against remote endpoints]({os.path.basename(png)})", "",
               "How it is measured: cold start is calico-felix spawn -> its \"dataplane programmed\" log line "
               "(every local route, chain and ipset in the kernel, stale objects removed); peak RSS is VmHWM "
@@ -624,6 +628,8 @@ def main() -> int:
     ap.add_argument("--pyspy", help="py-spy binary: sample Felix's cold start and churn (raw stacks)")
     ap.add_argument("--profile-dir", default=".", help="where the py-spy profiles go")
     ap.add_argument("--profile-cold", type=float, default=15, help="seconds of cold start to sample")
+    ap.add_argument("--before", help="a --json file from a run of the earlier code, shown as (before) rows")
+    ap.add_argument("--before-label", default="the previous commit", help="what --before measured")
     ap.add_argument("--felix-log", default="info", help="Felix's LogSeverityScreen (debug shows each batch's timing)")
     ap.add_argument("--keep-log", help="copy Felix's log here")
     ap.add_argument("--inner", type=int, help=argparse.SUPPRESS)
@@ -644,7 +650,8 @@ def main() -> int:
         with open(a.json, "w") as f:
             json.dump({"sizes": results}, f, indent=1)
     if a.section:
-        section(results, a, a.section)
+        before = json.load(open(a.before))["sizes"] if a.before else None
+        section(results, a, a.section, before)
     return 0
 
 
