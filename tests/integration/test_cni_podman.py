@@ -109,6 +109,9 @@ def test_networks_are_isolated_until_a_profile_rule_allows(env):
     # reachable in principle (same-network traffic flows), yet blocked across networks
     same = pb.run("calinet").name
     wait_for(lambda: pb.ping(same, ip_c), timeout=30, what="calinet to calinet")
+    (veth,) = [e["name"] for e in _endpoints(cluster, n1.name).values() if e["ipv4_nets"] == [f"{ip_o}/32"]]
+    wait_for(lambda: veth in n1.ns.run("iptables-save", "-t", "filter").stdout, timeout=30,
+             what=f"Felix programming {veth}")  # blocked by policy, not merely not yet wired
     assert not pa.ping(other, ip_c) and not pb.ping(cali, ip_o)
     n1.ctl("profile", "othernet", "rule", "add", "inbound", "allow", "from", "tag", "calinet")
     wait_for(lambda: pb.ping(cali, ip_o), timeout=30, what="calinet -> othernet once allowed")
