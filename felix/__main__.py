@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
 
+from felix import daemon
 from felix.config import Config
 from felix.daemon import setup_logging
 from felix.wiring import build_felix
@@ -40,7 +42,15 @@ async def _main(boot: Config) -> int:
     return 0
 
 
+# Felix allocates millions of long-lived objects for a cluster's snapshot; with the default
+# threshold (700) the cyclic collector ran hundreds of times over them while they were being
+# built (~20% of a 30,000-endpoint start).  Its data has few reference cycles.
+GC_THRESHOLD = (50_000, 20, 20)
+
+
 def main(argv: list[str] | None = None) -> int:
+    gc.set_threshold(*GC_THRESHOLD)
+    daemon.FREEZE_GC = True
     boot = Config.bootstrap()
     setup_logging(boot.LogSeverityScreen)
     for w in boot.warnings:
