@@ -71,6 +71,7 @@ async def release(client: Any, handle: str) -> list[str]:
 
 
 def main() -> int:
-    from calico_cni.plugin import run
+    from calico_cni.plugin import exit_now, run
 
-    return run("calico-ipam", sys.stdin.buffer, sys.stdout)
+    exit_now(run("calico-ipam", sys.stdin.buffer, sys.stdout))
+    return 0  # not reached
