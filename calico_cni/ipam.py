@@ -71,7 +71,8 @@ async def release(client: Any, handle: str) -> list[str]:
 
 
 def main() -> int:
-    from calico_cni.plugin import exit_now, run
+    from calico_cni.plugin import exit_now, run, start
 
+    start()
     exit_now(run("calico-ipam", sys.stdin.buffer, sys.stdout))
     return 0  # not reached
