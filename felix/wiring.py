@@ -32,6 +32,7 @@ from felix.config_store import ConfigStore
 from felix.dataplane.errors import DataplaneError
 from felix.dataplane_facade import Dataplane
 from felix.health import HealthServer, felix_readiness
+from felix.parse import parse_key_value
 from felix.router import UpdateRouter
 from felix.status import FelixStatus, StatusBoard
 from libcalico import keys
@@ -209,7 +210,7 @@ def build_felix(boot: Config, environ: dict[str, str] | None = None, netns: str 
     hostname = boot.FelixHostname
     tls = boot.etcd_tls()
     client = DatastoreClient(endpoints=boot.etcd_endpoints(), ca=tls["ca"], cert=tls["cert"], key=tls["key"])
-    syncer = Syncer(client, WATCH_PREFIXES, wait_for_ready=True)
+    syncer = Syncer(client, WATCH_PREFIXES, parser=parse_key_value, wait_for_ready=True)
     config = ConfigStore(boot, environ)
     router = UpdateRouter(config)
     board = StatusBoard()

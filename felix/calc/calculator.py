@@ -241,10 +241,6 @@ class Calculator:
         self._unresolved.discard(key)
         self._apply_state(key, None, None, "")
 
-    def _rank(self, key: str) -> tuple:
-        created = self._created.get(key, 0)
-        return (0, created, key) if created else (1, 0, key)
-
     def _resolve(self) -> None:
         """Re-rank every endpoint that shares a claim with one that changed (see module docstring)."""
         todo, self._unresolved = self._unresolved, set()
@@ -261,10 +257,15 @@ class Calculator:
                     seen.add(c)
                     stack.extend(_keys(self._claimants.get(c)))
         held: dict[tuple[str, str], str] = {}
-        for key in sorted(comp, key=self._rank):
-            ep = self.endpoints[key]
-            nets = ep.ipv4_nets + ep.ipv6_nets
-            node = next(((n, h) for n in nets if (h := self.nodes.owner(n.split("/")[0]))), None)
+        created = self._created
+        # by create revision, then key; unknown (0) revisions after every known one
+        ranked = sorted(comp, key=lambda k: (0, c, k) if (c := created.get(k, 0)) else (1, 0, k))
+        endpoints, owner = self.endpoints, self.nodes.owner
+        any_nodes = bool(self.nodes.addresses())
+        for key in ranked:
+            ep = endpoints[key]
+            nets = ep.ipv4_nets + ep.ipv6_nets if ep.ipv6_nets else ep.ipv4_nets
+            node = next(((n, h) for n in nets if (h := owner(n.split("/")[0]))), None) if any_nodes else None
             if node is not None:
                 self._apply_state(key, ep, "none", f"address {node[0]} is node {node[1]}'s own address; "
                                                    "this endpoint is not programmed")

@@ -224,9 +224,12 @@ class LabelIndex:
     # ---- internals ------------------------------------------------------------------
 
     def _effective(self, ep: IndexedEndpoint) -> dict[str, str]:
+        prof_labels = self._prof_labels
+        if not prof_labels or not any(p in prof_labels for p in ep.profile_ids):
+            return dict(ep.labels)     # the common case: no profile labels to inherit
         eff: dict[str, str] = {}
         for p in ep.profile_ids:
-            for k, v in self._prof_labels.get(p, {}).items():
+            for k, v in prof_labels.get(p, {}).items():
                 eff.setdefault(k, v)
         eff.update(ep.labels)
         return eff
@@ -266,22 +269,25 @@ class LabelIndex:
         labels = self._eff[key]
         mine = self._ep_matches.get(key, ())
         before = mine
-        for uid in list(uids):
-            self.evaluations += 1
-            hit = self._sels[uid].evaluate(labels)
+        sels, matches, changed, counted = self._sels, self._matches, self._changed, bool(self._counts)
+        uids = list(uids)
+        self.evaluations += len(uids)
+        for uid in uids:
+            hit = sels[uid].evaluate(labels)
             if hit == (uid in mine):
                 continue
             if hit:
                 mine = mine + (uid,)
-                self._matches[uid].add(key)
+                matches[uid].add(key)
             else:
                 mine = tuple(u for u in mine if u != uid)
-                self._matches[uid].discard(key)
-            self._count(uid, self._eps[key], 1 if hit else -1)
-            self._touch((uid,))
-            self._ep_changed.add(key)
+                matches[uid].discard(key)
+            if counted:
+                self._count(uid, self._eps[key], 1 if hit else -1)
+            changed.add(uid)
         if mine is not before:
             self._ep_matches[key] = mine
+            self._ep_changed.add(key)
 
     def _count(self, uid: str, ep: IndexedEndpoint, delta: int) -> None:
         if not self._counts:    # nothing asked for yet (a snapshot before the first desired())

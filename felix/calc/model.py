@@ -13,6 +13,7 @@ The input is what the syncer hands over: the libcalico model of each value
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from sys import intern
@@ -20,8 +21,15 @@ from sys import intern
 from pydantic import BaseModel
 
 from felix.desired import Endpoint
+from libcalico.models import validate_labels
 from libcalico.selectors import SelectorError
-from libcalico.validation import V4_HOST_RE, validate_cidr, validate_ifname, validate_mac, validate_name
+from libcalico.validation import (
+    V4_HOST_RE,
+    validate_cidr,
+    validate_ifname,
+    validate_mac,
+    validate_name,
+)
 
 from .rules import (
     MAX_RENDERED_LINES,
@@ -69,7 +77,12 @@ def workload_net(text: str, version: int) -> str:
 
 
 def endpoint_from_value(key: object, value: object) -> Endpoint:
-    """`key` is a parsed libcalico Key of kind workload_endpoint."""
+    """`key` is a parsed libcalico Key of kind workload_endpoint.
+
+    A value the syncer's parser already turned into an Endpoint (`endpoint_from_json`)
+    is taken as it is: checking it again cost a fifth of a 50,000-endpoint cold start."""
+    if isinstance(value, Endpoint):
+        return value
     state = model_field(value, "state", "active")
     state = getattr(state, "value", state)
     if state not in ("active", "inactive"):
@@ -97,6 +110,67 @@ def endpoint_from_value(key: object, value: object) -> Endpoint:
         endpoint_id=intern(key.endpoint), active=state == "active", iface=iface, mac=mac,
         profile_ids=profile_ids, ipv4_nets=nets[4], ipv6_nets=nets[6],
         labels=tuple(sorted((intern(str(k)), intern(str(v))) for k, v in labels.items())))
+
+
+# Model fields the direct path does not handle: a value carrying any of them (a NAT entry, a
+# gateway, a MAC, the legacy single profile id) takes the full model path instead.
+_SLOW_FIELDS = frozenset({"mac", "ipv4_gateway", "ipv6_gateway", "ipv4_nat", "profile_id"})
+_FAST_MAX_CHARS = 4096
+
+
+def endpoint_from_json(key: object, raw: str) -> Endpoint | None:
+    """The Endpoint of a plain workload endpoint value, straight from its JSON, or None.
+
+    Why: a cluster's remote endpoints are tens of thousands of values of one plain shape,
+    and building a pydantic model for each only to convert it again was most of a cold
+    start.  Only a value this accepts is taken (with exactly the checks the model and
+    `endpoint_from_value` make); anything else - malformed, oversized, unusual fields, any
+    check failing - gives None, and the caller parses it the full way, so a bad value gets
+    the very same error (naming its key) and hurts only itself.
+    """
+    if len(raw) > _FAST_MAX_CHARS:
+        return None
+    try:
+        data = json.loads(raw)
+        if type(data) is not dict or not _SLOW_FIELDS.isdisjoint(data):
+            return None
+        for f in ("host", "orchestrator", "workload", "endpoint"):
+            validate_name(getattr(key, f), _KEY_WHAT[f])
+        state = data["state"]
+        if state not in ("active", "inactive") or type(state) is not str:
+            return None
+        iface = validate_ifname(data["name"])
+        pids = data.get("profile_ids")
+        if pids is None:
+            pids = []
+        elif type(pids) is not list:
+            return None
+        profile_ids = tuple(dict.fromkeys(intern(validate_name(p, "profile id")) for p in pids))
+        nets = {}
+        for v in (4, 6):
+            raw_nets = data.get(f"ipv{v}_nets")
+            if raw_nets is None:
+                raw_nets = []
+            elif type(raw_nets) is not list:
+                return None
+            nets[v] = tuple(dict.fromkeys(workload_net(validate_cidr(n, v), v) for n in raw_nets))
+        labels = data.get("labels")
+        if labels is None:
+            labels = {}
+        elif type(labels) is not dict or not all(type(a) is str and type(b) is str for a, b in labels.items()):
+            return None
+        validate_labels(labels)
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return Endpoint(
+        key=key.path, host=intern(key.host), orchestrator=intern(key.orchestrator), workload=key.workload,
+        endpoint_id=intern(key.endpoint), active=state == "active", iface=iface, mac=None,
+        profile_ids=profile_ids, ipv4_nets=nets[4], ipv6_nets=nets[6],
+        labels=tuple(sorted((intern(a), intern(b)) for a, b in labels.items())))
+
+
+_KEY_WHAT = {"host": "hostname", "orchestrator": "orchestrator id", "workload": "workload id",
+             "endpoint": "endpoint id"}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from felix import names
-from felix.desired import NatState
+from felix.desired import Endpoint, NatState
 
 from .model import model_field, workload_net
 from .nodes import NodeAddresses
@@ -229,7 +229,8 @@ class NatCalculator:
         # workload endpoint of any host: its claims decide who owns an ext_ip
         old_c = self._claims.get(path)
         new_c = None
-        if value is not None and model_field(value, "ipv4_nat", None):
+        # an Endpoint value is one the parser took directly: it carries no ipv4_nat
+        if value is not None and not isinstance(value, Endpoint) and model_field(value, "ipv4_nat", None):
             pairs = _claim_pairs(value)
             if pairs:
                 new_c = _Claim((int(create_revision or 0), path), key.host, pairs)
