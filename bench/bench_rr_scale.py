@@ -72,8 +72,10 @@ def start_all(c: Cluster, want: dict[str, int], timeout: float) -> dict[str, flo
     ready: dict[str, float] = {}
     while len(ready) < len(c.nodes):
         if time.monotonic() - t0 > timeout:
-            late = [n.name for n in c.nodes if n.name not in ready]
-            raise SystemExit(f"not all Established after {timeout}s: {late[:5]} ... ({len(late)} nodes)")
+            late = [n for n in c.nodes if n.name not in ready]
+            detail = "; ".join(f"{n.name}: " + ", ".join(f"{k} {v}" for k, v in n.bgp_sessions().items()
+                                                          if v != "Established") for n in late[:3])
+            raise SystemExit(f"not all Established after {timeout}s ({len(late)} nodes): {detail}")
         for n in c.nodes:
             if n.proc is not None and n.proc.poll() is not None:
                 raise SystemExit(f"calico-node on {n.name} exited: {c.node_output(n)[-1500:]}")
@@ -163,7 +165,7 @@ def plot(results: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for mode, label, style in (("mesh", "full mesh", "o-"), ("rr", "2 route reflectors", "s-")):
-        rs = [r for r in results if r["mode"] == mode]
+        rs = [r for r in results if r["mode"] == mode and "failed" not in r]
         xs = [r["nodes"] for r in rs]
         axes[0].plot(xs, [r["all_established_s"] for r in rs], style, label=label)
         axes[1].plot(xs, [r["route_p99_s"] for r in rs], style, label=f"{label}: route p99")
@@ -191,6 +193,10 @@ def section(results: list[dict], path: str) -> None:
     plot(results, png)
     rows = []
     for r in results:
+        if "failed" in r:  # a run that did not complete is shown, not dropped
+            rows.append(f"| {r['nodes']} | {'2 reflectors' if r['mode'] == 'rr' else 'full mesh'} "
+                        f"| did not complete: {r['failed']} | | | | | | | | | {r['when']} |")
+            continue
         rr = r["sessions_reflector"]
         rows.append(f"| {r['nodes']} | {'2 reflectors' if r['mode'] == 'rr' else 'full mesh'} "
                     f"| {r['all_established_s']} | {r['median_ready_s']} "
@@ -243,7 +249,12 @@ def main() -> int:
         for n in (int(x) for x in a.sizes.split(",") if x):
             for mode in (m for m in a.modes.split(",") if m):
                 print(f"==> {n} nodes, {mode}", flush=True)
-                r = run_one(n, mode, a.samples)
+                try:
+                    r = run_one(n, mode, a.samples)
+                except SystemExit as e:  # recorded as a failed run; the other sizes and modes still run
+                    print(f"FAILED: {e}", flush=True)
+                    r = {"nodes": n, "mode": mode, "failed": str(e)[:300],
+                         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
                 print(json.dumps(r), flush=True)
                 results = merge(results, r)
                 os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
