@@ -22,6 +22,8 @@ its own loop after each round; the exporter thread only renders.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import socket
@@ -190,6 +192,7 @@ class Metrics:
         self.ipset_calls = counter("felix_ipset_calls", "Number of ipset commands executed.")
         self.ipset_errors = counter("felix_ipset_errors", "Number of ipset command failures.")
         self._last: dict[str, float] = {}
+        self._counts_source: tuple | None = None     # (FelixStatus, its loop), see refresh_counts
         self._server: ThreadingHTTPServer | None = None
 
     @classmethod
@@ -209,6 +212,7 @@ class Metrics:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "metrics are at /metrics")
                     return
+                metrics.refresh_counts()
                 body = metrics.render().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
@@ -300,8 +304,37 @@ class Metrics:
         if applies > self._last.get("applies", 0.0) and status.last_apply_seconds is not None:
             self.apply_time.observe(status.last_apply_seconds)
         self._last["applies"] = max(applies, self._last.get("applies", 0.0))
-        counts = status.calc_counts()
         self.local_endpoints.set(status.local_endpoints)
+        # Counting what the calculators hold was ~13% of a round under churn at 20,000 endpoints:
+        # with a loop running it is done when scraped (on the loop, see `refresh_counts`).
+        try:
+            self._counts_source = (status, asyncio.get_running_loop())
+        except RuntimeError:
+            self._set_counts(status)
+
+    def refresh_counts(self, timeout: float = 2.0) -> None:
+        """From the server thread: the calculator counts, computed on Felix's loop (the only
+        thread that may read the calculators); a loop too busy to answer leaves the last values."""
+        src = self._counts_source
+        if src is None:
+            return
+        status, loop = src
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                self._set_counts(status)
+                done.set_result(None)
+            except Exception as e:  # noqa: BLE001 - handed to the waiting thread
+                done.set_exception(e)
+        try:
+            loop.call_soon_threadsafe(run)
+            done.result(timeout)
+        except Exception as e:  # noqa: BLE001 - a closed or busy loop: serve what we have
+            log.debug("calculator counts not refreshed: %r", e)
+
+    def _set_counts(self, status) -> None:
+        counts = status.calc_counts()
         for gauge, key in ((self.local_policies, "local_policies"), (self.cluster_hosts, "hosts"),
                            (self.cluster_workload_endpoints, "workload_endpoints"),
                            (self.cluster_host_endpoints, "host_endpoints")):

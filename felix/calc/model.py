@@ -134,18 +134,25 @@ def endpoint_from_json(key: object, raw: str) -> Endpoint | None:
         data = json.loads(raw)
         if type(data) is not dict or not _SLOW_FIELDS.isdisjoint(data):
             return None
-        for f in ("host", "orchestrator", "workload", "endpoint"):
-            validate_name(getattr(key, f), _KEY_WHAT[f])
+        _checked_name(key.host, "hostname")     # few distinct hosts and orchestrators: remembered
+        _checked_name(key.orchestrator, "orchestrator id")
+        validate_name(key.workload, "workload id")
+        validate_name(key.endpoint, "endpoint id")
         state = data["state"]
         if state not in ("active", "inactive") or type(state) is not str:
             return None
         iface = validate_ifname(data["name"])
         pids = data.get("profile_ids")
         if pids is None:
-            pids = []
+            profile_ids = ()
         elif type(pids) is not list:
             return None
-        profile_ids = tuple(dict.fromkeys(intern(validate_name(p, "profile id")) for p in pids))
+        else:
+            pkey = tuple(pids)
+            profile_ids = _known_pids.get(pkey)
+            if profile_ids is None:
+                profile_ids = tuple(dict.fromkeys(intern(validate_name(p, "profile id")) for p in pids))
+                _remember(_known_pids, pkey, profile_ids)
         nets = {}
         for v in (4, 6):
             raw_nets = data.get(f"ipv{v}_nets")
@@ -156,21 +163,46 @@ def endpoint_from_json(key: object, raw: str) -> Endpoint | None:
             nets[v] = tuple(dict.fromkeys(workload_net(validate_cidr(n, v), v) for n in raw_nets))
         labels = data.get("labels")
         if labels is None:
-            labels = {}
-        elif type(labels) is not dict or not all(type(a) is str and type(b) is str for a, b in labels.items()):
+            label_items = ()
+        elif type(labels) is not dict:
             return None
-        validate_labels(labels)
+        else:
+            lkey = tuple(labels.items())
+            label_items = _known_labels.get(lkey)
+            if label_items is None:
+                if not all(type(a) is str and type(b) is str for a, b in lkey):
+                    return None
+                validate_labels(labels)
+                label_items = tuple(sorted((intern(a), intern(b)) for a, b in lkey))
+                _remember(_known_labels, lkey, label_items)
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return Endpoint(
         key=key.path, host=intern(key.host), orchestrator=intern(key.orchestrator), workload=key.workload,
         endpoint_id=intern(key.endpoint), active=state == "active", iface=iface, mac=None,
-        profile_ids=profile_ids, ipv4_nets=nets[4], ipv6_nets=nets[6],
-        labels=tuple(sorted((intern(a), intern(b)) for a, b in labels.items())))
+        profile_ids=profile_ids, ipv4_nets=nets[4], ipv6_nets=nets[6], labels=label_items)
 
 
-_KEY_WHAT = {"host": "hostname", "orchestrator": "orchestrator id", "workload": "workload id",
-             "endpoint": "endpoint id"}
+# What passed the checks before, by value: a cluster's endpoints repeat a few hosts, profile
+# lists and label sets thousands of times.  Bounded: past the limit nothing more is kept.
+_CACHE_LIMIT = 65536
+_known_names: set[str] = set()
+_known_pids: dict[tuple, tuple[str, ...]] = {}
+_known_labels: dict[tuple, tuple[tuple[str, str], ...]] = {}
+
+
+def _remember(cache: dict, k: tuple, v: tuple) -> None:
+    if len(cache) < _CACHE_LIMIT:
+        cache[k] = v
+
+
+def _checked_name(value: object, what: str) -> None:
+    """validate_name (the same check whatever `what` names), remembered for strings seen before."""
+    if type(value) is str and value in _known_names:
+        return
+    validate_name(value, what)
+    if len(_known_names) < _CACHE_LIMIT:
+        _known_names.add(value)
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,34 @@ def test_bad_names_rejected():
             w.set_members(bad, [])
     assert parse_save("create felix-v6-a hash:net family inet6\nadd felix-v6-a fd00::1\n", "felix-v6-") == (
         {"felix-v6-a": {"fd00::1"}}, {"felix-v6-a": "hash:net family inet6"})
+
+
+class ListingIpset(FakeIpset):
+    """Also answers `ipset list -n` with the sets of its save text plus `extra`."""
+
+    def __init__(self, save: str = ""):
+        super().__init__(save)
+        self.extra: list[str] = []
+
+    def respond(self, argv, inp):
+        if argv == ["ipset", "list", "-n"]:
+            names = [ln.split()[1] for ln in self.save.splitlines() if ln.startswith("create ")]
+            return 0, "".join(f"{n}\n" for n in names + self.extra), ""
+        return super().respond(argv, inp)
+
+
+async def test_cleanup_lists_names_and_reads_members_only_when_the_sets_differ():
+    fake = ListingIpset("create felix-v4-a hash:net family inet hashsize 1024 maxelem 1048576\n"
+                        "add felix-v4-a 10.0.0.1\ncreate kube-x hash:ip family inet\n")
+    w = IpsetWriter(4, fake.runner)
+    w.set_members("felix-v4-a", ["10.0.0.1"])
+    assert await w.apply() is False
+    saves = sum(argv == ["ipset", "save"] for argv, _ in fake.runner.calls)
+    await w.cleanup_stale()    # the kernel has exactly our sets: no second save, nothing destroyed
+    assert sum(argv == ["ipset", "save"] for argv, _ in fake.runner.calls) == saves
+    assert fake.restores() == []
+    # a set of ours appeared behind our back: read everything again and destroy it
+    fake.save += "create felix-v4-stale hash:net family inet hashsize 1024 maxelem 1048576\n"
+    await w.cleanup_stale()
+    assert sum(argv == ["ipset", "save"] for argv, _ in fake.runner.calls) == saves + 1
+    assert fake.restores() == ["destroy felix-v4-stale\n"]
