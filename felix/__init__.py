@@ -19,8 +19,10 @@ stale objects.  `policy_apply.ApplyPolicy` decides what a failed apply means
 (backoff, retry, exit 1 after MAX_APPLY_FAILURES); a non-live config change
 exits EXIT_CONFIG_CHANGED (`config_store.ConfigStore.reload`).
 
-Input.  `router.UpdateRouter` takes each syncer update once, with the key the
-syncer parsed: config keys to the ConfigStore (this host's and the global
+Input.  The syncer parses with `parse.parse_key_value`: plain workload
+endpoint values go straight to Felix's `Endpoint` (`calc.model.endpoint_from_json`),
+everything else through libcalico's models.  `router.UpdateRouter` takes each
+syncer update once, with the key the syncer parsed: config keys to the ConfigStore (this host's and the global
 layer; `config.py` types and sources every parameter), overlay/NAT kinds to
 those calculators, the rest to the core calculator with its create revision.
 `addons.OverlayNatSettings` turns the Config into the overlay and NAT configs,
