@@ -113,8 +113,8 @@ def endpoint_from_value(key: object, value: object) -> Endpoint:
 
 
 # Model fields the direct path does not handle: a value carrying any of them (a NAT entry, a
-# gateway, a MAC, the legacy single profile id) takes the full model path instead.
-_SLOW_FIELDS = frozenset({"mac", "ipv4_gateway", "ipv6_gateway", "ipv4_nat", "profile_id"})
+# gateway, the legacy single profile id) or a MAC other than null takes the full model path.
+_SLOW_FIELDS = frozenset({"ipv4_gateway", "ipv6_gateway", "ipv4_nat", "profile_id"})
 _FAST_MAX_CHARS = 4096
 
 
@@ -132,7 +132,7 @@ def endpoint_from_json(key: object, raw: str) -> Endpoint | None:
         return None
     try:
         data = json.loads(raw)
-        if type(data) is not dict or not _SLOW_FIELDS.isdisjoint(data):
+        if type(data) is not dict or not _SLOW_FIELDS.isdisjoint(data) or data.get("mac") is not None:
             return None
         _checked_name(key.host, "hostname")     # few distinct hosts and orchestrators: remembered
         _checked_name(key.orchestrator, "orchestrator id")

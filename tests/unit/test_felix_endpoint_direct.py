@@ -83,6 +83,8 @@ def test_plain_values_are_taken_directly() -> None:
     assert isinstance(value, Endpoint) and value.key == PATH
     assert value.profile_ids == ("p1", "p2") and value.ipv4_nets == ("10.0.0.1/32", "10.0.0.2/32")
     assert value.labels == (("app", "web"), ("role", "fe"))
+    _, value = felix_parse(PATH, json.dumps(base(mac=None)))     # a null MAC is no MAC
+    assert isinstance(value, Endpoint) and value.mac is None
     # a value with a MAC (local workloads) still goes through the model
     _, value = felix_parse(PATH, json.dumps(base(mac="aa:bb:cc:dd:ee:ff")))
     assert not isinstance(value, Endpoint)
