@@ -364,6 +364,8 @@ def sections(status: dict) -> list[str]:
         name = fname[:-3]
         with open(os.path.join(SECTION_DIR, fname)) as f:
             body = f.read().rstrip("\n")
+        # a section links its plots beside itself; the document sits one directory up
+        body = re.sub(r"\]\(([^/():]+\.png)\)", r"](bench/\1)", body)
         out += ["", body]
         rc = status.get(name, (0, 0.0))[0]
         if rc != 0:
