@@ -53,7 +53,10 @@ Options:
                            one of this namespace's addresses, else the kernel hostname].
 """
 
-ORCHESTRATOR = "netns"
+# The datamodel's orchestrator id for endpoints this command makes.  Releases
+# before it wrote "netns"; those endpoints are still found, edited and removed.
+ORCHESTRATOR = "calicoctl"
+LEGACY_ORCHESTRATORS = ("netns",)
 DEFAULT_RUN_DIR = "/var/run/calico"
 _VALUED = ("--interface", "--hostname")
 
@@ -154,7 +157,10 @@ async def find_endpoint(client: Any, host: str, workload: str, strict: bool = Tr
     An invalid value stops an edit (strict) but not a removal, which only
     needs the key and the endpoint id.
     """
-    eps = await WorkloadEndpoints(client).list(host, ORCHESTRATOR, workload, include_invalid=True)
+    repo = WorkloadEndpoints(client)
+    eps = []
+    for orchestrator in (ORCHESTRATOR, *LEGACY_ORCHESTRATORS):
+        eps += await repo.list(host, orchestrator, workload, include_invalid=True)
     for ep in sorted(eps, key=lambda s: s.create_revision):
         if strict and not ep.valid:
             raise CliError(f"{ep.path}: {ep.error}; fix it or remove the container")
@@ -280,7 +286,7 @@ async def remove(ctx: Context, ns: netns.NamespaceRef | None, workload_id: str, 
     names = [n for n in (ifname(ep), host_ifname(ep.key.endpoint)) if n and _valid_ifname(n)]
     for n in dict.fromkeys(names):
         delete_veth(None, n)
-    await workload_attach.detach(client, (host, ORCHESTRATOR, workload_id, ep.key.endpoint), netns_ref=ns,
+    await workload_attach.detach(client, (host, ep.key.orchestrator, workload_id, ep.key.endpoint), netns_ref=ns,
                                  handle=ep.key.endpoint, release_endpoint_ips=True)
     return ep
 

@@ -43,7 +43,7 @@ class Node:
         return [link["ifname"] for link in out if link["ifname"].startswith("cali")]
 
     def endpoints(self, wl: str | None = None) -> dict[str, dict]:
-        prefix = f"/calico/v1/host/{self.name}/workload/netns/" + (f"{wl}/" if wl else "")
+        prefix = f"/calico/v1/host/{self.name}/workload/calicoctl/" + (f"{wl}/" if wl else "")
         return {k: json.loads(self.etcd.get(k)) for k in self.etcd.keys(prefix)}
 
 
@@ -179,6 +179,21 @@ def test_remove_after_the_namespace_is_gone(node, netns_factory):
     assert node.cali_links() == [] and node.endpoints() == {}
 
 
+def test_endpoint_written_by_an_older_release_is_still_found_and_removed(node, netns_factory):
+    """Older releases filed container add's endpoints under orchestrator `netns`."""
+    wl = netns_factory("wl")
+    node.ok("container", "add", wl.name, "ipv4")
+    [(key, value)] = node.endpoints(wl.name).items()
+    legacy = key.replace("/workload/calicoctl/", "/workload/netns/")
+    node.etcd.put(legacy, json.dumps(value))
+    node.etcd.delete(key)
+    r = node.ctl("container", "add", wl.name, "ipv4")
+    assert r.returncode != 0 and "already" in r.stderr, r.stderr
+    node.ok("container", "remove", wl.name)
+    assert node.etcd.keys(f"/calico/v1/host/{node.name}/workload/") == []
+    assert node.cali_links() == [] and node.etcd.keys("/calico/ipam/v2/handle/") == []
+
+
 def test_ip_add_and_remove(node, netns_factory):
     wl = netns_factory("wl")
     node.ok("container", "add", wl.name, "ipv4")
@@ -228,9 +243,9 @@ def test_profile_set_append_remove(node, netns_factory):
 def test_hostname_option_and_env_choose_the_node(node, netns_factory):
     a, b = netns_factory("wl"), netns_factory("wl")
     node.ok("container", "add", a.name, "ipv4", "--hostname=elsewhere")
-    assert node.etcd.keys(f"/calico/v1/host/elsewhere/workload/netns/{a.name}/endpoint/")
+    assert node.etcd.keys(f"/calico/v1/host/elsewhere/workload/calicoctl/{a.name}/endpoint/")
     node.ok("container", "add", b.name, "ipv4", env={"NODENAME": "viaenv"})
-    assert node.etcd.keys(f"/calico/v1/host/viaenv/workload/netns/{b.name}/endpoint/")
+    assert node.etcd.keys(f"/calico/v1/host/viaenv/workload/calicoctl/{b.name}/endpoint/")
     r = node.ctl("container", a.name, "endpoint", "show")  # looks on this node: not there
     assert r.returncode == 1 and "no endpoint" in r.stderr
     node.ok("container", "remove", a.name, "--hostname=elsewhere")
@@ -313,7 +328,7 @@ def test_node_name_comes_from_the_calico_program_running_here(node, netns_factor
                  timeout=5, what="the fake calico program to start")
         wl = netns_factory("wl")
         node.ok("container", "add", wl.name, "ipv4")
-        assert node.etcd.keys(f"/calico/v1/host/fromproc/workload/netns/{wl.name}/endpoint/")
+        assert node.etcd.keys(f"/calico/v1/host/fromproc/workload/calicoctl/{wl.name}/endpoint/")
     finally:
         proc.kill()
         proc.wait()

@@ -262,7 +262,7 @@ def test_node_run_none_stop_and_remove(fabric, netns_factory):
 
     wl = netns_factory("wl")
     fabric.ok(a, "container", "add", wl.name, "ipv4")  # node found from CALICO_RUN_DIR, no NODENAME
-    assert fabric.etcd.keys(f"/calico/v1/host/{a.name}/workload/netns/{wl.name}/")
+    assert fabric.etcd.keys(f"/calico/v1/host/{a.name}/workload/calicoctl/{wl.name}/")
     r = fabric.ctl(a, "node", "stop")
     assert r.returncode == 1 and "workload endpoint" in r.stderr
     assert proc.poll() is None
