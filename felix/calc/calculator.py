@@ -260,12 +260,12 @@ class Calculator:
         created = self._created
         # by create revision, then key; unknown (0) revisions after every known one
         ranked = sorted(comp, key=lambda k: (0, c, k) if (c := created.get(k, 0)) else (1, 0, k))
-        endpoints, owner = self.endpoints, self.nodes.owner
+        endpoints, node_owner = self.endpoints, self.nodes.owner
         any_nodes = bool(self.nodes.addresses())
         for key in ranked:
             ep = endpoints[key]
             nets = ep.ipv4_nets + ep.ipv6_nets if ep.ipv6_nets else ep.ipv4_nets
-            node = next(((n, h) for n in nets if (h := owner(n.split("/")[0]))), None) if any_nodes else None
+            node = next(((n, h) for n in nets if (h := node_owner(n.split("/")[0]))), None) if any_nodes else None
             if node is not None:
                 self._apply_state(key, ep, "none", f"address {node[0]} is node {node[1]}'s own address; "
                                                    "this endpoint is not programmed")
@@ -278,8 +278,8 @@ class Calculator:
             held[ic] = key
             taken = [(n, held[(ep.host, n)]) for n in nets if (ep.host, n) in held]
             if taken:
-                n, owner = taken[0]
-                self._apply_state(key, ep, "drop", f"address {n} belongs to endpoint {owner}; "
+                n, holder = taken[0]
+                self._apply_state(key, ep, "drop", f"address {n} belongs to endpoint {holder}; "
                                                    "this endpoint's traffic is dropped")
                 continue
             for n in nets:
