@@ -61,7 +61,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.bench_dataplane import ifname, make_interfaces  # noqa: E402
-from bench.bench_scale import _ns_cleanup, settle, vm  # noqa: E402
+from bench.bench_scale import _ns_cleanup, run_inner, settle, vm  # noqa: E402
 
 FELIX = os.path.join(ROOT, ".venv", "bin", "calico-felix")
 CONFD = os.path.join(ROOT, ".venv", "bin", "calico-confd")
@@ -542,16 +542,7 @@ def one_size(n: int, a: argparse.Namespace) -> dict:
                 *(["--pyspy", a.pyspy, "--profile-dir", os.path.abspath(a.profile_dir)] if a.pyspy else []),
                 "--churn-seconds", str(a.churn_seconds), "--churn-rate", str(a.churn_rate),
                 "--policy-rate", str(a.policy_rate)]
-        r = subprocess.run(["ip", "netns", "exec", ns] + argv, stdout=subprocess.PIPE, text=True)
-        result = None
-        for line in r.stdout.splitlines():
-            if line.startswith("RESULT "):
-                result = json.loads(line[7:])
-            else:
-                print(line, flush=True)
-        if r.returncode != 0 or result is None:
-            raise SystemExit(f"cluster-scale run with {n} remote endpoints failed (exit {r.returncode})")
-        return result
+        return run_inner(ns, argv, f"cluster-scale run with {n} remote endpoints")
     finally:
         _ns_cleanup(ns)
 

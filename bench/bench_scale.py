@@ -56,6 +56,20 @@ def _ns_cleanup(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+def run_inner(ns: str, argv: list[str], what: str) -> dict:
+    """Run a benchmark's inner half inside `ns`, echoing its output; the dict of its `RESULT {json}` line."""
+    r = subprocess.run(["ip", "netns", "exec", ns] + argv, stdout=subprocess.PIPE, text=True)
+    result = None
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[7:])
+        else:
+            print(line, flush=True)
+    if r.returncode != 0 or result is None:
+        raise SystemExit(f"{what} failed (exit {r.returncode})")
+    return result
+
+
 def settle(limit: float = 15.0) -> float:
     """Wait until the kernel has finished tearing down earlier namespaces; returns the seconds waited.
 
@@ -99,16 +113,7 @@ def one_size(n: int, a: argparse.Namespace) -> dict:
         settle()  # their creation has settled too before anything is timed
         argv = [sys.executable, os.path.abspath(__file__), "--inner", str(n), "--floor-ns", floor_ns,
                 "--profiles", str(a.profiles), "--tags", str(a.tags), "--backend", a.backend]
-        r = subprocess.run(["ip", "netns", "exec", felix_ns] + argv, stdout=subprocess.PIPE, text=True)
-        result = None
-        for line in r.stdout.splitlines():
-            if line.startswith("RESULT "):
-                result = json.loads(line[7:])
-            else:
-                print(line, flush=True)
-        if r.returncode != 0 or result is None:
-            raise SystemExit(f"scale run with {n} endpoints failed (exit {r.returncode})")
-        return result
+        return run_inner(felix_ns, argv, f"scale run with {n} endpoints")
     finally:
         _ns_cleanup(felix_ns)
         _ns_cleanup(floor_ns)
