@@ -34,8 +34,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from libcalico.datastore import (
     CompactedError,
     DatastoreClient,
@@ -341,7 +339,7 @@ class Syncer:
             except CompactedError as e:
                 # History is gone: resnapshot at once, the diff recovers what was missed.
                 self._outage("history compacted", e, logging.INFO)
-            except (DatastoreError, grpc.RpcError, OSError) as e:
+            except (DatastoreError, OSError) as e:
                 self._outage("unavailable", e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)

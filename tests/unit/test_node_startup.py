@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-from aetcd import rpc
 
 from calico_node import autodetect, settings, startup
 from libcalico import keys
@@ -64,7 +63,7 @@ class MemStore:
         else:
             end = c.range_end.decode()
             found = [k for k in self.data if key <= k < end]
-        assert isinstance(c, Compare) and c.target == "mod" and c.op == rpc.Compare.LESS, "only unchanged_since is modelled"
+        assert isinstance(c, Compare) and c.target == "mod" and c.op == "LESS", "only unchanged_since is modelled"
         return all(self.mods[k] < c.value for k in found)
 
     async def txn(self, compare, success, failure, what=""):
