@@ -18,8 +18,10 @@ and process, and is safe to call twice.
 Scale: any number of nodes up to 250 per subnet (`Cluster(n_nodes=50)`); the
 helpers below that watch many nodes read BIRD's control sockets and /proc
 directly instead of running a calicoctl per node, so watching 50 nodes costs
-the machine little.  Route reflectors: `use_route_reflectors(...)` turns the
-mesh off, marks reflector nodes and makes them every node's global peers.
+the machine little; the kernel's one neighbour table, shared by all namespaces,
+is raised to fit them (`size_neighbour_tables`).  Route reflectors:
+`use_route_reflectors(...)` turns the mesh off, marks reflector nodes and makes
+them every node's global peers.
 """
 
 from __future__ import annotations
@@ -47,6 +49,44 @@ def _bin(name: str) -> str:
 
 
 _SEQ = re.compile(r"icmp_seq=(\d+)")
+
+_NEIGH_THRESH = "/proc/sys/net/{family}/neigh/default/gc_thresh{level}"
+
+
+def neighbour_entries(n_nodes: int) -> int:
+    """Neighbour entries to allow for a cluster of `n_nodes`, all its namespaces together.
+
+    Each node resolves every other node, the gateway and etcd on its bridge, and the fabric every
+    node: about (n + 3)^2.  Doubled, for workloads and for other clusters on the same machine.
+    """
+    return 2 * (n_nodes + 3) ** 2
+
+
+def size_neighbour_tables(n_nodes: int) -> None:
+    """Make the kernel's neighbour tables big enough for `n_nodes` simulated hosts.
+
+    The kernel keeps ONE ARP and ONE NDP table for all network namespaces (its limits can only be
+    set from the initial namespace), sized for one host: 1024 entries, with resolved entries
+    evicted above 512.  A 50-node mesh needs ~2,500, so without this the kernel logs "neighbor
+    table overflow", a node's connect to a peer fails with "No route to host" and BGP sessions
+    sit in Connect for minutes -- a fault of the harness, not of calico-node (real hosts each have
+    their own table).  Limits are only raised, never lowered: another cluster may be running.
+    """
+    need = neighbour_entries(n_nodes)
+    for family in ("ipv4", "ipv6"):
+        for level, want in ((2, need), (3, 2 * need)):
+            path = _NEIGH_THRESH.format(family=family, level=level)
+            try:
+                with open(path) as f:
+                    if int(f.read()) >= want:
+                        continue
+            except FileNotFoundError:
+                continue  # no IPv6 in this kernel
+            try:
+                with open(path, "w") as f:
+                    f.write(str(want))
+            except OSError as e:
+                raise RuntimeError(f"{n_nodes} nodes need {path} >= {want} and it cannot be raised: {e}") from e
 
 
 class Pinger(threading.Thread):
@@ -204,6 +244,7 @@ class Cluster:
 
     def add_node(self, env: dict | None = None, start: bool = True) -> Node:
         n = len(self.nodes) + 1
+        size_neighbour_tables(n)
         subnet = 2 if (self.two_subnets and n % 2 == 0) else 1
         ns = self._ns(f"n{n}")
         self._attach(ns, subnet, n)
