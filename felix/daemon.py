@@ -417,5 +417,4 @@ def setup_logging(level: str = "info") -> None:
     logsafe.basic_config(format="%(asctime)s.%(msecs)03d [%(levelname)s] %(name)s: %(message)s",
                          datefmt="%Y-%m-%dT%H:%M:%S", force=True)
     set_log_level(level)
-    for noisy in ("aetcd", "grpc", "pyroute2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
