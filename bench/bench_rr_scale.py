@@ -103,6 +103,12 @@ def idle(c: Cluster, window: float) -> tuple[list[int], list[int], float]:
     return [after[n.name][0] for n in c.nodes], [pss_kb(n) for n in c.nodes], cpu
 
 
+def load_now() -> str:
+    """The machine's 1/5/15-minute load averages, as `uptime` shows them: the machine is shared, so
+    every row says how busy it was around its run."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def run_one(n: int, mode: str, samples: int) -> dict:
     c = Cluster(n_nodes=n, start=False)
     try:
@@ -193,6 +199,8 @@ def section(results: list[dict], path: str) -> None:
     plot(results, png)
     rows = []
     for r in results:
+        if "load_before" in r:
+            r = dict(r, when=f"{r['when']}, load {r['load_before']} before, {r['load_after']} after")
         if "failed" in r:  # a run that did not complete is shown, not dropped
             rows.append(f"| {r['nodes']} | {'2 reflectors' if r['mode'] == 'rr' else 'full mesh'} "
                         f"| did not complete: {r['failed']} | | | | | | | | | {r['when']} |")
@@ -226,8 +234,12 @@ until a workload on the first node gets a ping reply (20 ms ping); with reflecto
 last nodes are clients, so the route is reflected (nodes 2 and 3 reflect, cluster 1.0.0.1).
 Memory is at idle after those samples: RSS of every process in the node's namespace summed (a
 shared library page counts in each process) and PSS (shared pages split between processes). Idle
-CPU: all node processes over a {IDLE_WINDOW:.0f} s window. Goals at 50 nodes: route p99 <= 1 s
-with reflectors, every node ready <= 30 s after a simultaneous start, RSS <= 120 MB per node.
+CPU: all node processes over a {IDLE_WINDOW:.0f} s window. "measured" gives the machine's 1/5/15-minute
+load averages (as `uptime` prints them) before and after each run: other work shared the cores.
+The harness raises the kernel's neighbour-table limits to fit the cluster: one ARP table serves
+every namespace, and at its default 1024 entries a 50-node mesh overflowed it ("No route to host",
+sessions stuck in Connect). Goals at 50 nodes: route p99 <= 1 s with reflectors, every node ready
+<= 30 s after a simultaneous start, RSS <= 120 MB per node.
 """
     with open(path, "w") as f:
         f.write(text)
@@ -249,12 +261,14 @@ def main() -> int:
         for n in (int(x) for x in a.sizes.split(",") if x):
             for mode in (m for m in a.modes.split(",") if m):
                 print(f"==> {n} nodes, {mode}", flush=True)
+                load_before = load_now()
                 try:
                     r = run_one(n, mode, a.samples)
                 except SystemExit as e:  # recorded as a failed run; the other sizes and modes still run
                     print(f"FAILED: {e}", flush=True)
                     r = {"nodes": n, "mode": mode, "failed": str(e)[:300],
                          "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                r.update(load_before=load_before, load_after=load_now())
                 print(json.dumps(r), flush=True)
                 results = merge(results, r)
                 os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
