@@ -193,8 +193,8 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def section(results: list[dict], path: str) -> None:
-    # The plot sits beside the section (docs/bench/); the image link is relative to docs/benchmarks.md,
-    # where bench/report.py appends the section.
+    # The plot sits beside the section (docs/bench/) and is linked relative to it; bench/report.py
+    # points the link one directory down when it copies the section into docs/benchmarks.md.
     png = os.path.splitext(path)[0] + ".png"
     plot(results, png)
     rows = []
@@ -223,7 +223,7 @@ noisy); produced by `make bench-rr` (`bench/bench_rr_scale.py`).
 |---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-![mesh vs reflectors: start time, propagation, RSS per node](bench/{os.path.basename(png)})
+![mesh vs reflectors: start time, propagation, RSS per node]({os.path.basename(png)})
 
 How it is measured: every node is spawned at once; "ready" is a node's BIRD with all its sessions
 Established (mesh: one per other node; reflectors: one per reflector on a client, one per other
