@@ -313,11 +313,12 @@ class _Conn:
     lease keepalive) gets a connection of its own.
     """
 
-    def __init__(self, endpoint: etcdconf.Endpoint, tls: Any, timeout: float):
+    def __init__(self, endpoint: etcdconf.Endpoint, tls: Any, timeout: float,
+                 max_response: int = etcd_http.MAX_RESPONSE):
         self.endpoint = endpoint
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
-        self.pool = etcd_http.Pool(endpoint.host, endpoint.port, tls)
+        self.pool = etcd_http.Pool(endpoint.host, endpoint.port, tls, max_response=max_response)
 
     async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         async with asyncio.timeout(self.timeout):
@@ -350,6 +351,7 @@ class DatastoreClient:
         self.timeout = float(timeout)
         self.retries = max(1, int(retries))
         self.watch_idle_probe = WATCH_IDLE_PROBE
+        self.max_response = etcd_http.MAX_RESPONSE  # a bigger answer is refused (DatastoreError)
         self._idx = 0
         self._gen = 0
         self._conn: _Conn | None = None
@@ -410,7 +412,7 @@ class DatastoreClient:
             self._conn = None
         if self._conn is None:
             ep = self.config.endpoints[self._idx]
-            self._conn = _Conn(ep, self._credentials(ep), self.timeout)
+            self._conn = _Conn(ep, self._credentials(ep), self.timeout, self.max_response)
         return self._conn, self._gen
 
     def _failover(self, gen: int) -> None:

@@ -286,16 +286,22 @@ class Pool:
         self._busy.add(conn)
         try:
             result = await conn.post(path, payload)
+        except GatewayError:
+            self._release(conn)  # etcd's error answer was read to its end: the connection is fine
+            raise
         except BaseException:
+            self._busy.discard(conn)
             conn.close()  # cancelled or failed mid-request: its state is unknown
             raise
-        finally:
-            self._busy.discard(conn)
+        self._release(conn)
+        return result
+
+    def _release(self, conn: HttpConnection) -> None:
+        self._busy.discard(conn)
         if conn.reusable and not self.closed and len(self._idle) < self.size:
             self._idle.append(conn)
         else:
             conn.close()
-        return result
 
     async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streaming call on a connection of its own (closed when the iteration ends)."""
