@@ -27,8 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libcalico import keys
-from libcalico.ipam import BLOCK_PREFIX
-from libcalico.models import BgpPeer, BlockAffinity, InvalidValue, NodeMesh, Pool, parse_key_value
+from libcalico.models import (
+    DEFAULT_BLOCK_SIZE,
+    BgpPeer,
+    BlockAffinity,
+    InvalidValue,
+    NodeMesh,
+    Pool,
+    parse_key_value,
+)
 from libcalico.ratelimit import RateLimitedLog
 from libcalico.validation import validate_asn, validate_cidr, validate_ip, validate_loglevel, validate_name
 
@@ -440,7 +447,7 @@ class BgpStore:
             if not inside:
                 findings.append(Finding(path, f"block {cidr} is inside no IPv{v} pool", mine=True))
                 continue
-            sizes = {sizes_by_cidr.get(pc) or max(BLOCK_PREFIX[v], pn.prefixlen) for pn, pc in inside}
+            sizes = {sizes_by_cidr.get(pc) or max(DEFAULT_BLOCK_SIZE[v], pn.prefixlen) for pn, pc in inside}
             if net.prefixlen not in sizes:
                 want = " or ".join(f"/{n}" for n in sorted(sizes))
                 findings.append(Finding(path, f"block {cidr} is not a block of pool {inside[0][1]} "

@@ -12,8 +12,7 @@ import inspect
 import logging
 from collections.abc import Callable
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from felix.dataplane.netlink import RTMGRP_LINK, AsyncIPRoute
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,8 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from felix.dataplane.errors import DataplaneError
+from felix.dataplane.netlink import AsyncIPRoute, NetlinkError
 from felix.dataplane.routes import NUD_PERMANENT, PRIO_OVERLAY, RouteWriter
 from felix.dataplane.writer import WriterBase, WriterStats
 from felix.desired import IPIP_DEV, VXLAN_DEV, OverlayState

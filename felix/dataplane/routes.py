@@ -80,7 +80,7 @@ class Route:
 
 
 def _netlink_error() -> type[Exception]:
-    from pyroute2.netlink.exceptions import NetlinkError
+    from felix.dataplane.netlink import NetlinkError
     return NetlinkError
 
 
@@ -259,7 +259,7 @@ class RouteWriter(WriterBase):
     async def _conn(self):
         """pyroute2 for neighbour/fdb writes and the fdb dump, imported on first use (see rtnl)."""
         if self._ipr is None:
-            from pyroute2 import AsyncIPRoute
+            from felix.dataplane.netlink import AsyncIPRoute
             self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
         return self._ipr
 
