@@ -394,6 +394,9 @@ def start() -> None:
     import gc
 
     gc.disable()
+    # pydantic otherwise reads every installed distribution's entry points (importlib.metadata) the
+    # first time it builds a validator, looking for plugins none of our programs use.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -37,6 +38,7 @@ def _stop_during_startup(signum: int, frame: object) -> None:
 
 def run_node(init_only: bool = False) -> int:
     _setup_logging()
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as for the services (supervisor.program_env)
     signal.signal(signal.SIGTERM, _stop_during_startup)
     try:
         cfg = settings.from_env()

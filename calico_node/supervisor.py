@@ -163,6 +163,9 @@ def program_env(settings: NodeSettings, ip: str, ip6: str) -> dict[str, str]:
                CALICO_NETWORKING="true" if settings.networking else "false",
                CALICO_NETWORKING_BACKEND=settings.backend,
                PYTHONUNBUFFERED="1")
+    # pydantic would otherwise scan every installed distribution's entry points in each service for
+    # plugins none of them uses: ~10 ms of CPU per process start.
+    env.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     env.setdefault("FELIX_FELIXHOSTNAME", settings.nodename)
     for src, dst in (("ETCD_ENDPOINTS", "FELIX_ETCDENDPOINTS"), ("ETCD_CA_CERT_FILE", "FELIX_ETCDCAFILE"),
                      ("ETCD_CERT_FILE", "FELIX_ETCDCERTFILE"), ("ETCD_KEY_FILE", "FELIX_ETCDKEYFILE")):
