@@ -11,15 +11,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import sys
 
-from libcalico import etcdconf, logsafe
+from libcalico import logsafe
 
-from . import health, settings, startup, supervisor
+# Each path imports only what it runs: a probe (exec'd every few seconds by a
+# runtime's health check) needs neither the datastore nor pydantic, and the
+# start-up never needs the supervisord XML-RPC client the probes use.
 
 log = logging.getLogger("calico-node")
 
@@ -37,6 +38,12 @@ def _stop_during_startup(signum: int, frame: object) -> None:
 
 
 def run_node(init_only: bool = False) -> int:
+    import asyncio
+
+    from libcalico import etcdconf
+
+    from . import settings, startup, supervisor
+
     _setup_logging()
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as for the services (supervisor.program_env)
     signal.signal(signal.SIGTERM, _stop_during_startup)
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_node()
     if args == ["--init-only"]:
         return run_node(init_only=True)
+    from . import health
+
     if args[0] in ("-ready", "--ready") and len(args) == 1:
         return health.main("ready")
     if args[0] in ("-live", "--live") and len(args) == 1:
