@@ -1,0 +1,73 @@
+"""What each long-running program and each exec'd command loads, checked in a fresh interpreter.
+
+A node runs Felix, confd, the BIRD shim and supervisord for its whole life, and
+a runtime execs calico-node's probes and the CNI plugin over and over: a
+module one of them loads without using costs memory in every process on every
+node, or CPU on every call.  Nothing fails when such an import creeps back, so
+it is checked here.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (what runs, the code that loads it, modules it must not load)
+CASES = [
+    # pyroute2's package __init__ loads NDB, IPDB, wireguard, nl80211...: Felix uses only rtnetlink.
+    ("felix", "import felix.__main__, felix.wiring; from felix.dataplane import interfaces, overlay, routes; "
+              "from felix.dataplane.netlink import AsyncIPRoute",
+     ["pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ipset", "pyroute2.iwutil", "pyroute2.netlink.generic.wireguard"]),
+    # confd's own BGP view needs only the models; IPAM (allocation, CAS loops) is not its business.
+    ("confd", "import confd.__main__, confd.daemon, confd.state", ["libcalico.ipam", "libcalico.ipam_records"]),
+    # A health probe reads supervisord and Felix's health port: no datastore, no pydantic.
+    ("calico-node probe", "import calico_node.__main__; from calico_node import health",
+     ["pydantic", "libcalico.models", "libcalico.datastore", "calico_node.startup"]),
+    # Start-up talks to etcd, then execs supervisord: the probes' XML-RPC client is not needed.
+    ("calico-node start-up", "import calico_node.__main__; from calico_node import settings, startup, supervisor",
+     ["supervisor.xmlrpc", "calico_node.health"]),
+    # The CNI plugin's module (VERSION, argument parsing) loads no datastore or validator; ADD loads them.
+    ("cni plugin", "import calico_cni.plugin, calico_cni.ipam",
+     ["pydantic", "libcalico.models", "libcalico.datastore", "libcalico.resources"]),
+]
+
+
+@pytest.mark.parametrize("what,code,banned", CASES, ids=[c[0] for c in CASES])
+def test_program_does_not_load(what, code, banned):
+    check = (f"{code}\nimport sys\n"
+             f"print(sorted(m for m in {banned!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"{what} loads {r.stdout.strip()}"
+
+
+def test_only_felix_netlink_module_imports_pyroute2():
+    """Every other Felix module goes through felix.dataplane.netlink, which skips pyroute2's __init__."""
+    offenders = []
+    for path in sorted((ROOT / "felix").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "felix/dataplane/netlink.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), rel)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{rel}:{node.lineno}" for n in names if n == "pyroute2" or n.startswith("pyroute2.")]
+    assert offenders == []
+
+
+def test_full_pyroute2_still_importable_after_the_lean_one():
+    """Another part of the same process asking pyroute2 for a public name gets the real package."""
+    code = ("from felix.dataplane.netlink import AsyncIPRoute, NetlinkError\n"
+            "from pyroute2 import IPRoute, AsyncIPRoute as A2\n"
+            "from pyroute2.netlink.exceptions import NetlinkError as E2\n"
+            "import pyroute2\n"
+            "assert A2 is AsyncIPRoute and E2 is NetlinkError and pyroute2.__version__ != 'unknown'\n"
+            "assert IPRoute.__module__ == 'pyroute2.iproute.linux'\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
