@@ -687,8 +687,8 @@ class DatastoreClient:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and conn.loop is asyncio.get_running_loop():
-            await self._close_conn(conn)
+        if conn is not None:
+            await self._close_conn(conn)  # connections of another (finished) loop are ended too
         for task in list(self._closing):
             with contextlib.suppress(Exception):
                 await task

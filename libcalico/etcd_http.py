@@ -28,7 +28,8 @@ from typing import Any
 
 # Responses bigger than this are refused (a snapshot of 50,000 endpoints is ~60 MB).
 MAX_RESPONSE = 256 * 1024 * 1024
-_MAX_HEADER_LINE = 16 * 1024
+# The stream buffer's limit: bounds a header or chunk-size line, and is the unit reads pause at.
+_READ_LIMIT = 256 * 1024
 _MAX_HEADERS = 100
 # A dead peer under an idle connection: first probe after 10 s, 3 probes 3 s apart (~19 s).
 KEEPALIVE = (10, 3, 3)
@@ -124,13 +125,19 @@ class HttpConnection:
         self.authority = authority
         self.max_response = max_response
         self.reusable = True
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def stale(self) -> bool:
+        """Closed by etcd while it sat idle (etcd restarted, or dropped idle connections)."""
+        return self.reader.at_eof() or self.writer.is_closing()
 
     @classmethod
     async def open(cls, host: str, port: int, ssl: Any = None, max_response: int = MAX_RESPONSE,
                    keepalive: tuple[int, int, int] = KEEPALIVE) -> HttpConnection:
         try:
             reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl, server_hostname=host if ssl else None, limit=_MAX_HEADER_LINE)
+                host, port, ssl=ssl, server_hostname=host if ssl else None, limit=_READ_LIMIT)
         except EOFError as e:  # a TLS handshake the peer hung up on
             raise ConnectionLost(f"connection closed during TLS handshake: {e}") from None
         set_keepalive(writer, *keepalive)
@@ -139,6 +146,13 @@ class HttpConnection:
 
     def close(self) -> None:
         self.reusable = False
+        if self.loop.is_closed():
+            # Its loop is gone (run_sync makes one per call): the transport cannot close any more,
+            # but the connection can still be ended so etcd frees it; the fd goes with the object.
+            sock = self.writer.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.shutdown(socket.SHUT_RDWR)
+            return
         with contextlib.suppress(Exception):
             self.writer.transport.abort()
 
@@ -282,7 +296,14 @@ class Pool:
         return conn
 
     async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        conn = self._idle.pop() if self._idle else await self.connect()
+        conn = None
+        while self._idle and conn is None:
+            conn = self._idle.pop()
+            if conn.stale:
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = await self.connect()
         self._busy.add(conn)
         try:
             result = await conn.post(path, payload)

@@ -119,3 +119,12 @@ async def test_idle_watch_on_a_hung_etcd_ends_unavailable(client, etcd):
         os.kill(etcd.proc.pid, signal.SIGCONT)
     await it.aclose()
     assert await client.get("/hang/a") == "1"  # and the client recovers once etcd runs again
+
+
+async def test_connections_etcd_closed_while_idle_are_not_reused(client, etcd):
+    """A transaction is never retried, so it must not be sent on a keep-alive connection etcd
+    closed when it restarted."""
+    await client.put("/r/a", "1")
+    await asyncio.to_thread(etcd.restart)
+    ok, resp = await client.txn([create("/r/a") != 0], [op_get("/r/a")])
+    assert ok and resp[0][0].value == "1"
