@@ -276,12 +276,15 @@ class HttpConnection:
 class Pool:
     """Idle keep-alive connections to one endpoint, for the loop that made them."""
 
-    def __init__(self, host: str, port: int, ssl: Any = None, size: int = 8,
+    def __init__(self, host: str, port: int, ssl: Any = None, size: int = 16,
                  max_response: int = MAX_RESPONSE):
         self.host = host
         self.port = port
         self.ssl = ssl
         self.size = size
+        # At most `size` requests at once: a burst of callers queues here rather than opening a
+        # connection (and a TLS handshake) each, which made 2000 concurrent gets 3x slower.
+        self._slots = asyncio.Semaphore(size)
         self.max_response = max_response
         self.loop = asyncio.get_running_loop()
         self._idle: list[HttpConnection] = []
@@ -296,6 +299,10 @@ class Pool:
         return conn
 
     async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        async with self._slots:
+            return await self._post(path, payload)
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         conn = None
         while self._idle and conn is None:
             conn = self._idle.pop()

@@ -171,13 +171,18 @@ async def test_requests_reuse_keepalive_connections_unless_told_to_close():
         pool.close()
 
 
-async def test_concurrent_calls_do_not_share_a_connection():
+async def test_concurrent_calls_do_not_share_a_connection_and_a_burst_queues():
     rev = {"header": {"revision": "3"}}
     async with FakeGateway([ok(rev)] * 4) as gw:
         pool = etcd_http.Pool("127.0.0.1", gw.port)
         assert await asyncio.gather(*(pool.post("/v3/kv/range", {}) for _ in range(4))) == [rev] * 4
         pool.close()
     assert gw.connections == 4
+    async with FakeGateway([ok(rev)] * 40) as gw:
+        pool = etcd_http.Pool("127.0.0.1", gw.port, size=3)
+        assert await asyncio.gather(*(pool.post("/v3/kv/range", {}) for _ in range(40))) == [rev] * 40
+        pool.close()
+    assert gw.connections == 3 and len(gw.requests) == 40
 
 
 async def test_unavailable_endpoint_is_retried_on_the_next():
