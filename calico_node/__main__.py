@@ -39,11 +39,15 @@ def _stop_during_startup(signum: int, frame: object) -> None:
 
 def run_node(init_only: bool = False) -> int:
     import asyncio
+    import gc
 
-    from libcalico import etcdconf
+    gc.disable()  # these imports allocate only long-lived objects: collecting during them is wasted
+    try:
+        from libcalico import etcdconf
 
-    from . import settings, startup, supervisor
-
+        from . import settings, startup, supervisor
+    finally:
+        gc.enable()
     _setup_logging()
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as for the services (supervisor.program_env)
     signal.signal(signal.SIGTERM, _stop_during_startup)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from confd.daemon import Confd, Settings, check_ready
+from confd.settings import Settings, check_ready
 from libcalico import etcdconf, logsafe, router_id
 from libcalico.validation import validate_ip, validate_name
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from confd.daemon import Confd
+
+# The daemon (templates engine, datastore client, validators) is imported by
+# amain only: `--check-ready` is exec'd on every `calico-node -ready` probe.
 
 log = logging.getLogger("confd")
 
@@ -43,6 +50,8 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
 
 def _watch_conf_dir(confd: Confd, loop: asyncio.AbstractEventLoop):
     """Operator edits of conf.d/ or templates/ reload them live (watchdog, inotify)."""
+    import asyncio
+
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
@@ -70,6 +79,10 @@ def _watch_conf_dir(confd: Confd, loop: asyncio.AbstractEventLoop):
 
 
 async def amain(settings: Settings) -> int:
+    import asyncio
+    import signal
+
+    from confd.daemon import Confd
     from libcalico.datastore import DatastoreClient
     from libcalico.syncer import Syncer
 
@@ -128,6 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     except etcdconf.ConfigError as e:
         print(f"calico-confd: {e}", file=sys.stderr)
         sys.exit(2)
+    import asyncio
+    import gc
+
+    gc.disable()  # the daemon's imports allocate only long-lived objects: collecting during them is wasted
+    try:
+        import confd.daemon  # noqa: F401 - loaded here, with the collector off
+    finally:
+        gc.enable()
     sys.exit(asyncio.run(amain(settings)))
 
 

@@ -36,6 +36,7 @@ from bird_control.protocol import BirdClient, BirdConfigError, BirdError, BirdUn
 from confd import render as _render
 from confd import resources as _res
 from confd.isolate import isolate
+from confd.settings import Settings, check_ready  # noqa: F401 - check_ready: re-exported
 from confd.state import BgpStore, Finding, Node
 from libcalico import keys, subproc
 
@@ -44,32 +45,6 @@ log = logging.getLogger("confd")
 QUIET = 0.02       # render once no change arrived for this long...
 MAX_DELAY = 0.1    # ...or this long after the first pending change, whichever first
 RETRY_TICK = 2.0   # retry failed reloads / pending work
-
-
-@dataclass
-class Settings:
-    host: str
-    ip4: str | None
-    ip6: str | None
-    run_dir: str
-    conf_dir: str
-    router_id: str | None = None
-
-    @property
-    def confd_dir(self) -> str:
-        return os.path.join(self.conf_dir, "confd")
-
-    @property
-    def status_path(self) -> str:
-        return os.path.join(self.run_dir, "confd.status")
-
-    def placeholders(self) -> dict[str, str]:
-        return {"conf_dir": self.conf_dir, "run_dir": self.run_dir, "host": self.host}
-
-    def prefixes(self) -> list[str]:
-        # Every host's block affinities, not only ours: a block another host claimed first is not ours
-        # to announce.
-        return ["/calico/bgp/v1/", "/calico/v1/ipam/", "/calico/ipam/v2/host/"]
 
 
 @dataclass
@@ -497,22 +472,6 @@ class Confd:
             self._status_written = status
         except OSError as e:
             log.warning("cannot write %s: %s", path, e)
-
-
-def check_ready(status_path: str) -> tuple[bool, str]:
-    """Readiness from the status file confd keeps in the run dir (and its pid still alive)."""
-    try:
-        with open(status_path) as f:
-            status = json.load(f)
-    except (OSError, ValueError) as e:
-        return False, f"no confd status ({status_path}: {e})"
-    try:
-        os.kill(int(status["pid"]), 0)
-    except (OSError, KeyError, ValueError, TypeError):
-        return False, f"confd (pid {status.get('pid')}) is not running"
-    if status.get("ready"):
-        return True, "confd ready"
-    return False, "confd not ready: " + " | ".join(status.get("problems") or ["unknown"])
 
 
 async def _run(argv: list[str], timeout: float = 30.0) -> tuple[bool, str]:

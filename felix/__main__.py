@@ -14,16 +14,17 @@ import gc
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from felix import daemon
-from felix.config import Config
-from felix.daemon import setup_logging
-from felix.wiring import build_felix
+if TYPE_CHECKING:
+    from felix.config import Config
 
 log = logging.getLogger("felix")
 
 
 async def _main(boot: Config) -> int:
+    from felix.wiring import build_felix
+
     felix = build_felix(boot)
     task = asyncio.create_task(felix.run(), name="felix")
     loop = asyncio.get_running_loop()
@@ -49,6 +50,15 @@ GC_THRESHOLD = (50_000, 20, 20)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Felix's modules are imported here, not above, so that the collector is off while they load:
+    # imports allocate only long-lived objects, and collecting during them cost ~8% of the import.
+    gc.disable()
+    try:
+        from felix import daemon, wiring  # noqa: F401 - wiring: loaded here, with the collector off
+        from felix.config import Config
+        from felix.daemon import setup_logging
+    finally:
+        gc.enable()
     gc.set_threshold(*GC_THRESHOLD)
     daemon.FREEZE_GC = True
     boot = Config.bootstrap()

@@ -26,6 +26,9 @@ CASES = [
      ["pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ipset", "pyroute2.iwutil", "pyroute2.netlink.generic.wireguard"]),
     # confd's own BGP view needs only the models; IPAM (allocation, CAS loops) is not its business.
     ("confd", "import confd.__main__, confd.daemon, confd.state", ["libcalico.ipam", "libcalico.ipam_records"]),
+    # `calico-confd --check-ready` (exec'd by every `calico-node -ready`) reads one status file.
+    ("confd probe", "import confd.__main__",
+     ["confd.daemon", "jinja2", "pydantic", "libcalico.models", "libcalico.datastore", "asyncio"]),
     # A health probe reads supervisord and Felix's health port: no datastore, no pydantic.
     ("calico-node probe", "import calico_node.__main__; from calico_node import health",
      ["pydantic", "libcalico.models", "libcalico.datastore", "calico_node.startup"]),
