@@ -8,6 +8,12 @@ group and `NetlinkError`, so the package is registered as a bare namespace
 whose submodules load on demand.  Anything that later asks the package itself
 for a public name (`from pyroute2 import IPRoute`) gets pyroute2's real
 `__init__` run on first use, so other code in the same process is unaffected.
+
+One visible consequence: pyroute2's `config.log`, which only the package
+`__init__` loads, sets the "pyroute2" logger to NOTSET when imported, which
+undid the WARNING level `felix.daemon.setup_logging` gives it whenever
+pyroute2 loaded after logging was set up.  Now the WARNING holds, so Felix
+at debug level no longer logs pyroute2's per-message debug lines.
 """
 
 from __future__ import annotations

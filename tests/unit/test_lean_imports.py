@@ -74,3 +74,15 @@ def test_full_pyroute2_still_importable_after_the_lean_one():
             "assert IPRoute.__module__ == 'pyroute2.iproute.linux'\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_felix_keeps_pyroute2_logger_at_warning_after_loading_it():
+    """pyroute2's package __init__ reset its logger to NOTSET on import, undoing Felix's WARNING."""
+    code = ("import logging\n"
+            "from felix.daemon import setup_logging\n"
+            "setup_logging('debug')\n"
+            "from felix.dataplane import interfaces, overlay, routes\n"
+            "from felix.dataplane.netlink import AsyncIPRoute\n"
+            "assert logging.getLogger('pyroute2.netlink.core').getEffectiveLevel() == logging.WARNING\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
