@@ -4,9 +4,13 @@ Why not gRPC: loading grpc + aetcd + protobuf cost every process ~70 ms of
 start-up and ~14 MB of RSS (``/usr/bin/time -f "%e s %M KB" python -c
 "import libcalico.datastore"``: 0.19 s / 35.0 MB with them, 0.11 s / 21.4 MB
 with this module).  Felix, confd and calico-node pay it on every node, and
-the CNI plugin on every container ADD, where imports were ~45% of the time.  The
-gateway is etcd's own, ships in the same binary, and speaks the same v3 API
-(bytes base64, int64 as JSON strings, zero-valued fields omitted).
+the CNI plugin on every container ADD, where imports were ~45% of the time.
+In one real node (calico_testing.cluster, idle after start) Felix went from
+56.4 to 40.2 MB and confd from 54.9 to 38.0 MB.  The gateway is etcd's own,
+ships in the same binary, and speaks the same v3 API (bytes base64, int64 as
+JSON strings, zero-valued fields omitted).  Its cost: etcd marshals JSON
+slower than protobuf, so a 20,000-key snapshot read takes ~0.34 s instead of
+~0.1 s; a node reads one at start and on a resync, every process every start.
 
 What gRPC gave for free is done here: keep-alive connections in a small pool
 (several coroutines call at once), one dedicated connection per stream

@@ -208,3 +208,13 @@ async def test_connections_have_tcp_keepalive():
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == count
         assert idle + interval * count <= 20  # a vanished peer is noticed within ~20 s
         conn.close()
+
+
+def test_the_datastore_loads_no_grpc_or_protobuf():
+    """The reason for the gateway: a process that talks to etcd must not pay for gRPC's import."""
+    import subprocess
+    import sys
+    code = ("import sys, libcalico.datastore, libcalico.syncer; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'aetcd', 'google')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
