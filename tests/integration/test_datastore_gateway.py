@@ -128,3 +128,21 @@ async def test_connections_etcd_closed_while_idle_are_not_reused(client, etcd):
     await asyncio.to_thread(etcd.restart)
     ok, resp = await client.txn([create("/r/a") != 0], [op_get("/r/a")])
     assert ok and resp[0][0].value == "1"
+
+
+async def test_unusable_tls_files_are_config_errors_naming_the_variable(tmp_path):
+    from calico_testing.etcd import make_tls_certs
+    from libcalico.datastore import ConfigError
+    t = make_tls_certs(str(tmp_path))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [({"ca": str(garbage)}, "ETCD_CA_CERT_FILE"),
+             ({"ca": str(tmp_path / "missing.pem")}, "ETCD_CA_CERT_FILE"),
+             ({"ca": t["ca"], "cert": t["client_cert"], "key": t["rogue_key"]}, "ETCD_CERT_FILE/ETCD_KEY_FILE")]
+    for files, var in cases:
+        c = DatastoreClient(["https://127.0.0.1:1"], timeout=1, **files)
+        with pytest.raises(ConfigError) as info:
+            await c.get("/x")
+        assert str(info.value).startswith(var)
+        assert "BEGIN" not in str(info.value)  # a path may be named, file contents never
+        await c.close()
