@@ -46,6 +46,8 @@ __all__ = [
 # this is what notices one under an idle watch, within ~15 s as gRPC's keepalive did.
 WATCH_IDLE_PROBE = 10.0
 PROBE_TIMEOUT = 5.0
+# Keys per range request of a prefix read (etcd's own clients page lists too).
+PAGE_SIZE = 5000
 _RETRYABLE = {etcd_http.UNAVAILABLE, etcd_http.DEADLINE_EXCEEDED}
 
 
@@ -356,6 +358,7 @@ class DatastoreClient:
         self.timeout = float(timeout)
         self.retries = max(1, int(retries))
         self.watch_idle_probe = WATCH_IDLE_PROBE
+        self.page_size = PAGE_SIZE
         self.max_response = etcd_http.MAX_RESPONSE  # a bigger answer is refused (DatastoreError)
         self._idx = 0
         self._gen = 0
@@ -490,15 +493,18 @@ class DatastoreClient:
     # ---- reads ------------------------------------------------------------
 
     async def _range(self, what: str, key: str, prefix: bool, revision: int = 0,
-                     keys_only: bool = False) -> dict[str, Any]:
+                     keys_only: bool = False, limit: int = 0, range_end: bytes | None = None,
+                     start: bytes | None = None) -> dict[str, Any]:
         kb = key.encode()
-        req: dict[str, Any] = {"key": _b64(kb)}
+        req: dict[str, Any] = {"key": _b64(start if start is not None else kb)}
         if prefix:
-            req["range_end"] = _b64(prefix_range_end(kb))
+            req["range_end"] = _b64(range_end if range_end is not None else prefix_range_end(kb))
         if revision:
             req["revision"] = str(revision)
         if keys_only:
             req["keys_only"] = True
+        if limit:
+            req["limit"] = str(limit)
         return await self._post(what, "/v3/kv/range", req)
 
     async def get_kv(self, key: str) -> KV | None:
@@ -516,9 +522,23 @@ class DatastoreClient:
         With ``revision`` the read is of that past revision (CompactedError if gone),
         which lets a syncer read several prefixes as one consistent snapshot.
         """
-        resp = await self._range(f"get prefix {prefix}", prefix, True, revision)
-        kvs = sorted(_kvs(resp.get("kvs")), key=lambda kv: kv.key)
-        return (revision or _revision(resp)), kvs
+        kb = prefix.encode()
+        end = prefix_range_end(kb)
+        kvs: list[KV] = []
+        start = kb
+        while True:
+            # In pages, all at the first page's revision: one answer for 50,000 endpoints is
+            # ~60 MB of JSON, and holding it and its parse at once would double a Felix's peak RSS.
+            resp = await self._range(f"get prefix {prefix}", prefix, True, revision,
+                                     limit=self.page_size, range_end=end, start=start)
+            revision = revision or _revision(resp)
+            raw = resp.get("kvs") or []
+            kvs.extend(_kvs(raw))
+            if not resp.get("more") or not raw:
+                break
+            start = _unb64(raw[-1].get("key", "")) + b"\0"
+        kvs.sort(key=lambda kv: kv.key)
+        return revision, kvs
 
     async def current_revision(self) -> int:
         resp = await self._range("get revision", "/", False, keys_only=True)

@@ -146,3 +146,34 @@ async def test_unusable_tls_files_are_config_errors_naming_the_variable(tmp_path
         assert str(info.value).startswith(var)
         assert "BEGIN" not in str(info.value)  # a path may be named, file contents never
         await c.close()
+
+
+async def test_prefix_read_in_pages_is_one_snapshot(client):
+    """A prefix read arrives in pages, all of the first page's revision: a key written between
+    two pages is not in the result, the prefix's edge keys are, and nothing outside it is."""
+    for i in range(10):
+        await client.put(f"/pg/k{i}", str(i))
+    await client.put("/pg", "the prefix itself, without the slash")
+    await client.put("/pg0", "outside")
+    await client.put("/pg/", "edge")
+    client.page_size = 3
+    pages = 0
+    real_range = client._range
+
+    async def range_then_write(*args, **kw):
+        nonlocal pages
+        resp = await real_range(*args, **kw)
+        pages += 1
+        if pages == 1:
+            await client.put("/pg/k5", "changed after the first page")
+            await client.put("/pg/k99", "created after the first page")
+        return resp
+
+    client._range = range_then_write
+    rev, kvs = await client.get_prefix("/pg/")
+    assert pages == 4
+    assert [kv.key for kv in kvs] == ["/pg/"] + [f"/pg/k{i}" for i in range(10)]
+    assert dict((kv.key, kv.value) for kv in kvs)["/pg/k5"] == "5"
+    client._range = real_range
+    assert len((await client.get_prefix("/pg/"))[1]) == 12
+    assert (await client.get_prefix("/pg/", rev))[1] == kvs
