@@ -290,7 +290,9 @@ def test_template_edit_live_and_broken_template_kept(cluster):
         assert a.config() == good
         with open(tpl, "w") as f:
             f.write(orig.replace("router id", "router identity"))  # renders, but BIRD rejects it
-        wait_for(lambda: "failed" in a.confd_ready()[1], 10, what="bird -p failure reported")
+        # "check `bird -p": the broken template's own error ("failed to render") is still reported
+        # until confd has rendered and checked the edit.
+        wait_for(lambda: "check `bird -p" in a.confd_ready()[1], 10, what="bird -p failure reported")
         assert re.search(r"check `bird -p -c .*` failed", a.log("confd"))
         assert a.config() == good
     finally:
