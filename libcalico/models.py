@@ -48,6 +48,19 @@ from libcalico.validation import (
     validate_mac,
     validate_name,
 )
+from libcalico.values import (
+    DEFAULT_BLOCK_SIZE,
+    MAX_VALUE_BYTES,
+    POOL_BLOCK_SIZES,
+    InvalidValue,
+    bgp_host_ip,
+    checked_key,
+    checked_text,
+    json_object,
+    json_value,
+    ready,
+    rr_cluster_id,
+)
 
 __all__ = [
     "InvalidValue", "WorkloadEndpoint", "HostEndpoint", "Rule", "ProfileRules", "Tier", "Policy",
@@ -71,26 +84,12 @@ PROTOCOL_NAMES = frozenset({"tcp", "udp", "icmp", "icmpv6", "sctp", "udplite"})
 MAX_RULES = 500                    # rules per direction (inbound_rules, outbound_rules)
 MAX_PORT_ENTRIES = 10000           # entries (ports and 'lo:hi' ranges) in one ports list
 MAX_RENDERED_LINES = 5000          # iptables lines one profile/policy renders to, per IP family
-MAX_VALUE_BYTES = {"profile_rules": 128 * 1024, "tier_policy": 128 * 1024, "bgp_host_status": 256 * 1024}   # checked before JSON parsing
+# MAX_VALUE_BYTES (checked before JSON parsing), POOL_BLOCK_SIZES, DEFAULT_BLOCK_SIZE and
+# InvalidValue live in libcalico.values (no pydantic there, for confd) and are re-exported here.
 # 255 is the iptables icmp match's "any type" wildcard, so a rule for type 255
 # would match every ICMP packet: the one bound for icmp_type, model and renderer.
 ICMP_TYPE_MAX = 254
 ICMP_CODE_MAX = 255
-# IPAM block sizes a pool may ask for (prefix lengths), and the default.
-POOL_BLOCK_SIZES = {4: (20, 32), 6: (116, 128)}
-DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
-
-
-class InvalidValue(ValueError):
-    """A key or value that fails validation; str() is '<key>: <reason>'."""
-
-    def __init__(self, key_path: str, reason: str) -> None:
-        self.key_path = key_path
-        self.reason = reason
-        super().__init__(f"{key_path}: {reason}")
-
-    def __str__(self) -> str:
-        return f"{self.key_path}: {self.reason}"
 
 
 # ---- shared field helpers -----------------------------------------------------
@@ -537,29 +536,8 @@ class BlockAffinity(_Model):
 
 # ---- dispatch -----------------------------------------------------------------
 
-_ID_FIELDS = {
-    "host": "hostname", "orchestrator": "orchestrator id", "workload": "workload id",
-    "endpoint": "endpoint id", "profile": "profile id", "tier": "tier name", "policy": "policy name",
-    "handle": "handle id",
-}
-
-
-def _check_key(key: keys.Key) -> None:
-    """Key segments reach chain names, ipsets and BIRD config: hold them to the safe charsets."""
-    for name, what in _ID_FIELDS.items():
-        if name in key.fields:
-            validate_name(key.fields[name], what)
-    if "ip" in key.fields:
-        validate_ip(key.fields["ip"])
-    if "param" in key.fields:
-        validate_config_param(key.fields["param"])
-
-
-def _json(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"malformed JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
+_json = json_value
+_json_object = json_object
 
 
 def _model(cls: type[BaseModel], raw: str) -> BaseModel:
@@ -567,17 +545,6 @@ def _model(cls: type[BaseModel], raw: str) -> BaseModel:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     return cls.model_validate(data)
-
-
-def _plain(raw: str) -> str:
-    return raw.strip()
-
-
-def _ready(raw: str) -> bool:
-    v = raw.strip().lower()
-    if v not in ("true", "false"):
-        raise ValueError(f"{raw[:40]!r} is not true or false")
-    return v == "true"
 
 
 def _host_config(key: keys.Key, raw: str) -> object:
@@ -611,33 +578,8 @@ def _labels(raw: str) -> dict[str, str]:
     return validate_labels(_json(raw))
 
 
-def _json_object(raw: str) -> dict:
-    data = _json(raw)
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _rr_cluster_id(raw: str) -> str | None:
-    """A route reflector's cluster id: a dotted quad (BIRD's `rr cluster id`); empty = not a reflector."""
-    text = raw.strip()
-    if not text:
-        return None
-    try:
-        return validate_ip(text, 4)
-    except ValueError:
-        raise ValueError(f"rr_cluster_id {text[:40]!r} is not a dotted-quad cluster id (e.g. 1.0.0.1)") from None
-
-
-def _bgp_host_ip(key: keys.Key, raw: str) -> str | None:
-    text = raw.strip()
-    if not text and key.version == 6:
-        return None
-    return validate_bgp_ip(text, key.version)
-
-
 _PARSERS: dict[str, Any] = {
-    "ready": lambda k, r: _ready(r),
+    "ready": lambda k, r: ready(r),
     "global_config": lambda k, r: (validate_config_param(k.param), validate_config_value(r))[1],
     "host_config": _host_config,
     "host_bird_ip": lambda k, r: validate_ip(r.strip(), 4),
@@ -650,11 +592,11 @@ _PARSERS: dict[str, Any] = {
     "tier_metadata": lambda k, r: _model(Tier, r),
     "tier_policy": lambda k, r: _model(Policy, r),
     "pool": _pool,
-    "bgp_host_ip": _bgp_host_ip,
+    "bgp_host_ip": bgp_host_ip,
     "bgp_host_as": lambda k, r: validate_asn(r.strip()),
     "bgp_host_loglevel": lambda k, r: validate_loglevel(r),
     "bgp_host_peer": _peer,
-    "bgp_host_rr_cluster_id": lambda k, r: _rr_cluster_id(r),
+    "bgp_host_rr_cluster_id": lambda k, r: rr_cluster_id(r),
     "bgp_host_status": lambda k, r: _json_object(r),
     "bgp_global_as": lambda k, r: validate_asn(r.strip()),
     "bgp_node_mesh": lambda k, r: _model(NodeMesh, r),
@@ -692,29 +634,10 @@ def _reason(err: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def _check_size(kind: str, raw: str) -> None:
-    """Reject an oversized value before JSON parsing: parsing and validating a value costs
-    event-loop time and memory in proportion to its size, and etcd accepts 1.5 MiB."""
-    limit = MAX_VALUE_BYTES.get(kind)
-    if limit is None or len(raw) * 4 <= limit:   # a character is at most 4 UTF-8 bytes
-        return
-    size = len(raw) if len(raw) > limit else len(raw.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        raise ValueError(f"value: {size} bytes exceed the limit of {limit} for a {kind.replace('_', ' ')} value")
-
-
 def parse_value(key: keys.Key, raw: str | bytes) -> object:
     """The validated value for `key`; raises InvalidValue naming the key and the reason."""
     try:
-        if isinstance(raw, bytes | bytearray):
-            try:
-                raw = bytes(raw).decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError("value is not valid UTF-8") from None
-        if not isinstance(raw, str):
-            raise ValueError(f"value must be a string, got {type(raw).__name__}")
-        _check_key(key)
-        _check_size(key.kind, raw)
+        raw = checked_text(key, raw)
         parser = _PARSERS.get(key.kind)
         if parser is None:
             raise ValueError(f"no validator for key kind {key.kind!r}")
@@ -731,14 +654,8 @@ def parse_key_value(path: str, raw: str | bytes | None) -> tuple[keys.Key | None
     `raw` None (a deletion) only validates the key.  Raises InvalidValue for a
     bad key segment or value.
     """
-    key = keys.parse(path)
-    if key is None:
-        return None, None
-    if raw is None:
-        try:
-            _check_key(key)
-        except ValueError as e:
-            raise InvalidValue(path, str(e)) from None
+    key = checked_key(path) if raw is None else keys.parse(path)
+    if key is None or raw is None:
         return key, None
     return key, parse_value(key, raw)
 
