@@ -54,12 +54,17 @@ from libcalico.values import (
     POOL_BLOCK_SIZES,
     InvalidValue,
     bgp_host_ip,
+    block_size,
+    check_pool,
     checked_key,
     checked_text,
     json_object,
     json_value,
+    located,
+    pool_block_prefix,
     ready,
     rr_cluster_id,
+    strict_bool,
 )
 
 __all__ = [
@@ -68,7 +73,7 @@ __all__ = [
     "to_json", "validate_asn", "validate_cidr", "validate_ip", "validate_name", "validate_ifname",
     "validate_mac", "validate_loglevel", "validate_labels", "validate_tags", "PORT_PROTOCOLS",
     "MAX_RULES", "MAX_PORT_ENTRIES", "MAX_RENDERED_LINES", "MAX_VALUE_BYTES", "ICMP_TYPE_MAX",
-    "ICMP_CODE_MAX",
+    "ICMP_CODE_MAX", "POOL_BLOCK_SIZES", "DEFAULT_BLOCK_SIZE",
 ]
 
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", 6, 17, 132, 136})
@@ -463,43 +468,29 @@ class Pool(_Model):
     @field_validator("block_size", mode="before")
     @classmethod
     def _block_size(cls, v: object) -> object:
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{v!r} is not a prefix length")
-        return v
+        return block_size(v)
 
     @field_validator("strict_affinity", mode="before")
     @classmethod
     def _strict_affinity(cls, v: object) -> object:
-        if v is not None and not isinstance(v, bool):
-            raise ValueError(f"{v!r} is not true or false")
-        return v
+        return None if v is None else strict_bool(v)
 
     @field_validator("masquerade", "ipam", "disabled", mode="before")
     @classmethod
     def _strict_bool(cls, v: object, info: Any) -> object:
         if v is None:
             return {"ipam": True}.get(info.field_name, False)
-        if not isinstance(v, bool):
-            raise ValueError(f"{v!r} is not true or false")
-        return v
+        return strict_bool(v)
 
     @model_validator(mode="after")
     def _one_overlay(self) -> Pool:
-        if self.ipip is not None and self.vxlan is not None:
-            raise ValueError("a pool can have ipip or vxlan, not both")
-        if self.block_size is not None:
-            lo, hi = POOL_BLOCK_SIZES[self.version]
-            if not lo <= self.block_size <= hi:
-                raise ValueError(f"block_size {self.block_size} is outside /{lo}../{hi} for an IPv{self.version} pool")
+        check_pool(self.cidr, self.ipip, self.vxlan, self.block_size)
         return self
 
     @property
     def block_prefix(self) -> int:
         """The prefix length of the blocks IPAM carves this pool into (never wider than the pool)."""
-        size = self.block_size if self.block_size is not None else DEFAULT_BLOCK_SIZE[self.version]
-        return max(size, int(self.cidr.rsplit("/", 1)[1]))
+        return pool_block_prefix(self.cidr, self.block_size)
 
     @property
     def version(self) -> int:
@@ -525,9 +516,7 @@ class NodeMesh(_Model):
     @field_validator("enabled", mode="before")
     @classmethod
     def _b(cls, v: object) -> object:
-        if not isinstance(v, bool):
-            raise ValueError(f"{v!r} is not true or false")
-        return v
+        return strict_bool(v)
 
 
 class BlockAffinity(_Model):
@@ -541,10 +530,7 @@ _json_object = json_object
 
 
 def _model(cls: type[BaseModel], raw: str) -> BaseModel:
-    data = _json(raw)
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    return cls.model_validate(data)
+    return cls.model_validate(json_object(raw))
 
 
 def _host_config(key: keys.Key, raw: str) -> object:
@@ -628,10 +614,7 @@ def _reason(err: ValidationError) -> str:
         msg = msg[len("Value error, "):]
     elif msg.startswith("Assertion failed, "):
         msg = msg[len("Assertion failed, "):]
-    loc = _loc(tuple(first.get("loc", ())))
-    if msg.startswith("["):  # a list helper already named the index
-        return f"{loc}{msg}"
-    return f"{loc}: {msg}" if loc else msg
+    return located(_loc(tuple(first.get("loc", ()))), msg)
 
 
 def parse_value(key: keys.Key, raw: str | bytes) -> object:

@@ -126,3 +126,43 @@ def bgp_host_ip(key: keys.Key, raw: str) -> str | None:
     if not text and key.version == 6:
         return None
     return validate_bgp_ip(text, key.version)
+
+
+# ---- field rules shared by the pydantic models and the lean BGP parser ----------
+
+def located(loc: str, msg: str) -> str:
+    """A field error as models report it: 'field: msg', or 'field[i]...' when msg already names an index."""
+    if msg.startswith("["):
+        return f"{loc}{msg}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def strict_bool(value: object) -> bool:
+    """JSON true/false only: 1, "true" or "yes" would silently turn a pool or the mesh on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def block_size(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a prefix length")
+    return value
+
+
+def check_pool(cidr: str, ipip: str | None, vxlan: str | None, size: int | None) -> None:
+    """The rules across a pool's fields: one overlay, a block size its IP version can carve."""
+    if ipip is not None and vxlan is not None:
+        raise ValueError("a pool can have ipip or vxlan, not both")
+    if size is not None:
+        version = keys.ip_version(cidr)
+        lo, hi = POOL_BLOCK_SIZES[version]
+        if not lo <= size <= hi:
+            raise ValueError(f"block_size {size} is outside /{lo}../{hi} for an IPv{version} pool")
+
+
+def pool_block_prefix(cidr: str, size: int | None) -> int:
+    """The prefix length of the blocks IPAM carves a pool into (never wider than the pool)."""
+    return max(size if size is not None else DEFAULT_BLOCK_SIZE[keys.ip_version(cidr)], int(cidr.rsplit("/", 1)[1]))
