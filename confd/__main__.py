@@ -83,6 +83,7 @@ async def amain(settings: Settings) -> int:
     import signal
 
     from confd.daemon import Confd
+    from libcalico.bgp_values import parse_key_value
     from libcalico.datastore import DatastoreClient
     from libcalico.syncer import Syncer
 
@@ -94,7 +95,7 @@ async def amain(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     obs, reloader = _watch_conf_dir(confd, loop)
     client = DatastoreClient.from_env()
-    syncer = Syncer(client, settings.prefixes(), wait_for_ready=True)
+    syncer = Syncer(client, settings.prefixes(), parser=parse_key_value, wait_for_ready=True)
 
     async def consume() -> None:
         async for batch in syncer.batches():

@@ -1,7 +1,8 @@
 """The BGP view confd renders from: validated etcd values in, a template context out.
 
 Templates never see raw etcd text.  Every value arrives already validated by
-`libcalico.models` (through the syncer) and is turned here into plain,
+`libcalico.bgp_values` (through the syncer; the models' rules without pydantic,
+which would cost each node's confd ~8 MB and its start-up CPU) and is turned here into plain,
 re-checked Python data (ints, normalized IPs/CIDRs, protocol names built from
 addresses), so nothing an operator or a buggy writer puts in etcd can inject
 BIRD syntax.
@@ -27,17 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libcalico import keys
-from libcalico.models import (
-    DEFAULT_BLOCK_SIZE,
-    BgpPeer,
-    BlockAffinity,
-    InvalidValue,
-    NodeMesh,
-    Pool,
-    parse_key_value,
-)
+from libcalico.bgp_values import AffinityValue, MeshValue, PeerValue, PoolValue, parse_key_value
 from libcalico.ratelimit import RateLimitedLog
 from libcalico.validation import validate_asn, validate_cidr, validate_ip, validate_loglevel, validate_name
+from libcalico.values import DEFAULT_BLOCK_SIZE, InvalidValue
 
 log = logging.getLogger("confd.state")
 
@@ -548,11 +542,11 @@ def _recheck(key: keys.Key, value: Any) -> Any:
     if k == "bgp_host_ip":
         return None if value in (None, "") else validate_ip(value, key.version)
     if k == "bgp_node_mesh":
-        if not isinstance(value, NodeMesh):
+        if not isinstance(value, MeshValue):
             raise TypeError(f"expected a node_mesh object, got {value!r}")
         return bool(value.enabled)
     if k in ("bgp_global_peer", "bgp_host_peer"):
-        if not isinstance(value, BgpPeer):
+        if not isinstance(value, PeerValue):
             raise TypeError(f"expected a peer object, got {value!r}")
         validate_ip(value.ip, key.version)
         validate_asn(value.as_num)
@@ -560,14 +554,14 @@ def _recheck(key: keys.Key, value: Any) -> Any:
             raise ValueError(f"ip {value.ip} does not match the key's {key.ip}")
         return (value.ip, value.as_num)
     if k == "pool":
-        if not isinstance(value, Pool):
+        if not isinstance(value, PoolValue):
             raise TypeError(f"expected a pool object, got {value!r}")
         if validate_cidr(value.cidr, key.version) != key.cidr:
             raise ValueError(f"cidr {value.cidr} does not match the key's {key.cidr}")
         return PoolView(key.cidr, value.ipip is not None, value.vxlan is not None, bool(value.masquerade),
                         bool(value.disabled), value.block_prefix)
     if k == "block_affinity":
-        if not isinstance(value, BlockAffinity):
+        if not isinstance(value, AffinityValue):
             raise TypeError(f"expected a block affinity, got {value!r}")
         validate_cidr(key.cidr, key.version)
         return value.state

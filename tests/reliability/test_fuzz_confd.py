@@ -1,7 +1,7 @@
 """Property-based: hostile BGP data through confd's own validation into BIRD configs `bird -p` accepts.
 
 Datastore text goes the way it goes in calico-confd: the syncer parses and
-validates each key (libcalico.models), `Confd.apply` feeds the batch into
+validates each key (libcalico.bgp_values, as calico-confd does), `Confd.apply` feeds the batch into
 the BGP store (which re-checks every value), the store's context renders
 the packaged templates.  Each example's bird.cfg and bird6.cfg must parse
 with the real `bird -p` / `bird6 -p`, must not contain the injection marker,
@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from confd.daemon import Confd, Settings
 from confd.render import PACKAGE_TEMPLATES, render_text
 from libcalico import keys
+from libcalico.bgp_values import parse_key_value
 from libcalico.syncer import Syncer
 from tests.reliability.hostile import (
     MARK,
@@ -140,7 +141,7 @@ def test_fuzz_confd_hostile_bgp_state_renders_parseable_bird_config(entries, kee
     confd = Confd(Settings(host=ME, ip4="10.99.0.1", ip6=None, run_dir=tempfile.gettempdir(),
                            conf_dir=tempfile.gettempdir()))
     confd.write_status = lambda: None  # the status file is not what this test is about
-    syncer = Syncer(client=None, prefixes=["/calico/"])  # only its parsing/diff is used here
+    syncer = Syncer(client=None, prefixes=["/calico/"], parser=parse_key_value)  # only its parsing/diff is used here
     updates = syncer.diff(kv)
     for u in updates:
         if u.kind == "invalid":
@@ -208,7 +209,7 @@ def _confd(host: str, kv: dict[str, str], created: dict[str, int]) -> Confd:
     confd = Confd(Settings(host=host, ip4=None, ip6=None, run_dir=tempfile.gettempdir(),
                            conf_dir=tempfile.gettempdir()))
     confd.write_status = lambda: None
-    confd.apply(Syncer(client=None, prefixes=["/calico/"]).diff(kv, created))
+    confd.apply(Syncer(client=None, prefixes=["/calico/"], parser=parse_key_value).diff(kv, created))
     return confd
 
 

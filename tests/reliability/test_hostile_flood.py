@@ -132,6 +132,7 @@ def test_hostile_flood_confd_renders_valid_peers_logs_rate_limited(caplog, tmp_p
 
     from confd.daemon import Confd, Settings
     from confd.render import PACKAGE_TEMPLATES, render_text
+    from libcalico.bgp_values import parse_key_value
     from libcalico.syncer import Syncer
 
     g = "/calico/bgp/v1/global"
@@ -146,7 +147,7 @@ def test_hostile_flood_confd_renders_valid_peers_logs_rate_limited(caplog, tmp_p
     for i in range(3000):   # keys outside the datamodel
         kv[f"/calico/bgp/v1/host/h{i};x/ip_addr_v4"] = "10.0.0.1"
     confd = Confd(Settings(host="node1", ip4="10.99.0.1", ip6=None, run_dir=str(tmp_path), conf_dir=str(tmp_path)))
-    syncer = Syncer(client=None, prefixes=["/calico/"])
+    syncer = Syncer(client=None, prefixes=["/calico/"], parser=parse_key_value)  # what calico-confd runs
     with caplog.at_level(logging.INFO):
         t0 = time.monotonic()
         confd.apply(syncer.diff(kv))

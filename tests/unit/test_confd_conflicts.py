@@ -189,7 +189,7 @@ def _confd(tmp_path):
 
 
 def _updates(kv: dict[str, str | None], revs: dict[str, int] | None = None):
-    from libcalico.models import parse_key_value
+    from libcalico.bgp_values import parse_key_value
     from libcalico.syncer import Update
     out = []
     for path, raw in kv.items():

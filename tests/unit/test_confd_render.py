@@ -18,7 +18,7 @@ from confd import resources
 from confd.render import PACKAGE_TEMPLATES, RenderError, environment, render, render_text
 from confd.state import BgpStore, Node, protocol_id
 from libcalico import keys
-from libcalico.models import BgpPeer
+from libcalico.bgp_values import PeerValue
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "confd")
 STATES = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(GOLDEN, "*.json")))
@@ -83,12 +83,12 @@ def test_bad_values_never_reach_config(caplog):
 def test_invalid_value_keeps_last_valid_value():
     store = BgpStore(Node("a", "10.0.0.1"))
     key = keys.parse("/calico/bgp/v1/global/peer_v4/10.0.0.9")
-    assert store.put(key, BgpPeer(ip="10.0.0.9", as_num=65000))
+    assert store.put(key, PeerValue(ip="10.0.0.9", as_num=65000))
     store.reject(key.path, "as_num: 'abc' is not an AS number")
     ctx = store.context()
     assert [p["name"] for p in ctx["v4"]["global_peers"]] == ["Global_10_0_0_9"]
     assert key.path in store.rejected
-    assert store.put(key, BgpPeer(ip="10.0.0.9", as_num=65001))
+    assert store.put(key, PeerValue(ip="10.0.0.9", as_num=65001))
     assert not store.rejected
     assert store.context()["v4"]["global_peers"][0]["as"] == 65001
 
@@ -180,8 +180,8 @@ def test_unknown_json_fields_are_not_a_change():
     store = BgpStore(Node("a", "10.0.0.1")).load_raw(
         {"/calico/bgp/v1/global/peer_v4/10.0.0.9": '{"ip": "10.0.0.9", "as_num": 65000}'})
     key = keys.parse("/calico/bgp/v1/global/peer_v4/10.0.0.9")
-    assert not store.put(key, BgpPeer.model_validate({"ip": "10.0.0.9", "as_num": "65000", "note": "x"}))
-    assert store.put(key, BgpPeer(ip="10.0.0.9", as_num=65001))
+    assert not store.put(key, PeerValue(ip="10.0.0.9", as_num=65000, extra={"note": "x"}))
+    assert store.put(key, PeerValue(ip="10.0.0.9", as_num=65001))
 
 
 # ---- the confd loop without etcd: syncer-shaped updates in, files and status out ----------------
@@ -196,7 +196,7 @@ def _confd(tmp_path):
 
 
 def _updates(kv: dict[str, str | None], in_sync: bool = True):
-    from libcalico.models import InvalidValue, parse_key_value
+    from libcalico.bgp_values import InvalidValue, parse_key_value
     from libcalico.syncer import Update
     out = []
     for path, raw in kv.items():

@@ -24,8 +24,10 @@ CASES = [
     ("felix", "import felix.__main__, felix.wiring; from felix.dataplane import interfaces, overlay, routes; "
               "from felix.dataplane.netlink import AsyncIPRoute",
      ["pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ipset", "pyroute2.iwutil", "pyroute2.netlink.generic.wireguard"]),
-    # confd's own BGP view needs only the models; IPAM (allocation, CAS loops) is not its business.
-    ("confd", "import confd.__main__, confd.daemon, confd.state", ["libcalico.ipam", "libcalico.ipam_records"]),
+    # confd validates its few BGP/IPAM kinds with libcalico.bgp_values: pydantic and the models cost
+    # ~8 MB of RSS and 70-100 ms of start-up CPU per node.  IPAM (allocation, CAS loops) is not its business.
+    ("confd", "import confd.__main__, confd.daemon, confd.state",
+     ["libcalico.ipam", "libcalico.ipam_records", "pydantic", "pydantic_core", "libcalico.models"]),
     # `calico-confd --check-ready` (exec'd by every `calico-node -ready`) reads one status file.
     ("confd probe", "import confd.__main__",
      ["confd.daemon", "jinja2", "pydantic", "libcalico.models", "libcalico.datastore", "asyncio"]),
@@ -86,3 +88,44 @@ def test_felix_keeps_pyroute2_logger_at_warning_after_loading_it():
             "assert logging.getLogger('pyroute2.netlink.core').getEffectiveLevel() == logging.WARNING\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# What calico-confd does once running: the syncer's parser on every key kind under its prefixes,
+# valid and invalid values, the store's context, both templates rendered.
+_CONFD_RUN = """
+import sys, tempfile
+import confd.__main__
+from confd.daemon import Confd, Settings
+from confd.render import PACKAGE_TEMPLATES, render_text
+from libcalico.bgp_values import parse_key_value
+from libcalico.syncer import Syncer
+G, H = "/calico/bgp/v1/global/", "/calico/bgp/v1/host/"
+kv = {G + "as_num": "64511", G + "node_mesh": '{"enabled": true}', G + "loglevel": "info",
+      G + "peer_v4/10.99.9.9": '{"ip": "10.99.9.9", "as_num": 65000}', G + "peer_v4/10.99.9.8": '{"ip": 1}',
+      H + "node1/ip_addr_v4": "10.99.0.1", H + "node1/ip_addr_v6": "fd00:99::1", H + "node1/as_num": "x",
+      H + "node1/loglevel": "debug", H + "node1/rr_cluster_id": "1.0.0.1", H + "node1/status/v4": "{}",
+      H + "node1/peer_v6/fd00:99::7": '{"ip": "fd00:99::7", "as_num": "1.10"}', H + "node2/ip_addr_v4": "10.99.0.2",
+      "/calico/v1/ipam/v4/pool/10.66.0.0-16": '{"cidr": "10.66.0.0/16", "ipip": "tunl0", "block_size": 28}',
+      "/calico/v1/ipam/v6/pool/fd00:66::-64": '{"cidr": "fd00:66::/64", "vxlan": 1}',
+      "/calico/ipam/v2/host/node1/ipv4/block/10.66.1.0-28": '{"state": "confirmed"}',
+      "/calico/ipam/v2/host/node2/ipv4/block/10.66.2.0-28": '{"state": "pending"}',
+      "/calico/ipam/v2/assignment/ipv4/block/10.66.1.0-28": "{}", "/calico/v1/Ready": "true"}
+d = tempfile.mkdtemp()
+confd = Confd(Settings(host="node1", ip4="10.99.0.1", ip6="fd00:99::1", run_dir=d, conf_dir=d))
+confd.write_status = lambda: None
+confd.apply(Syncer(client=None, prefixes=["/calico/"], parser=parse_key_value).diff(kv))
+ctx = confd.store.context()
+assert ctx["v4"]["pools"], ctx
+for t in ("bird.cfg.j2", "bird6.cfg.j2"):
+    render_text(PACKAGE_TEMPLATES, t, ctx)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core") or m == "libcalico.models"))
+"""
+
+
+def test_running_confd_loads_no_pydantic():
+    """The syncer's default parser is the models': calico-confd must pass its own, or pydantic comes back."""
+    main = (ROOT / "confd" / "__main__.py").read_text(encoding="utf-8")
+    assert "parser=parse_key_value" in main and "from libcalico.bgp_values import parse_key_value" in main
+    r = subprocess.run([sys.executable, "-c", _CONFD_RUN], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
