@@ -17,19 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libcalico import keys
-from libcalico.validation import validate_asn, validate_bgp_ip, validate_cidr, validate_loglevel
+from libcalico.validation import validate_asn, validate_bgp_ip, validate_cidr
 from libcalico.values import (
+    PLAIN_PARSERS,
     InvalidValue,
-    bgp_host_ip,
+    PoolProperties,
     block_size,
     check_pool,
-    checked_key,
-    checked_text,
     json_object,
     located,
-    pool_block_prefix,
-    ready,
-    rr_cluster_id,
+    parse_path,
+    run_parser,
     strict_bool,
 )
 
@@ -74,7 +72,7 @@ def _fields(data: dict, spec: tuple[tuple[str, object, Callable[[object], Any]],
 
 
 @dataclass(frozen=True)
-class PoolValue:
+class PoolValue(PoolProperties):
     cidr: str
     ipip: str | None = None
     vxlan: str | None = None
@@ -84,18 +82,6 @@ class PoolValue:
     block_size: int | None = None
     strict_affinity: bool | None = None
     extra: dict = field(default_factory=dict)
-
-    @property
-    def block_prefix(self) -> int:
-        return pool_block_prefix(self.cidr, self.block_size)
-
-    @property
-    def version(self) -> int:
-        return keys.ip_version(self.cidr)
-
-    @property
-    def overlay(self) -> str | None:
-        return "ipip" if self.ipip else "vxlan" if self.vxlan else None
 
 
 @dataclass(frozen=True)
@@ -158,17 +144,10 @@ def _affinity(raw: str) -> AffinityValue:
 
 
 _PARSERS: dict[str, Callable[[keys.Key, str], object]] = {
-    "ready": lambda k, r: ready(r),
+    **PLAIN_PARSERS,
     "pool": _pool,
-    "bgp_host_ip": bgp_host_ip,
-    "bgp_host_as": lambda k, r: validate_asn(r.strip()),
-    "bgp_host_loglevel": lambda k, r: validate_loglevel(r),
     "bgp_host_peer": _peer,
-    "bgp_host_rr_cluster_id": lambda k, r: rr_cluster_id(r),
-    "bgp_host_status": lambda k, r: json_object(r),
-    "bgp_global_as": lambda k, r: validate_asn(r.strip()),
     "bgp_node_mesh": lambda k, r: _mesh(r),
-    "bgp_global_loglevel": lambda k, r: validate_loglevel(r),
     "bgp_global_peer": _peer,
     "block_affinity": lambda k, r: _affinity(r),
 }
@@ -179,18 +158,11 @@ KINDS = frozenset(_PARSERS)
 def parse_value(key: keys.Key, raw: str | bytes) -> object:
     """The validated value for `key`; InvalidValue naming the key, also for a kind outside KINDS."""
     try:
-        raw = checked_text(key, raw)
-        parser = _PARSERS.get(key.kind)
-        if parser is None:
-            raise ValueError(f"no BGP validator for key kind {key.kind!r}")
-        return parser(key, raw)
+        return run_parser(_PARSERS, key, raw, "BGP ")
     except ValueError as e:
         raise InvalidValue(key.path, str(e)) from None
 
 
 def parse_key_value(path: str, raw: str | bytes | None) -> tuple[keys.Key | None, object]:
     """(Key, validated value) like `libcalico.models.parse_key_value`, for the kinds in KINDS."""
-    key = checked_key(path) if raw is None else keys.parse(path)
-    if key is None or raw is None:
-        return key, None
-    return key, parse_value(key, raw)
+    return parse_path(path, raw, parse_value)

@@ -51,19 +51,17 @@ from libcalico.validation import (
 from libcalico.values import (
     DEFAULT_BLOCK_SIZE,
     MAX_VALUE_BYTES,
+    PLAIN_PARSERS,
     POOL_BLOCK_SIZES,
     InvalidValue,
-    bgp_host_ip,
+    PoolProperties,
     block_size,
     check_pool,
-    checked_key,
-    checked_text,
     json_object,
     json_value,
     located,
-    pool_block_prefix,
-    ready,
-    rr_cluster_id,
+    parse_path,
+    run_parser,
     strict_bool,
 )
 
@@ -451,7 +449,7 @@ def _selector_required(v: object) -> str:
 
 # ---- IPAM and BGP -------------------------------------------------------------
 
-class Pool(_Model):
+class Pool(_Model, PoolProperties):
     cidr: str
     ipip: Literal["tunl0"] | None = None
     vxlan: Literal["vxlan.calico"] | None = None
@@ -486,20 +484,6 @@ class Pool(_Model):
     def _one_overlay(self) -> Pool:
         check_pool(self.cidr, self.ipip, self.vxlan, self.block_size)
         return self
-
-    @property
-    def block_prefix(self) -> int:
-        """The prefix length of the blocks IPAM carves this pool into (never wider than the pool)."""
-        return pool_block_prefix(self.cidr, self.block_size)
-
-    @property
-    def version(self) -> int:
-        return keys.ip_version(self.cidr)
-
-    @property
-    def overlay(self) -> str | None:
-        """'ipip', 'vxlan' or None: which tunnel carries the pool's traffic between hosts."""
-        return "ipip" if self.ipip else "vxlan" if self.vxlan else None
 
 
 class BgpPeer(_Model):
@@ -565,7 +549,7 @@ def _labels(raw: str) -> dict[str, str]:
 
 
 _PARSERS: dict[str, Any] = {
-    "ready": lambda k, r: ready(r),
+    **PLAIN_PARSERS,
     "global_config": lambda k, r: (validate_config_param(k.param), validate_config_value(r))[1],
     "host_config": _host_config,
     "host_bird_ip": lambda k, r: validate_ip(r.strip(), 4),
@@ -578,15 +562,8 @@ _PARSERS: dict[str, Any] = {
     "tier_metadata": lambda k, r: _model(Tier, r),
     "tier_policy": lambda k, r: _model(Policy, r),
     "pool": _pool,
-    "bgp_host_ip": bgp_host_ip,
-    "bgp_host_as": lambda k, r: validate_asn(r.strip()),
-    "bgp_host_loglevel": lambda k, r: validate_loglevel(r),
     "bgp_host_peer": _peer,
-    "bgp_host_rr_cluster_id": lambda k, r: rr_cluster_id(r),
-    "bgp_host_status": lambda k, r: _json_object(r),
-    "bgp_global_as": lambda k, r: validate_asn(r.strip()),
     "bgp_node_mesh": lambda k, r: _model(NodeMesh, r),
-    "bgp_global_loglevel": lambda k, r: validate_loglevel(r),
     "bgp_global_peer": _peer,
     "block_affinity": lambda k, r: _model(BlockAffinity, r),
     "block_allocation": lambda k, r: _json_object(r),
@@ -620,11 +597,7 @@ def _reason(err: ValidationError) -> str:
 def parse_value(key: keys.Key, raw: str | bytes) -> object:
     """The validated value for `key`; raises InvalidValue naming the key and the reason."""
     try:
-        raw = checked_text(key, raw)
-        parser = _PARSERS.get(key.kind)
-        if parser is None:
-            raise ValueError(f"no validator for key kind {key.kind!r}")
-        return parser(key, raw)
+        return run_parser(_PARSERS, key, raw)
     except ValidationError as e:
         raise InvalidValue(key.path, _reason(e)) from None
     except ValueError as e:
@@ -637,10 +610,7 @@ def parse_key_value(path: str, raw: str | bytes | None) -> tuple[keys.Key | None
     `raw` None (a deletion) only validates the key.  Raises InvalidValue for a
     bad key segment or value.
     """
-    key = checked_key(path) if raw is None else keys.parse(path)
-    if key is None or raw is None:
-        return key, None
-    return key, parse_value(key, raw)
+    return parse_path(path, raw, parse_value)
 
 
 def to_json(value: object) -> str:

@@ -11,10 +11,18 @@ parser from them, so the two paths cannot drift apart.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from libcalico import keys
-from libcalico.validation import validate_bgp_ip, validate_config_param, validate_ip, validate_name
+from libcalico.validation import (
+    validate_asn,
+    validate_bgp_ip,
+    validate_config_param,
+    validate_ip,
+    validate_loglevel,
+    validate_name,
+)
 
 # Checked before JSON parsing: parsing and validating a value costs event-loop time and
 # memory in proportion to its size, and etcd accepts 1.5 MiB.
@@ -128,6 +136,20 @@ def bgp_host_ip(key: keys.Key, raw: str) -> str | None:
     return validate_bgp_ip(text, key.version)
 
 
+# The kinds whose values are plain text (or any JSON object): one parser each, used by models and
+# bgp_values alike.
+PLAIN_PARSERS: dict[str, Callable[[keys.Key, str], object]] = {
+    "ready": lambda k, r: ready(r),
+    "bgp_host_ip": bgp_host_ip,
+    "bgp_host_as": lambda k, r: validate_asn(r.strip()),
+    "bgp_host_loglevel": lambda k, r: validate_loglevel(r),
+    "bgp_host_rr_cluster_id": lambda k, r: rr_cluster_id(r),
+    "bgp_host_status": lambda k, r: json_object(r),
+    "bgp_global_as": lambda k, r: validate_asn(r.strip()),
+    "bgp_global_loglevel": lambda k, r: validate_loglevel(r),
+}
+
+
 # ---- field rules shared by the pydantic models and the lean BGP parser ----------
 
 def located(loc: str, msg: str) -> str:
@@ -163,6 +185,44 @@ def check_pool(cidr: str, ipip: str | None, vxlan: str | None, size: int | None)
             raise ValueError(f"block_size {size} is outside /{lo}../{hi} for an IPv{version} pool")
 
 
-def pool_block_prefix(cidr: str, size: int | None) -> int:
-    """The prefix length of the blocks IPAM carves a pool into (never wider than the pool)."""
-    return max(size if size is not None else DEFAULT_BLOCK_SIZE[keys.ip_version(cidr)], int(cidr.rsplit("/", 1)[1]))
+class PoolProperties:
+    """What programs derive from a pool's fields, for both pool types (models.Pool, bgp_values.PoolValue).
+
+    It reads their cidr, ipip, vxlan and block_size but declares no annotations:
+    pydantic would take them for fields of models.Pool and change its field order
+    (which decides the first error reported).
+    """
+
+    @property
+    def block_prefix(self) -> int:
+        """The prefix length of the blocks IPAM carves this pool into (never wider than the pool)."""
+        size = self.block_size if self.block_size is not None else DEFAULT_BLOCK_SIZE[self.version]
+        return max(size, int(self.cidr.rsplit("/", 1)[1]))
+
+    @property
+    def version(self) -> int:
+        return keys.ip_version(self.cidr)
+
+    @property
+    def overlay(self) -> str | None:
+        """'ipip', 'vxlan' or None: which tunnel carries the pool's traffic between hosts."""
+        return "ipip" if self.ipip else "vxlan" if self.vxlan else None
+
+
+def run_parser(parsers: dict[str, Callable[[keys.Key, str], object]], key: keys.Key, raw: str | bytes,
+               what: str = "") -> object:
+    """`raw` through the shared checks, then the parser of its key kind; ValueError when either fails."""
+    raw = checked_text(key, raw)
+    parser = parsers.get(key.kind)
+    if parser is None:
+        raise ValueError(f"no {what}validator for key kind {key.kind!r}")
+    return parser(key, raw)
+
+
+def parse_path(path: str, raw: str | bytes | None,
+               parse_value: Callable[[keys.Key, str | bytes], object]) -> tuple[keys.Key | None, object]:
+    """(Key, parse_value's value); (None, None) outside the contract; a deletion (raw None) checks the key only."""
+    key = checked_key(path) if raw is None else keys.parse(path)
+    if key is None or raw is None:
+        return key, None
+    return key, parse_value(key, raw)

@@ -74,6 +74,8 @@ CASES = [
     (POOL4, {"cidr": "10.65.0.0/16", "block_size": "26"}), (POOL4, {"cidr": "10.65.0.0/16", "strict_affinity": 0}),
     (POOL4, {"cidr": "10.65.0.0/16", "strict_affinity": False}), (POOL4, {"cidr": "10.66.0.0/16"}),
     (POOL4, {"cidr": "fd00::/64"}), (POOL4, {"cidr": 5}), (POOL4, {}), (POOL4, {"ipip": "x", "masquerade": 2}),
+    # the first error in field order: masquerade before block_size, as models.Pool declares them
+    (POOL4, {"cidr": "10.65.0.0/16", "masquerade": 0, "block_size": False}),
     (POOL4, {"cidr": "10.65.0.0/16", "block_size": 10**30}), (POOL4, {"cidr": "10.65.0.0/28", "block_size": None}),
     (POOL6, {"cidr": "fd00::/64"}), (POOL6, {"cidr": "FD00:0::/64", "block_size": 116}),
     (POOL6, {"cidr": "fd00::/64", "block_size": 115}), (POOL6, {"cidr": "fd00::/64", "block_size": 26}),
