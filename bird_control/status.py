@@ -13,10 +13,11 @@ write) and at most once per `min_interval`, so a flapping peer or a 50-node
 start costs etcd a handful of writes per node.  Removed on an orderly stop,
 and with the rest of the node's keys by `calicoctl node remove`.
 
-Why etcd's JSON gateway (`/v3/kv/put`) over a plain blocking socket, and not
-the gRPC client the other programs use: the shim runs on every node for the
-node's whole life and would more than double its memory by loading gRPC (or
-asyncio, or OpenSSL when etcd is not TLS) for a few writes a minute.
+Why a plain blocking socket to etcd's JSON gateway (`/v3/kv/put`), and not
+libcalico's asyncio client the other programs use: the shim runs on every
+node for the node's whole life and would add about half to its memory by
+loading asyncio (and with it OpenSSL, even when etcd is not TLS) for a few
+writes a minute.
 """
 
 from __future__ import annotations

@@ -370,11 +370,11 @@ def run(plugin: str, stdin: Any, stdout: Any, env: dict[str, str] | None = None)
 def exit_now(code: int) -> None:
     """End the process once the answer is out, skipping interpreter finalization.
 
-    Tearing down the interpreter (every module's objects: the gRPC core, the
-    protobuf descriptors, the pydantic schemas) took longer than most of an
-    ADD's own work, and a runtime waits for our exit, not our answer.  Nothing
-    is left to run: the etcd channel is closed and the answer written, so only
-    the streams and log files need flushing.
+    Tearing down the interpreter (every module's objects, the pydantic
+    schemas) took longer than most of an ADD's own work, and a runtime waits
+    for our exit, not our answer.  Nothing is left to run: the etcd
+    connections are closed and the answer written, so only the streams and
+    log files need flushing.
     """
     try:
         sys.stdout.flush()
@@ -388,7 +388,7 @@ def start() -> None:
     """Process set-up of the executables: no cyclic GC.
 
     A call lives well under a second and allocates mostly while importing
-    (pydantic, protobuf, gRPC), where the collector's passes find nothing to
+    (asyncio, pydantic), where the collector's passes find nothing to
     free yet cost about a tenth of the start-up; exit_now frees everything.
     """
     import gc

@@ -27,7 +27,7 @@ class Endpoint:
 
     @property
     def target(self) -> str:
-        """gRPC target; IPv6 literals need brackets."""
+        """host:port to dial; IPv6 literals need brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
