@@ -15,7 +15,7 @@ and with the rest of the node's keys by `calicoctl node remove`.
 
 Why a plain blocking socket to etcd's JSON gateway (`/v3/kv/put`), and not
 libcalico's asyncio client the other programs use: the shim runs on every
-node for the node's whole life and would add about half to its memory by
+node for the node's whole life and would nearly double its memory by
 loading asyncio (and with it OpenSSL, even when etcd is not TLS) for a few
 writes a minute.
 """
