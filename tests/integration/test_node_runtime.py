@@ -201,9 +201,19 @@ def test_full_node_services_logs_rotation_restart_and_sigterm(fabric, nodes):
     # Every service logs to <log-dir>/<service>/current, every line timestamped.
     for svc in ("felix", "bird", "bird6", "confd"):
         wait_for(lambda svc=svc: node.log(svc).strip(), 30, 0.5, f"{svc} log")
-    # Felix at debug level writes past 2 KiB at once (its settings, one line each; pyroute2's own debug
-    # lines stay out, at WARNING): the log rotates to current.1, .2 and no further.
-    wait_for(lambda: (node.log_dir / "felix" / "current.2").exists(), 60, 0.5, "felix log rotated twice")
+    # Felix at debug level writes its settings at start (one line each; pyroute2's own debug lines stay
+    # out, at WARNING) and a line per applied batch: profile writes keep batches coming until the log
+    # has rotated to current.1, .2 (however supervisord's reads chunked the start-up lines) and no further.
+    writes = iter(range(1000))
+
+    def rotated_twice() -> bool:
+        if (node.log_dir / "felix" / "current.2").exists():
+            return True
+        etcd.put(f"/calico/v1/policy/profile/rot{next(writes)}/rules",
+                 '{"inbound_rules": [], "outbound_rules": [{"action": "allow"}]}')
+        return False
+
+    wait_for(rotated_twice, 60, 0.5, "felix log rotated twice")
     assert not (node.log_dir / "felix" / "current.3").exists()
     assert (node.log_dir / "felix" / "current.1").stat().st_size <= 1024 + 16384  # one write may overshoot
     for svc in ("felix", "bird", "bird6", "confd"):
