@@ -70,7 +70,9 @@ def test_status_shows_mesh_peers_established(two_birds):
 
     def established() -> str | None:
         r = ctl(a, "http://127.0.0.1:1", "status", env=env)
-        rows = [ln for ln in r.stdout.splitlines() if "node-to-node mesh" in ln and "Established" in ln]
+        # BIRD passes through 'feed' (exporting its routes) on the way to 'up': wait for 'up'.
+        rows = [ln for ln in r.stdout.splitlines()
+                if "node-to-node mesh" in ln and "Established" in ln and "| up " in ln]
         return r.stdout if len(rows) == 2 else None
 
     out = wait_for(established, timeout=40, interval=1, what="both mesh sessions Established in status")
