@@ -43,11 +43,16 @@ CASES = [
 ]
 
 
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a new interpreter: what a program loads shows only in a process of its own."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.parametrize("what,code,banned", CASES, ids=[c[0] for c in CASES])
 def test_program_does_not_load(what, code, banned):
     check = (f"{code}\nimport sys\n"
              f"print(sorted(m for m in {banned!r} if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = fresh_python(check)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", f"{what} loads {r.stdout.strip()}"
 
@@ -74,7 +79,7 @@ def test_full_pyroute2_still_importable_after_the_lean_one():
             "import pyroute2\n"
             "assert A2 is AsyncIPRoute and E2 is NetlinkError and pyroute2.__version__ != 'unknown'\n"
             "assert IPRoute.__module__ == 'pyroute2.iproute.linux'\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = fresh_python(code)
     assert r.returncode == 0, r.stderr
 
 
@@ -86,7 +91,7 @@ def test_felix_keeps_pyroute2_logger_at_warning_after_loading_it():
             "from felix.dataplane import interfaces, overlay, routes\n"
             "from felix.dataplane.netlink import AsyncIPRoute\n"
             "assert logging.getLogger('pyroute2.netlink.core').getEffectiveLevel() == logging.WARNING\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = fresh_python(code)
     assert r.returncode == 0, r.stderr
 
 
@@ -126,6 +131,6 @@ def test_running_confd_loads_no_pydantic():
     """The syncer's default parser is the models': calico-confd must pass its own, or pydantic comes back."""
     main = (ROOT / "confd" / "__main__.py").read_text(encoding="utf-8")
     assert "parser=parse_key_value" in main and "from libcalico.bgp_values import parse_key_value" in main
-    r = subprocess.run([sys.executable, "-c", _CONFD_RUN], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = fresh_python(_CONFD_RUN)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
